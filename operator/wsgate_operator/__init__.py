@@ -1,0 +1,1 @@
+"""The wsgate operator: Kubernetes objects in, a compiled GatewayConfig out."""

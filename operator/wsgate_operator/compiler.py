@@ -1,0 +1,423 @@
+"""The compiler: Kubernetes objects in, the proxy's GatewayConfig and per-object problems out.
+
+A pure function, shared by the operator and standalone mode. A broken object never
+breaks the others: it is reported as a Problem on itself and left out (or compiled
+without what it lacks), and everything else flows on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from wsgate_proxy import config as cfg
+
+from .resources import CREDENTIAL_LABEL, WsConsumerSpec, WsRouteSpec
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+DEFAULT_NAMESPACE = "default"
+
+K8sObject = Mapping[str, Any]
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @classmethod
+    def of(cls, obj: K8sObject) -> ObjectRef:
+        meta = obj.get("metadata") or {}
+        return cls(
+            kind=str(obj.get("kind", "?")),
+            namespace=str(meta.get("namespace") or DEFAULT_NAMESPACE),
+            name=str(meta.get("name", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one object, phrased so a person can act on it.
+
+    ``reason`` is a CamelCase word (it becomes a condition reason); ``invalid``
+    marks problems where the object itself is malformed and was left out, as
+    opposed to references that do not resolve (yet).
+    """
+
+    ref: ObjectRef
+    field: str
+    reason: str
+    message: str
+    invalid: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.ref}: {self.field}" if self.field else str(self.ref)
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Snapshot:
+    """The objects the compiler reads, as the Kubernetes API returns them."""
+
+    routes: list[K8sObject] = field(default_factory=list)
+    consumers: list[K8sObject] = field(default_factory=list)
+    secrets: list[K8sObject] = field(default_factory=list)
+    services: list[K8sObject] = field(default_factory=list)
+    endpoint_slices: list[K8sObject] = field(default_factory=list)
+
+    def add(self, obj: K8sObject) -> bool:
+        """File an object under its kind; False for kinds the compiler does not read."""
+        attr = SNAPSHOT_KINDS.get(str(obj.get("kind")))
+        if attr is None:
+            return False
+        getattr(self, attr).append(obj)
+        return True
+
+    @classmethod
+    def of(cls, objects: Iterable[K8sObject]) -> Snapshot:
+        snapshot = cls()
+        for obj in objects:
+            snapshot.add(obj)
+        return snapshot
+
+
+# kind -> the Snapshot list that holds it
+SNAPSHOT_KINDS = {
+    "WsRoute": "routes",
+    "WsConsumer": "consumers",
+    "Secret": "secrets",
+    "Service": "services",
+    "EndpointSlice": "endpoint_slices",
+}
+
+
+@dataclass
+class Compiled:
+    config: cfg.GatewayConfig
+    problems: list[Problem]
+    # Ready endpoints per compiled route, for status and summaries.
+    route_endpoints: dict[ObjectRef, int] = field(default_factory=dict)
+
+    def problems_of(self, ref: ObjectRef) -> list[Problem]:
+        return [p for p in self.problems if p.ref == ref]
+
+
+def compile_snapshot(snapshot: Snapshot) -> Compiled:
+    problems: list[Problem] = []
+    secrets = _index(snapshot.secrets)
+    services = _index(snapshot.services)
+    slices = _slices_by_service(snapshot.endpoint_slices)
+
+    consumer_specs = _parse_all(snapshot.consumers, WsConsumerSpec, problems)
+    consumers = _compile_consumers(consumer_specs, secrets, problems)
+
+    routes: list[cfg.Route] = []
+    route_endpoints: dict[ObjectRef, int] = {}
+    for ref, obj, spec in _parse_all(snapshot.routes, WsRouteSpec, problems):
+        route = _compile_route(ref, obj, spec, consumer_specs, services, slices, problems)
+        routes.append(route)
+        route_endpoints[ref] = len(route.backend.endpoints)
+
+    return Compiled(
+        config=cfg.GatewayConfig.build(routes, consumers),
+        problems=problems,
+        route_endpoints=route_endpoints,
+    )
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+def _parse_all(
+    objects: Iterable[K8sObject], model: type[SpecT], problems: list[Problem]
+) -> list[tuple[ObjectRef, K8sObject, SpecT]]:
+    parsed = []
+    for obj in objects:
+        ref = ObjectRef.of(obj)
+        try:
+            spec = model.model_validate(obj.get("spec") or {})
+        except ValidationError as exc:
+            problems.extend(_validation_problems(ref, exc))
+            continue
+        parsed.append((ref, obj, spec))
+    return parsed
+
+
+def _validation_problems(ref: ObjectRef, exc: ValidationError) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = "spec"
+        for part in error["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif not _is_type_tag(part):
+                path += f".{part}"
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known field (check its spelling and case)"
+        problems.append(Problem(ref, path, "InvalidSpec", message, invalid=True))
+    return problems
+
+
+def _is_type_tag(part: str) -> bool:
+    """Union members and validators appear in pydantic's error locations as tags
+    ('int', 'constrained-str', 'function-after[...]'); they are not fields."""
+    return part in {"int", "str", "float", "bool"} or "-" in part or "[" in part
+
+
+# --- consumers ---------------------------------------------------------------
+
+
+def _compile_consumers(
+    specs: list[tuple[ObjectRef, K8sObject, WsConsumerSpec]],
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+) -> list[cfg.Consumer]:
+    keys_by_consumer: dict[ObjectRef, list[cfg.KeyCredential]] = {}
+    owners: dict[tuple[str, str], list[ObjectRef]] = defaultdict(list)  # (ns, digest) -> refs
+    for ref, _obj, spec in specs:
+        if spec.disabled:
+            continue  # a disabled consumer authenticates nobody: it is left out whole
+        keys = []
+        for i, cred in enumerate(spec.credentials):
+            where = f"spec.credentials[{i}].secretRef"
+            value = _secret_value(ref, where, cred.secret_ref.name, "key", secrets, problems)
+            if value is None:
+                continue
+            digest = hashlib.sha256(value.encode()).hexdigest()
+            if any(k.sha256 == digest for k in keys):
+                continue
+            keys.append(cfg.KeyCredential(id=f"secret/{cred.secret_ref.name}", sha256=digest))
+            owners[(ref.namespace, digest)].append(ref)
+        keys_by_consumer[ref] = keys
+
+    # A key two consumers share cannot say who is connecting: refuse it for both.
+    for (_ns, digest), refs in owners.items():
+        if len(refs) < 2:
+            continue
+        for ref in refs:
+            others = ", ".join(r.name for r in refs if r != ref)
+            problems.append(
+                Problem(
+                    ref,
+                    "spec.credentials",
+                    "DuplicateKey",
+                    f"its KeyAuth key is also the key of WsConsumer {others} in this namespace; "
+                    "the key is refused for all of them until each has a key of its own",
+                )
+            )
+            keys_by_consumer[ref] = [k for k in keys_by_consumer[ref] if k.sha256 != digest]
+
+    return [
+        cfg.Consumer(
+            namespace=ref.namespace,
+            name=ref.name,
+            username=spec.username or ref.name,
+            keys=tuple(keys_by_consumer[ref]),
+        )
+        for ref, _obj, spec in specs
+        if ref in keys_by_consumer
+    ]
+
+
+def _secret_value(
+    ref: ObjectRef,
+    where: str,
+    secret_name: str,
+    key: str,
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+) -> str | None:
+    secret = secrets.get((ref.namespace, secret_name))
+    if secret is None:
+        problems.append(
+            Problem(
+                ref,
+                where,
+                "SecretNotFound",
+                f"Secret {ref.namespace}/{secret_name} does not exist; create it with the "
+                f"credential under key {key!r} and the label {CREDENTIAL_LABEL}: \"true\"",
+            )
+        )
+        return None
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    if labels.get(CREDENTIAL_LABEL) != "true":
+        problems.append(
+            Problem(
+                ref,
+                where,
+                "SecretNotLabelled",
+                f"Secret {ref.namespace}/{secret_name} lacks the label "
+                f"{CREDENTIAL_LABEL}: \"true\" that marks it as a wsgate credential",
+            )
+        )
+        return None
+    data = _secret_data(secret)
+    value = data.get(key)
+    if not value:
+        problems.append(
+            Problem(
+                ref,
+                where,
+                "SecretKeyMissing",
+                f"Secret {ref.namespace}/{secret_name} has no non-empty key {key!r} "
+                "(set it under stringData or data)",
+            )
+        )
+        return None
+    return value
+
+
+def _secret_data(secret: K8sObject) -> dict[str, str]:
+    """The Secret's values, decoded; stringData wins over data, as on the API server."""
+    values: dict[str, str] = {}
+    for k, v in (secret.get("data") or {}).items():
+        try:
+            values[k] = base64.b64decode(v or "", validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    for k, v in (secret.get("stringData") or {}).items():
+        values[k] = str(v)
+    return values
+
+
+# --- routes ------------------------------------------------------------------
+
+
+def _compile_route(
+    ref: ObjectRef,
+    obj: K8sObject,
+    spec: WsRouteSpec,
+    consumer_specs: list[tuple[ObjectRef, K8sObject, WsConsumerSpec]],
+    services: dict[tuple[str, str], K8sObject],
+    slices: dict[tuple[str, str], list[K8sObject]],
+    problems: list[Problem],
+) -> cfg.Route:
+    backend = spec.backend
+    endpoints = _resolve_endpoints(ref, backend.service.name, backend.service.port,
+                                   services, slices, problems)
+    allowed = spec.auth.allowed_consumers
+    allowed_names: tuple[str, ...] | None = None
+    if allowed.names or allowed.selector is not None:
+        names = set(allowed.names)
+        if allowed.selector is not None:
+            names.update(
+                c_ref.name
+                for c_ref, c_obj, _ in consumer_specs
+                if c_ref.namespace == ref.namespace
+                and allowed.selector.matches((c_obj.get("metadata") or {}).get("labels") or {})
+            )
+        allowed_names = tuple(sorted(names))
+
+    return cfg.Route(
+        namespace=ref.namespace,
+        name=ref.name,
+        generation=int((obj.get("metadata") or {}).get("generation") or 0),
+        hosts=tuple(spec.hosts),
+        paths=tuple(cfg.PathMatch(type=p.type, value=p.value) for p in spec.paths),
+        backend=cfg.Backend(
+            service=backend.service.name,
+            endpoints=tuple(endpoints),
+            path_rewrite=backend.path,
+            load_balancing=cfg.LoadBalancing(algorithm=backend.load_balancing.algorithm),
+            connect_timeout_seconds=backend.connect_timeout_seconds,
+            retries=backend.retries,
+        ),
+        auth=cfg.RouteAuth(
+            mode=spec.auth.mode,
+            methods=tuple(spec.auth.methods),
+            key_auth=cfg.KeyAuthSources(**spec.auth.key_auth.model_dump()),
+            hide_credentials=spec.auth.hide_credentials,
+            allowed_consumers=allowed_names,
+        ),
+    )
+
+
+def _resolve_endpoints(
+    ref: ObjectRef,
+    service_name: str,
+    port: int | str,
+    services: dict[tuple[str, str], K8sObject],
+    slices: dict[tuple[str, str], list[K8sObject]],
+    problems: list[Problem],
+) -> list[cfg.Endpoint]:
+    """Ready endpoints of the Service port, read from its EndpointSlices as kube-proxy does."""
+    where = "spec.backend.service"
+    service = services.get((ref.namespace, service_name))
+    if service is None:
+        problems.append(
+            Problem(
+                ref, f"{where}.name", "BackendNotFound",
+                f"Service {ref.namespace}/{service_name} does not exist; handshakes answer 503 "
+                "until it does",
+            )
+        )
+        return []
+    service_ports = (service.get("spec") or {}).get("ports") or []
+    match = next(
+        (p for p in service_ports if p.get("port") == port or (p.get("name") or "") == port),
+        None,
+    )
+    if match is None:
+        known = ", ".join(
+            f"{p.get('port')}" + (f" ({p['name']})" if p.get("name") else "") for p in service_ports
+        ) or "none"
+        problems.append(
+            Problem(
+                ref, f"{where}.port", "PortNotFound",
+                f"Service {ref.namespace}/{service_name} has no port {port!r}; its ports: {known}",
+            )
+        )
+        return []
+    port_name = match.get("name") or ""
+    endpoints: dict[tuple[str, int], cfg.Endpoint] = {}
+    for eps in slices.get((ref.namespace, service_name), []):
+        if eps.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
+            continue
+        slice_port = next(
+            (p.get("port") for p in eps.get("ports") or [] if (p.get("name") or "") == port_name),
+            None,
+        )
+        if not slice_port:
+            continue
+        for ep in eps.get("endpoints") or []:
+            # A missing 'ready' means ready, as the EndpointSlice API defines it.
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            addresses = ep.get("addresses") or []
+            if addresses:
+                key = (addresses[0], int(slice_port))
+                endpoints[key] = cfg.Endpoint(address=key[0], port=key[1])
+    return [endpoints[k] for k in sorted(endpoints)]
+
+
+def _index(objects: Iterable[K8sObject]) -> dict[tuple[str, str], K8sObject]:
+    index = {}
+    for obj in objects:
+        ref = ObjectRef.of(obj)
+        index[(ref.namespace, ref.name)] = obj
+    return index
+
+
+def _slices_by_service(objects: Iterable[K8sObject]) -> dict[tuple[str, str], list[K8sObject]]:
+    by_service: dict[tuple[str, str], list[K8sObject]] = defaultdict(list)
+    for obj in objects:
+        ref = ObjectRef.of(obj)
+        service = ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if service:
+            by_service[(ref.namespace, service)].append(obj)
+    return by_service

@@ -1,0 +1,144 @@
+"""Models of the wsgate custom resources' specs, as users write them.
+
+They validate what a person typed (field names in camelCase, as in the manifest)
+so that every rejection can name the field. The compiler turns valid specs into
+the proxy's contract; nothing here knows about the proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "wsgate.io"
+API_VERSION = "v1alpha1"
+CREDENTIAL_LABEL = "wsgate.io/credential"
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]*$")
+
+
+def _hostname(value: str) -> str:
+    if len(value) > 253 or not _HOSTNAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a lower-case DNS name or a '*.' wildcard (e.g. 'ws.example.com')"
+        )
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class PathSpec(_Spec):
+    type: Literal["Exact", "Prefix"] = "Prefix"
+    value: Annotated[str, Field(pattern=r"^/[^?#\s]*$", max_length=1024)]
+
+
+class ServiceRef(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    port: Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(min_length=1)]
+
+
+class LoadBalancingSpec(_Spec):
+    algorithm: Literal["RoundRobin"] = "RoundRobin"
+
+
+class BackendSpec(_Spec):
+    service: ServiceRef
+    path: Annotated[str, Field(pattern=r"^/")] | None = None
+    load_balancing: LoadBalancingSpec = LoadBalancingSpec()
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+
+class KeyAuthSpec(_Spec):
+    header: Annotated[str, AfterValidator(_header_name)] = "apikey"
+    query: str = "apikey"
+    cookie: str = ""
+    subprotocol: bool = True
+
+
+class LabelSelectorRequirement(_Spec):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = []
+
+
+class LabelSelector(_Spec):
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            ok = {
+                "In": present and labels.get(req.key) in req.values,
+                "NotIn": not present or labels.get(req.key) not in req.values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }[req.operator]
+            if not ok:
+                return False
+        return True
+
+
+class AllowedConsumersSpec(_Spec):
+    names: list[str] = []
+    selector: LabelSelector | None = None
+
+
+class AuthSpec(_Spec):
+    mode: Literal["Handshake", "None"] = "Handshake"
+    methods: list[Literal["KeyAuth"]] = ["KeyAuth"]
+    key_auth: KeyAuthSpec = KeyAuthSpec()
+    hide_credentials: bool = True
+    allowed_consumers: AllowedConsumersSpec = AllowedConsumersSpec()
+
+    @model_validator(mode="after")
+    def _methods_for_mode(self) -> AuthSpec:
+        if self.mode == "Handshake" and not self.methods:
+            raise ValueError("mode Handshake needs at least one entry in methods (e.g. [KeyAuth])")
+        k = self.key_auth
+        if "KeyAuth" in self.methods and not (k.header or k.query or k.cookie or k.subprotocol):
+            raise ValueError(
+                "KeyAuth needs at least one source: keyAuth.header, .query, .cookie or .subprotocol"
+            )
+        return self
+
+
+class WsRouteSpec(_Spec):
+    hosts: list[Annotated[str, AfterValidator(_hostname)]] = []
+    paths: Annotated[list[PathSpec], Field(min_length=1)]
+    backend: BackendSpec
+    # Required on purpose: a public route is said explicitly (mode: None), never by omission.
+    auth: AuthSpec
+
+
+class SecretRef(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class CredentialSpec(_Spec):
+    type: Literal["KeyAuth"]
+    secret_ref: SecretRef
+
+
+class WsConsumerSpec(_Spec):
+    username: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    disabled: bool = False
+    credentials: list[CredentialSpec] = []

@@ -1,0 +1,1 @@
+"""The wsgate proxy: authenticates WebSocket handshakes and relays the upgraded bytes."""

@@ -1,0 +1,99 @@
+"""The admin API: where the operator pushes configs and probes and Prometheus look.
+
+Config writes need the bearer token; without a token configured they are refused
+outright, so an admin port exposed by mistake cannot be used to rewrite routing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .config import GatewayConfig
+from .runtime import Runtime
+
+log = logging.getLogger("wsgate.admin")
+
+# A config with tens of thousands of consumers is several MB of JSON.
+MAX_CONFIG_BYTES = 256 * 1024 * 1024
+
+
+def admin_app(runtime: Runtime, token: str | None) -> web.Application:
+    app = web.Application(client_max_size=MAX_CONFIG_BYTES)
+    api = AdminApi(runtime, token)
+    app.router.add_put("/config", api.put_config)
+    app.router.add_get("/config", api.get_config)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics)
+    return app
+
+
+class AdminApi:
+    def __init__(self, runtime: Runtime, token: str | None) -> None:
+        self.runtime = runtime
+        self.token = token
+
+    def _authorized(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the admin token, else the refusal to send."""
+        if not self.token:
+            return _json(403, {"error": "no admin token is configured on this proxy; "
+                                        "start it with --admin-token-file or WSGATE_ADMIN_TOKEN"})
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        valid = hmac.compare_digest(given.encode(), self.token.encode())
+        if scheme.lower() != "bearer" or not valid:
+            return _json(401, {"error": "missing or wrong bearer token"},
+                         {"WWW-Authenticate": 'Bearer realm="wsgate-admin"'})
+        return None
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        if (refusal := self._authorized(request)) is not None:
+            return refusal
+        try:
+            body = await request.json(loads=json.loads)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _json(400, {"error": f"the body is not JSON: {exc}"})
+        try:
+            config = GatewayConfig.model_validate(body)
+        except ValidationError as exc:
+            errors = [
+                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            return _json(400, {"error": "invalid config", "errors": errors})
+        expected = config.content_hash()
+        if not config.version:
+            config = config.model_copy(update={"version": expected})
+        elif config.version != expected:
+            return _json(400, {"error": f"version {config.version!r} is not the content hash of "
+                                        f"this config ({expected!r}); omit it or send the hash"})
+        changed = self.runtime.apply(config)
+        return _json(200, {"version": config.version, "changed": changed})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        if self.token and (refusal := self._authorized(request)) is not None:
+            return refusal
+        return _json(200, self.runtime.summary())
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        version = self.runtime.version
+        if version is None:
+            return _json(503, {"status": "no config loaded yet"})
+        return _json(200, {"status": "ready", "version": version})
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        self.runtime.flush_counters()
+        body = generate_latest()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _json(status: int, data: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)

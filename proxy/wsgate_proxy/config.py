@@ -1,0 +1,139 @@
+"""The compiled gateway configuration: the one contract between operator and proxy.
+
+The proxy owns this model (it defines what it accepts); the operator's compiler
+produces it and ``PUT /config`` carries it as JSON. It holds what the data plane
+needs to decide and nothing more: credentials only in the form that verifies them
+(API keys as SHA-256 digests), never in the clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Name = Annotated[str, Field(min_length=1, max_length=253)]
+HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathMatch(_Model):
+    type: Literal["Exact", "Prefix"]
+    value: Annotated[str, Field(pattern=r"^/")]
+
+
+class Endpoint(_Model):
+    address: Name
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+class LoadBalancing(_Model):
+    algorithm: Literal["RoundRobin", "LeastConnections", "ConsistentHash"] = "RoundRobin"
+    hash_on: Literal["Consumer", "ClientIP", "Header"] | None = None
+    hash_header: str | None = None
+
+
+class Backend(_Model):
+    service: Name
+    endpoints: tuple[Endpoint, ...] = ()
+    path_rewrite: str | None = None
+    load_balancing: LoadBalancing = LoadBalancing()
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+
+class KeyAuthSources(_Model):
+    """Where a route accepts an API key; an empty name switches that source off."""
+
+    header: str = "apikey"
+    query: str = "apikey"
+    cookie: str = ""
+    subprotocol: bool = True
+
+
+class RouteAuth(_Model):
+    mode: Literal["Handshake", "None"] = "Handshake"
+    methods: tuple[Literal["KeyAuth"], ...] = ("KeyAuth",)
+    key_auth: KeyAuthSources = KeyAuthSources()
+    hide_credentials: bool = True
+    # Consumers allowed on the route, as names within the route's namespace;
+    # None means every consumer of the namespace (the compiler resolves selectors).
+    allowed_consumers: tuple[Name, ...] | None = None
+
+    @model_validator(mode="after")
+    def _methods_match_mode(self) -> RouteAuth:
+        if self.mode == "Handshake" and not self.methods:
+            raise ValueError("auth mode Handshake needs at least one method")
+        return self
+
+
+class Route(_Model):
+    namespace: Name
+    name: Name
+    generation: int = 0
+    hosts: tuple[str, ...] = ()
+    paths: Annotated[tuple[PathMatch, ...], Field(min_length=1)]
+    backend: Backend
+    auth: RouteAuth = RouteAuth()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class KeyCredential(_Model):
+    # Identifies the credential (its Secret) in revocation and logs, never the key.
+    id: Name
+    sha256: HexDigest
+
+
+class Consumer(_Model):
+    namespace: Name
+    name: Name
+    username: Name
+    keys: tuple[KeyCredential, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class GatewayConfig(_Model):
+    """Everything a proxy serves, versioned by the hash of its content."""
+
+    version: str = ""
+    routes: tuple[Route, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        for kind, items in (("route", self.routes), ("consumer", self.consumers)):
+            seen: set[str] = set()
+            for item in items:
+                if item.key in seen:
+                    raise ValueError(f"duplicate {kind} {item.key}")
+                seen.add(item.key)
+        return self
+
+    def content_hash(self) -> str:
+        body = self.model_dump(mode="json", exclude={"version"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @classmethod
+    def build(cls, routes: list[Route], consumers: list[Consumer]) -> GatewayConfig:
+        """A config in canonical order, its version set to its content hash."""
+        unversioned = cls(
+            routes=tuple(sorted(routes, key=lambda r: r.key)),
+            consumers=tuple(sorted(consumers, key=lambda c: c.key)),
+        )
+        return unversioned.model_copy(update={"version": unversioned.content_hash()})

@@ -1,0 +1,87 @@
+"""Running the proxy: the client listener, the admin listener, and a config source."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .admin import admin_app
+from .config import GatewayConfig
+from .gateway import Gateway
+from .relay import GOING_AWAY
+from .runtime import Runtime
+
+log = logging.getLogger("wsgate.proxy")
+
+METRICS_FLUSH_SECONDS = 5.0
+# How long live sessions get to end after their close frames when the proxy stops.
+SHUTDOWN_GRACE_SECONDS = 6.0
+
+ApplyConfig = Callable[[GatewayConfig], object]
+ConfigSource = Callable[[ApplyConfig], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    listen: tuple[str, int]
+    admin_listen: tuple[str, int]
+    admin_token: str | None = None
+
+
+async def serve(
+    options: ProxyOptions, stop: asyncio.Event, config_source: ConfigSource | None = None
+) -> None:
+    """Serve until ``stop`` is set, then close live sessions with 1001 and stop."""
+    runtime = Runtime()
+    gateway = Gateway(runtime)
+    # The low-level server: every request goes to the gateway, no router in between.
+    proxy_runner = web.ServerRunner(web.Server(gateway.handle), access_log=None)
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token), access_log=None)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await web.TCPSite(proxy_runner, *options.listen).start()
+        await web.TCPSite(admin_runner, *options.admin_listen).start()
+        log.info("listening", extra={"listen": _address(proxy_runner),
+                                     "admin_listen": _address(admin_runner)})
+        if config_source is not None:
+            tasks.append(asyncio.create_task(config_source(runtime.apply)))
+        tasks.append(asyncio.create_task(_flush_metrics(runtime)))
+        await stop.wait()
+        log.info("stopping", extra={"sessions": len(runtime.sessions)})
+    finally:
+        for task in tasks:
+            task.cancel()
+        await proxy_runner.server.shutdown(0) if proxy_runner.server else None
+        runtime.close_all(GOING_AWAY, "proxy shutting down")
+        await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+
+
+def _address(runner: web.BaseRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"{host}:{port}"
+
+
+async def _flush_metrics(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(METRICS_FLUSH_SECONDS)
+        runtime.flush_counters()
+
+
+async def _wait_sessions_ended(runtime: Runtime, grace: float) -> None:
+    pending = [s.done for s in runtime.sessions]
+    if not pending:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await asyncio.gather(*pending, return_exceptions=True)
+    for session in list(runtime.sessions):
+        session.abort()

@@ -1,0 +1,190 @@
+"""What crosses the proxy: headers to the upstream, close codes both ways, failing
+upstreams, and sessions across config swaps. The upstream is the `websockets`
+library's server, recording what it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support import (
+    Admin,
+    RecordingUpstream,
+    compile_objects,
+    consumer_objects,
+    endpoint_slice,
+    eventually,
+    quickstart_objects,
+)
+from wsgate_proxy.credentials import encode_key_subprotocol
+
+KEY = {"apikey": "john-key"}
+
+
+def objects_for(*ports: int) -> list[dict]:
+    """The quickstart, with its EndpointSlices replaced by these local ports."""
+    base = [o for o in quickstart_objects(1, 2) if o["kind"] != "EndpointSlice"]
+    return base + [endpoint_slice(f"s{p}", "echo", "127.0.0.1", p) for p in ports]
+
+
+@pytest.fixture
+async def upstream():
+    async with RecordingUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def proxy_to(start_proxy):
+    """A proxy serving the quickstart route with the given upstream ports."""
+    async def start(*ports: int, objects: list[dict] | None = None):
+        proxy = start_proxy()
+        status, body = await Admin(proxy.admin_port).put_config(
+            compile_objects(objects or objects_for(*ports)))
+        assert status == 200, body
+        return proxy, f"ws://127.0.0.1:{proxy.port}/.ws"
+    return start
+
+
+async def test_upstream_gets_identity_and_forwarding_headers_not_the_key(upstream, proxy_to):
+    _, url = await proxy_to(upstream.port)
+    headers = {**KEY, "X-Consumer-Username": "mallory", "X-Custom": "kept"}
+    async with connect(url + "/room?apikey=other&x=1", additional_headers=headers) as ws:
+        await ws.send("ping")
+        assert await ws.recv() == "ping"
+    request = upstream.requests[-1]
+    assert request.headers["X-Consumer-Username"] == "john"  # the client's value is replaced
+    assert request.headers.get_all("X-Consumer-Username") == ["john"]
+    assert request.headers["X-Forwarded-For"] == "127.0.0.1"
+    assert request.headers["X-Forwarded-Proto"] == "http"
+    assert request.headers["X-Forwarded-Host"].startswith("127.0.0.1:")
+    assert request.headers["X-Custom"] == "kept"
+    assert "apikey" not in request.headers
+    # Only the credential that authenticated is stripped: the header here.
+    assert request.path == "/.ws/room?apikey=other&x=1"
+
+
+async def test_query_key_is_stripped_and_other_parameters_kept(upstream, proxy_to):
+    _, url = await proxy_to(upstream.port)
+    async with connect(url + "?room=7&apikey=john-key&b=%20x") as ws:
+        await ws.send("x")
+        await ws.recv()
+    assert upstream.requests[-1].path == "/.ws?room=7&b=%20x"
+
+
+async def test_subprotocol_key_entry_is_never_forwarded(upstream, proxy_to):
+    _, url = await proxy_to(upstream.port)
+    entry = encode_key_subprotocol("john-key")
+    async with connect(url, subprotocols=[entry, "echo"]) as ws:
+        assert ws.subprotocol == "echo"
+    offered = upstream.requests[-1].headers.get_all("Sec-WebSocket-Protocol")
+    assert offered == ["echo"]
+    async with connect(url, subprotocols=[entry]) as ws:
+        assert ws.subprotocol == entry
+    assert "Sec-WebSocket-Protocol" not in upstream.requests[-1].headers
+
+
+async def test_encoded_paths_are_normalized_before_matching_and_forwarding(upstream, proxy_to):
+    proxy, _ = await proxy_to(upstream.port)
+    base = f"ws://127.0.0.1:{proxy.port}"
+    async with connect(base + "/%2Ews/a/../b", additional_headers=KEY) as ws:
+        await ws.send("x")
+        await ws.recv()
+    assert upstream.requests[-1].path == "/.ws/b"
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(base + "/x/..%2F.ws", additional_headers=KEY):
+            pass
+    assert info.value.response.status_code == 400
+
+
+async def test_client_close_code_reaches_the_upstream(upstream, proxy_to):
+    _, url = await proxy_to(upstream.port)
+    async with connect(url, additional_headers=KEY) as ws:
+        await ws.send("x")
+        await ws.recv()
+        await ws.close(4000, "client says bye")
+    await eventually(lambda: _assert_equal(upstream.close_codes, [4000]))
+
+
+async def test_upstream_close_code_reaches_the_client(upstream, proxy_to):
+    _, url = await proxy_to(upstream.port)
+    async with connect(url, additional_headers=KEY) as ws:
+        await ws.send("close:4001")
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 4001
+    assert ws.close_reason == "upstream says bye"
+
+
+async def _assert_equal(actual, expected):
+    assert actual == expected
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_upstream_down_is_502_before_any_upgrade(proxy_to):
+    _, url = await proxy_to(free_port())
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url, additional_headers=KEY):
+            pass
+    assert info.value.response.status_code == 502
+    assert b"cannot connect" in info.value.response.body
+
+
+async def test_a_dead_endpoint_is_retried_on_the_next(upstream, proxy_to):
+    _, url = await proxy_to(free_port(), upstream.port)
+    for _ in range(4):  # round robin starts on either: every handshake must land
+        async with connect(url, additional_headers=KEY) as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+
+
+async def test_no_ready_endpoints_is_503(proxy_to):
+    _, url = await proxy_to(objects=objects_for())
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url, additional_headers=KEY):
+            pass
+    assert info.value.response.status_code == 503
+    assert b"no ready endpoints" in info.value.response.body
+
+
+async def test_upstream_vanishing_mid_session_closes_the_client_with_1014(proxy_to):
+    async with RecordingUpstream() as server:
+        _, url = await proxy_to(server.port)
+        ws = await connect(url, additional_headers=KEY)
+        await ws.send("x")
+        await ws.recv()
+        # Cut the upstream's TCP connections without a close frame.
+        for connection in list(server._server.connections):
+            connection.transport.abort()
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1014
+    assert ws.close_reason == "upstream connection lost"
+
+
+async def test_config_swaps_keep_live_sessions(upstream, proxy_to, start_proxy):
+    proxy, url = await proxy_to(upstream.port)
+    admin = Admin(proxy.admin_port)
+    sessions = [await connect(url, additional_headers=KEY) for _ in range(20)]
+    try:
+        for i in range(10):
+            objects = objects_for(upstream.port) + consumer_objects(f"c{i}", f"key-{i}")
+            status, body = await admin.put_config(compile_objects(objects))
+            assert (status, body["changed"]) == (200, True)
+        for i, ws in enumerate(sessions):
+            await ws.send(f"still here {i}")
+            assert await ws.recv() == f"still here {i}"
+        # And the last config is in force for new handshakes.
+        async with connect(url, additional_headers={"apikey": "key-9"}) as ws:
+            await ws.send("new")
+            assert await ws.recv() == "new"
+    finally:
+        for ws in sessions:
+            await ws.close()

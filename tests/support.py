@@ -1,0 +1,172 @@
+"""What the test tiers share: manifests from the quickstart, upstreams, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "examples" / "quickstart"
+TOKEN = "test-admin-token"
+
+
+def copy_quickstart(target: Path, port_a: int, port_b: int) -> Path:
+    """The quickstart manifests, verbatim but for the echo upstreams' ports."""
+    target.mkdir(parents=True, exist_ok=True)
+    for source in QUICKSTART.glob("*.yaml"):
+        text = _with_ports(source.read_text(), port_a, port_b)
+        (target / source.name).write_text(text)
+    return target
+
+
+def _with_ports(text: str, port_a: int, port_b: int) -> str:
+    return text.replace("port: 9001", f"port: {port_a}").replace("port: 9002", f"port: {port_b}")
+
+
+def quickstart_objects(port_a: int, port_b: int) -> list[dict[str, Any]]:
+    objects = []
+    for source in sorted(QUICKSTART.glob("*.yaml")):
+        text = _with_ports(source.read_text(), port_a, port_b)
+        objects += [d for d in yaml.safe_load_all(text) if d]
+    return objects
+
+
+def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(yaml.safe_dump_all(objects))
+    shutil.move(tmp, path)  # a rename: the watcher never sees half a file
+    return path
+
+
+def endpoint_slice(name: str, service: str, address: str, port: int,
+                   port_name: str = "ws") -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+    }
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+                     interval: float = 0.05) -> Any:
+    """Retry ``check`` until it returns without raising, or re-raise at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await check()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
+def _echo_if_offered(_connection: ServerConnection, offered: list[str]) -> str | None:
+    return "echo" if "echo" in offered else None
+
+
+class RecordingUpstream:
+    """An independent upstream (the `websockets` library's server) that records each
+    handshake and echoes, except: 'close:<code>' makes it close with that code."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.close_codes: list[int | None] = []
+        self._server: Any = None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.requests.append(ws.request)
+        try:
+            async for message in ws:
+                if isinstance(message, str) and message.startswith("close:"):
+                    await ws.close(int(message.split(":")[1]), "upstream says bye")
+                    break
+                await ws.send(message)
+        except ConnectionClosed:
+            pass  # a close code other than 1000/1001: recorded below
+        await ws.wait_closed()
+        self.close_codes.append(ws.close_code)
+
+    async def __aenter__(self) -> RecordingUpstream:
+        self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None,
+                                   select_subprotocol=_echo_if_offered)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+
+def compile_objects(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The config the compiler makes of these objects, as JSON for PUT /config."""
+    from wsgate_operator.compiler import Snapshot, compile_snapshot
+
+    return compile_snapshot(Snapshot.of(objects)).config.model_dump(mode="json")
+
+
+def consumer_objects(name: str, key: str, labels: dict[str, str] | None = None
+                     ) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": f"{name}-key", "labels": {"wsgate.io/credential": "true"}},
+         "stringData": {"key": key}},
+        {"apiVersion": "wsgate.io/v1alpha1", "kind": "WsConsumer",
+         "metadata": {"name": name, "labels": labels or {}},
+         "spec": {"credentials": [{"type": "KeyAuth", "secretRef": {"name": f"{name}-key"}}]}},
+    ]
+
+
+class Admin:
+    """The proxy's admin API, through aiohttp's client."""
+
+    def __init__(self, port: int, token: str | None = TOKEN) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.token = token
+
+    def _headers(self, token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      token: str | None = "default") -> tuple[int, Any]:
+        import aiohttp
+
+        token = self.token if token == "default" else token
+        async with aiohttp.ClientSession() as http, http.request(
+            method, self.base + path, json=json, headers=self._headers(token)
+        ) as response:
+            body = await (response.json() if response.content_type == "application/json"
+                          else response.text())
+            return response.status, body
+
+    async def put_config(self, config: dict[str, Any], **kwargs: Any) -> tuple[int, Any]:
+        return await self.request("PUT", "/config", json=config, **kwargs)
+
+    async def metrics(self) -> str:
+        _, text = await self.request("GET", "/metrics")
+        return text
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

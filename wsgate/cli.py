@@ -1,0 +1,144 @@
+"""The `wsgate` command: `proxy`, `echo` and `compile`.
+
+This is where the components meet: standalone mode hands the operator's compiler
+output to the proxy's runtime through a callback, so neither package imports the
+other beyond the config contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from . import logs
+
+TOKEN_ENV = "WSGATE_ADMIN_TOKEN"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT'; port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"wsgate: cannot read --admin-token-file {path}: {exc.strerror}"
+            ) from None
+        if not token:
+            raise SystemExit(f"wsgate: --admin-token-file {path} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="wsgate", description="A Kubernetes ingress controller for WebSocket traffic."
+    )
+    root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    proxy = commands.add_parser("proxy", help="run the proxy")
+    proxy.add_argument("--listen", type=host_port, default=("0.0.0.0", 9080),
+                       help="where clients connect (default 0.0.0.0:9080)")
+    proxy.add_argument("--admin-listen", type=host_port, default=("0.0.0.0", 9901),
+                       help="admin API: config, probes, metrics (default 0.0.0.0:9901)")
+    proxy.add_argument("--manifests", type=Path, metavar="DIR",
+                       help="standalone mode: serve the manifests under DIR, reloading on change")
+    proxy.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                       help=f"bearer token for config writes (else ${TOKEN_ENV})")
+
+    echo = commands.add_parser("echo", help="run a WebSocket echo upstream (demos, tests)")
+    echo.add_argument("--listen", type=host_port, default=("127.0.0.1", 9001))
+    echo.add_argument("--id", dest="server_id", metavar="NAME",
+                      help="name in the greeting (default: the hostname)")
+
+    compile_ = commands.add_parser(
+        "compile", help="print the config compiled from a manifest directory, as pushed"
+    )
+    compile_.add_argument("directory", type=Path, metavar="DIR")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(args.log_level)
+    if args.command == "compile":
+        return compile_command(args.directory)
+    if args.command == "echo":
+        from .echo import serve as serve_echo
+
+        run(lambda stop: serve_echo(args.listen, args.server_id, stop))
+        return 0
+    if args.command == "proxy":
+        return proxy_command(args)
+    raise AssertionError(args.command)
+
+
+def proxy_command(args: argparse.Namespace) -> int:
+    from wsgate_proxy.server import ProxyOptions, serve
+
+    options = ProxyOptions(
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        admin_token=read_token(args.admin_token_file),
+    )
+    source = None
+    if args.manifests is not None:
+        from wsgate_operator import standalone
+
+        directory = args.manifests
+        source = lambda apply: standalone.watch(directory, apply)  # noqa: E731
+    run(lambda stop: serve(options, stop, source))
+    return 0
+
+
+def compile_command(directory: Path) -> int:
+    from wsgate_operator.manifests import compile_directory
+
+    result = compile_directory(directory)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if result.errors:
+        for line in result.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    assert result.compiled is not None
+    print(json.dumps(result.compiled.config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def run(make: Any) -> None:
+    """Run ``make(stop_event)`` on uvloop (where available) until SIGTERM/SIGINT."""
+
+    async def main_task() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        coroutine: Coroutine[Any, Any, None] = make(stop)
+        await coroutine
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_task())
+    else:
+        uvloop.run(main_task())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
