@@ -73,7 +73,8 @@ def find_key(
 
 def _decode_b64url(text: str) -> str:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        padded = text + "=" * (-len(text) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise MalformedCredential(
             "the credential subprotocol entry is not base64url-encoded UTF-8"

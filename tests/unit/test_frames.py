@@ -1,0 +1,118 @@
+"""The frame inspector against frames serialized by the `websockets` library."""
+
+from __future__ import annotations
+
+import pytest
+from websockets.frames import Close, Frame, Opcode
+
+from wsgate_proxy.relay import FrameInspector, close_frame
+
+OP_BINARY, OP_CLOSE, OP_CONT = Opcode.BINARY, Opcode.CLOSE, Opcode.CONT
+OP_PING, OP_TEXT = Opcode.PING, Opcode.TEXT
+
+
+def frames(*items: Frame, mask: bool) -> bytes:
+    return b"".join(f.serialize(mask=mask, extensions=[]) for f in items)
+
+
+STREAM = [
+    Frame(OP_TEXT, b"hello"),
+    Frame(OP_BINARY, b"x" * 200),  # 16-bit length
+    Frame(OP_PING, b"p"),
+    Frame(OP_TEXT, b"frag-1", fin=False),
+    Frame(OP_PING, b""),  # control frames may sit between fragments
+    Frame(OP_CONT, b"frag-2", fin=False),
+    Frame(OP_CONT, b"frag-3"),
+    Frame(OP_BINARY, b"y" * 70000),  # 64-bit length
+    Frame(OP_CLOSE, Close(4321, "bye").serialize()),
+]
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_whole_stream_passes_unchanged_and_is_counted(mask):
+    data = frames(*STREAM, mask=mask)
+    inspector = FrameInspector(masked=mask)
+    assert inspector.feed(data) == data
+    assert inspector.messages == 4
+    assert inspector.close_code == 4321
+    assert inspector.at_boundary
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_every_split_point_forwards_the_same_bytes(mask):
+    data = frames(*STREAM[:7], STREAM[8], mask=mask)
+    for split in range(len(data) + 1):
+        inspector = FrameInspector(masked=mask)
+        out = inspector.feed(data[:split]) + inspector.feed(data[split:])
+        assert out == data, split
+        assert inspector.messages == 3
+        assert inspector.close_code == 4321
+
+
+def test_byte_at_a_time():
+    data = frames(*STREAM, mask=True)
+    inspector = FrameInspector(masked=True)
+    out = b"".join(inspector.feed(data[i : i + 1]) for i in range(len(data)))
+    assert out == data
+    assert (inspector.messages, inspector.close_code) == (4, 4321)
+
+
+def test_a_split_header_is_held_until_whole():
+    data = frames(Frame(OP_TEXT, b"a" * 300), mask=True)
+    inspector = FrameInspector(masked=True)
+    assert inspector.feed(data[:3]) == b""  # 2 + 2 length bytes + 4 mask bytes needed
+    assert inspector.at_boundary
+    assert inspector.feed(data[3:]) == data
+
+
+def test_close_frame_without_code():
+    inspector = FrameInspector(masked=False)
+    inspector.feed(frames(Frame(OP_CLOSE, b""), mask=False))
+    assert inspector.close_code == 1005
+
+
+def test_message_size_limit_counts_all_fragments_and_stops_before_the_frame():
+    first = frames(Frame(OP_TEXT, b"a" * 60, fin=False), mask=True)
+    second = frames(Frame(OP_CONT, b"b" * 60), mask=True)
+    inspector = FrameInspector(masked=True, max_message_bytes=100)
+    assert inspector.feed(first) == first
+    assert not inspector.oversized
+    assert inspector.feed(second) == b""
+    assert inspector.oversized
+    assert inspector.halted
+
+
+def test_a_message_within_the_limit_resets_the_count():
+    inspector = FrameInspector(masked=True, max_message_bytes=100)
+    data = frames(*[Frame(OP_BINARY, b"z" * 90)] * 5, mask=True)
+    assert inspector.feed(data) == data
+    assert not inspector.oversized
+
+
+def test_halt_stops_forwarding_at_the_next_boundary_but_keeps_watching():
+    one = frames(Frame(OP_BINARY, b"1" * 1000), mask=False)
+    two = frames(Frame(OP_TEXT, b"after"), Frame(OP_CLOSE, Close(1000, "").serialize()),
+                 mask=False)
+    inspector = FrameInspector(masked=False)
+    assert inspector.feed(one[:500]) == one[:500]
+    inspector.halt_requested = True
+    # The rest of the frame in progress still goes, nothing after it.
+    assert inspector.feed(one[500:] + two) == one[500:]
+    assert inspector.halted
+    assert inspector.close_code == 1000
+    assert inspector.feed(frames(Frame(OP_TEXT, b"more"), mask=False)) == b""
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_close_frames_the_proxy_writes_parse_as_close_frames(masked):
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(close_frame(1008, "credential revoked", masked=masked))
+    parser = Frame.parse(reader.read_exact, mask=masked)
+    try:
+        next(parser)
+    except StopIteration as stop:
+        frame = stop.value
+    assert frame.opcode == OP_CLOSE
+    assert Close.parse(frame.data) == Close(1008, "credential revoked")
