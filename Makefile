@@ -25,7 +25,8 @@ demo: venv
 	$(BIN)/python examples/quickstart/demo.py
 
 bench: venv
-	$(BIN)/python bench/relay.py
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.relay
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,8 +1,10 @@
 """Running `wsgate` commands as child processes, for the demo, tests and benchmarks.
 
 A child listens on the address it is given (port 0 for a free one) and reports the
-address it bound in its first structured log line, which is read here; so callers
-never guess ports. Every child is stopped (SIGTERM, then SIGKILL) on exit.
+address it bound in a structured log line, which is read here; so callers never
+guess ports. The child's log goes to a file that is polled, not to a pipe read by a
+thread, so a benchmark's load client has its process to itself. Every child is
+stopped (SIGTERM, then SIGKILL) on exit.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 LogRecord = dict[str, Any]
+POLL_SECONDS = 0.02
 
 
 class ProcessFailed(RuntimeError):
@@ -28,61 +31,65 @@ class ProcessFailed(RuntimeError):
 class WsgateProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None, name: str = "") -> None:
         self.args = list(args)
-        self.name = name or args[0]
+        self.name = name or next(a for a in args if not a.startswith("-"))
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.records: list[LogRecord] = []
         self.other_output: list[str] = []
-        self._changed = threading.Condition()
+        self._log: IO[bytes] | None = None
+        self._read_offset = 0
+        self._partial = b""
 
     def start(self, timeout: float = 15.0) -> WsgateProcess:
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wsgate", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=self._log,
             env=self.env,
         )
-        threading.Thread(target=self._read, daemon=True).start()
         self.wait_for_log(lambda r: r.get("event") == "listening", timeout)
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                try:
-                    self.records.append(json.loads(line))
-                except ValueError:
-                    self.other_output.append(line.rstrip())
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+    def _read_new(self) -> None:
+        assert self._log is not None
+        chunk = os.pread(self._log.fileno(), 1 << 20, self._read_offset)
+        if not chunk:
+            return
+        self._read_offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for line in lines:
+            text = line.decode(errors="replace")
+            try:
+                self.records.append(json.loads(text))
+            except ValueError:
+                self.other_output.append(text)
 
     def wait_for_log(self, predicate: Callable[[LogRecord], bool], timeout: float = 10.0,
                      since: int = 0) -> LogRecord:
         """The first log record (from index ``since``) matching ``predicate``."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for record in self.records[since:]:
-                    if predicate(record):
-                        return record
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise ProcessFailed(f"wsgate {self.name} exited ({self.proc.returncode})\n"
-                                        + self.output())
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"wsgate {self.name}: no matching log line within "
-                                       f"{timeout}s\n" + self.output())
-                self._changed.wait(min(remaining, 0.2))
+        checked = since
+        while True:
+            self._read_new()
+            for record in self.records[checked:]:
+                if predicate(record):
+                    return record
+            checked = max(checked, len(self.records))
+            if self.proc is not None and self.proc.poll() is not None:
+                self._read_new()
+                raise ProcessFailed(f"wsgate {self.name} exited ({self.proc.returncode})\n"
+                                    + self.output())
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"wsgate {self.name}: no matching log line within "
+                                   f"{timeout}s\n" + self.output())
+            time.sleep(POLL_SECONDS)
 
     def output(self) -> str:
-        with self._changed:
-            lines = [json.dumps(r) for r in self.records] + self.other_output
-        return "\n".join(lines[-40:])
+        self._read_new()
+        lines = [json.dumps(r) for r in self.records] + self.other_output
+        return "\n".join(lines[-60:])
 
     def address(self, field: str = "listen") -> tuple[str, int]:
         record = self.wait_for_log(lambda r: r.get("event") == "listening")
@@ -98,14 +105,17 @@ class WsgateProcess:
         return self.address("admin_listen")[1]
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._read_new()
+        return self.proc.returncode
 
     def __enter__(self) -> WsgateProcess:
         return self.start()
@@ -113,3 +123,5 @@ class WsgateProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+        if self._log is not None:
+            self._log.close()
