@@ -93,7 +93,8 @@ def start_nginx(stack: ExitStack, upstream_port: int) -> Target | None:
     stack.callback(_stop, proc)
     _wait_port(port)
     version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
-    return Target(f"nginx ({version.split('/')[-1]})", f"ws://127.0.0.1:{port}/.ws", _worker(proc.pid))
+    name = f"nginx ({version.split('/')[-1]})"
+    return Target(name, f"ws://127.0.0.1:{port}/.ws", _worker(proc.pid))
 
 
 def _worker(master: int) -> int:

@@ -41,7 +41,7 @@ class WsgateProcess:
         self._partial = b""
 
     def start(self, timeout: float = 15.0) -> WsgateProcess:
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wsgate", *self.args],
             stdin=subprocess.DEVNULL,
