@@ -41,7 +41,7 @@ class WsgateProcess:
         self._partial = b""
 
     def start(self, timeout: float = 15.0) -> WsgateProcess:
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wsgate", *self.args],
             stdin=subprocess.DEVNULL,
@@ -53,7 +53,8 @@ class WsgateProcess:
         return self
 
     def _read_new(self) -> None:
-        assert self._log is not None
+        if self._log is None:
+            return
         chunk = os.pread(self._log.fileno(), 1 << 20, self._read_offset)
         if not chunk:
             return
@@ -115,6 +116,9 @@ class WsgateProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._read_new()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         return self.proc.returncode
 
     def __enter__(self) -> WsgateProcess:
@@ -123,5 +127,3 @@ class WsgateProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-        if self._log is not None:
-            self._log.close()
