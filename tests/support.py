@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -79,7 +80,8 @@ def _echo_if_offered(_connection: ServerConnection, offered: list[str]) -> str |
 
 class RecordingUpstream:
     """An independent upstream (the `websockets` library's server) that records each
-    handshake and echoes, except: 'close:<code>' makes it close with that code."""
+    handshake and echoes, except: 'close:<code>' makes it close with that code, and
+    'flood:<n>' makes it send n MiB in 64 KiB messages."""
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
@@ -93,6 +95,11 @@ class RecordingUpstream:
                 if isinstance(message, str) and message.startswith("close:"):
                     await ws.close(int(message.split(":")[1]), "upstream says bye")
                     break
+                if isinstance(message, str) and message.startswith("flood:"):
+                    chunk = os.urandom(65536)  # incompressible: deflate may be on
+                    for _ in range(int(message.split(":")[1]) * 16):
+                        await ws.send(chunk)  # waits while the proxy applies backpressure
+                    continue
                 await ws.send(message)
         except ConnectionClosed:
             pass  # a close code other than 1000/1001: recorded below

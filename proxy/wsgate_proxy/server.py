@@ -45,8 +45,9 @@ async def serve(
     await proxy_runner.setup()
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
+    proxy_site = web.TCPSite(proxy_runner, *options.listen)
     try:
-        await web.TCPSite(proxy_runner, *options.listen).start()
+        await proxy_site.start()
         await web.TCPSite(admin_runner, *options.admin_listen).start()
         log.info("listening", extra={"listen": _address(proxy_runner),
                                      "admin_listen": _address(admin_runner)})
@@ -58,7 +59,10 @@ async def serve(
     finally:
         for task in tasks:
             task.cancel()
-        await proxy_runner.server.shutdown(0) if proxy_runner.server else None
+        # Stop accepting first; then end live sessions with close frames while their
+        # connections still deliver the peers' replies (aiohttp's own shutdown stops
+        # reading from connections, so it comes last).
+        await proxy_site.stop()
         runtime.close_all(GOING_AWAY, "proxy shutting down")
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
