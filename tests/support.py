@@ -177,3 +177,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+async def receive_until_closed(ws: Any, into: list[Any] | None = None) -> None:
+    """Receive (into a list, if given) until the connection closes: ConnectionClosed."""
+    while True:
+        message = await ws.recv()
+        if into is not None:
+            into.append(message)

@@ -344,6 +344,9 @@ def _compile_route(
             hide_credentials=spec.auth.hide_credentials,
             allowed_consumers=allowed_names,
         ),
+        allowed_origins=tuple(spec.allowed_origins),
+        limits=cfg.Limits(**spec.limits.model_dump()),
+        on_credential_revoked=spec.on_credential_revoked,
     )
 
 

@@ -121,12 +121,35 @@ class AuthSpec(_Spec):
         return self
 
 
+class LimitsSpec(_Spec):
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    max_connections_per_consumer: Annotated[int, Field(ge=1)] | None = None
+    max_message_bytes: Annotated[int, Field(ge=1)] | None = None
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    messages_per_second: Annotated[float, Field(gt=0)] | None = None
+
+
+def _origin(value: str) -> str:
+    if not _ORIGIN.match(value):
+        raise ValueError(
+            f"{value!r} is not an origin: scheme://host[:port] with no path "
+            "(e.g. 'https://app.example.com')"
+        )
+    return value.lower()
+
+
+_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
+
+
 class WsRouteSpec(_Spec):
     hosts: list[Annotated[str, AfterValidator(_hostname)]] = []
     paths: Annotated[list[PathSpec], Field(min_length=1)]
     backend: BackendSpec
     # Required on purpose: a public route is said explicitly (mode: None), never by omission.
     auth: AuthSpec
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    limits: LimitsSpec = LimitsSpec()
+    on_credential_revoked: Literal["Close", "Keep"] = "Close"
 
 
 class SecretRef(_Spec):

@@ -19,6 +19,9 @@ from .credentials import KEY_SUBPROTOCOL_PREFIX, MalformedCredential, PresentedK
 class Identity:
     consumer: Consumer
     credential_id: str
+    # What the credential was when it was verified (a key's digest): a live session is
+    # revoked when its consumer no longer holds a credential with this fingerprint.
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +43,20 @@ class AuthFailure(Exception):
 class Authenticator:
     def __init__(self, consumers: tuple[Consumer, ...]) -> None:
         self._keys: dict[tuple[str, str], Identity] = {}
+        self._fingerprints: dict[str, tuple[Consumer, frozenset[str]]] = {}
         for consumer in consumers:
             for key in consumer.keys:
-                self._keys[(consumer.namespace, key.sha256)] = Identity(consumer, key.id)
+                identity = Identity(consumer, key.id, key.sha256)
+                self._keys[(consumer.namespace, key.sha256)] = identity
+            self._fingerprints[consumer.key] = (
+                consumer, frozenset(k.sha256 for k in consumer.keys))
+
+    def holder(self, consumer_key: str, fingerprint: str) -> Consumer | None:
+        """The consumer, if it still exists and still holds this credential."""
+        entry = self._fingerprints.get(consumer_key)
+        if entry is None or fingerprint not in entry[1]:
+            return None
+        return entry[0]
 
     def authenticate(
         self,
@@ -71,12 +85,16 @@ class Authenticator:
             raise AuthFailure(
                 401, f"the API key in the {presented.source} is not valid", key_challenge(route)
             )
-        allowed = auth.allowed_consumers
-        if allowed is not None and identity.consumer.name not in allowed:
+        if not allows(route, identity.consumer):
             raise AuthFailure(
                 403, f"consumer {identity.consumer.username!r} is not allowed on this route"
             )
         return Authenticated(identity, presented)
+
+
+def allows(route: Route, consumer: Consumer) -> bool:
+    allowed = route.auth.allowed_consumers
+    return allowed is None or consumer.name in allowed
 
 
 def describe_key_sources(route: Route) -> str:

@@ -76,6 +76,16 @@ class RouteAuth(_Model):
         return self
 
 
+class Limits(_Model):
+    """Per-route limits; None means unlimited."""
+
+    max_connections: Annotated[int, Field(ge=1)] | None = None  # per route, per proxy
+    max_connections_per_consumer: Annotated[int, Field(ge=1)] | None = None
+    max_message_bytes: Annotated[int, Field(ge=1)] | None = None  # all fragments, on the wire
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    messages_per_second: Annotated[float, Field(gt=0)] | None = None  # client to upstream
+
+
 class Route(_Model):
     namespace: Name
     name: Name
@@ -84,6 +94,10 @@ class Route(_Model):
     paths: Annotated[tuple[PathMatch, ...], Field(min_length=1)]
     backend: Backend
     auth: RouteAuth = RouteAuth()
+    # Origins (scheme://host[:port], lower case) a browser handshake may come from; empty: any.
+    allowed_origins: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    on_credential_revoked: Literal["Close", "Keep"] = "Close"
 
     @property
     def key(self) -> str:

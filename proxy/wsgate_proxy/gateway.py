@@ -20,7 +20,7 @@ from .config import Endpoint, Route
 from .credentials import offered_subprotocols, strip_cookie, strip_query
 from .relay import Session
 from .routing import BadPath, Match, normalize_path, quote_path
-from .runtime import Runtime
+from .runtime import LimitReached, Runtime
 from .upstream import UpstreamError, build_request, open_upstream
 
 log = logging.getLogger("wsgate.gateway")
@@ -68,6 +68,14 @@ class Gateway:
             status, message, headers = problem
             return self._refused(route, status, "bad_request", message, headers)
 
+        if route.allowed_origins:
+            origin = request.headers.get("Origin", "").lower()
+            if origin not in route.allowed_origins:
+                return self._refused(
+                    route, 403, "forbidden",
+                    f"origin {origin or '(none)'!r} is not allowed on this route",
+                )
+
         protocols = offered_subprotocols(request.headers)
         try:
             authed = active.authenticator.authenticate(route, request.headers, raw_query, protocols)
@@ -82,17 +90,32 @@ class Gateway:
                 route, 503, "no_upstream",
                 f"backend Service {route.namespace}/{route.backend.service} has no ready endpoints",
             )
-        return await self._proxy(request, match, authed, candidates, protocols, raw_query)
+        consumer_key = authed.identity.consumer.key if authed.identity else None
+        try:
+            self.runtime.admit(route, consumer_key)
+        except LimitReached as exc:
+            return self._refused(route, exc.status, "rate_limited", exc.message)
+        started = False
+        try:
+            response, started = await self._proxy(
+                request, match, path, authed, candidates, protocols, raw_query
+            )
+            return response
+        finally:
+            if not started:  # a session releases its admission when it ends
+                self.runtime.release(route.key, consumer_key)
 
     async def _proxy(
         self,
         request: web.BaseRequest,
         match: Match,
+        path: str,
         authed: Authenticated,
         candidates: list[Endpoint],
         protocols: list[str],
         raw_query: str,
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bool]:
+        """The answer to the client, and whether a session started."""
         route = match.route
         key = request.headers["Sec-WebSocket-Key"]
         forwarded_protocols = [p for p in protocols if not _is_credential_entry(p, authed)]
@@ -117,7 +140,7 @@ class Gateway:
             return self._refused(
                 route, 502, "upstream_error",
                 "no upstream accepted the handshake: " + "; ".join(errors),
-            )
+            ), False
         transport, protocol, response = connected
         metrics.UPSTREAM_CONNECT.labels(route.key).observe(time.perf_counter() - started)
 
@@ -146,13 +169,11 @@ class Gateway:
         client = request.transport
         if client is None or client.is_closing():
             transport.abort()
-            return response_101
+            return response_101, False
 
-        identity = authed.identity
+        limits = route.limits
         session = Session(
             route_key=route.key,
-            username=identity.consumer.username if identity else None,
-            credential_id=identity.credential_id if identity else None,
             endpoint=endpoint,
             client_transport=client,
             client_protocol=request.protocol,
@@ -160,8 +181,15 @@ class Gateway:
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
+            max_message_bytes=limits.max_message_bytes or 0,
+            messages_per_second=limits.messages_per_second or 0,
         )
-        self.runtime.session_started(session)
+        session.host, session.path = request.headers.get("Host", ""), path
+        if (identity := authed.identity) is not None:
+            session.consumer_key = identity.consumer.key
+            session.username = identity.consumer.username
+            session.credential_fingerprint = identity.fingerprint
+        self.runtime.session_started(session, route)
         metrics.HANDSHAKES.labels(route.key, "ok").inc()
         request.protocol.set_parser(session)  # type: ignore[arg-type]
         session.start()
@@ -170,7 +198,7 @@ class Gateway:
         except asyncio.CancelledError:
             session.abort()
             raise
-        return response_101
+        return response_101, True
 
     def _refused(
         self,

@@ -41,10 +41,11 @@ class FrameInspector:
     followed after that, to see the peer's close frame.
     """
 
-    __slots__ = ("_held", "_masked", "_skip", "close_code", "halt_requested", "halted",
-                 "max_message_bytes", "message_bytes", "messages", "oversized")
+    __slots__ = ("_held", "_masked", "_skip", "_stamp", "_tokens", "close_code",
+                 "halt_requested", "halted", "max_message_bytes", "message_bytes", "messages",
+                 "rate", "violation")
 
-    def __init__(self, *, masked: bool, max_message_bytes: int = 0) -> None:
+    def __init__(self, *, masked: bool, max_message_bytes: int = 0, rate: float = 0) -> None:
         self._masked = masked
         self._skip = 0  # payload bytes of the current frame still to pass
         self._held = b""  # an incomplete header (or close frame) waiting for more bytes
@@ -54,7 +55,17 @@ class FrameInspector:
         self.close_code: int | None = None  # from the first close frame; 1005 when it has none
         self.halt_requested = False
         self.halted = False
-        self.oversized = False
+        # A limit the stream broke: (close code, reason); forwarding stopped before it.
+        self.violation: tuple[int, str] | None = None
+        # Messages per second, as a token bucket holding one second's worth.
+        self.rate = rate
+        self._tokens = max(rate, 1.0)
+        self._stamp = time.monotonic()
+
+    def set_limits(self, max_message_bytes: int, rate: float) -> None:
+        self.max_message_bytes = max_message_bytes
+        if rate != self.rate:
+            self.rate, self._tokens = rate, max(rate, 1.0)
 
     @property
     def at_boundary(self) -> bool:
@@ -73,6 +84,11 @@ class FrameInspector:
         cut = -1  # where forwarding stops in this chunk, if it does
         if self.halted:
             cut = 0
+        rate = self.rate
+        if rate:
+            now = time.monotonic()
+            self._tokens = min(max(rate, 1.0), self._tokens + (now - self._stamp) * rate)
+            self._stamp = now
         while True:
             # pos is a frame boundary here
             if cut < 0 and self.halt_requested:
@@ -104,10 +120,15 @@ class FrameInspector:
             else:
                 if opcode:  # a text or binary frame starts a new message
                     self.message_bytes = 0
+                    if rate and cut < 0:
+                        if self._tokens < 1:
+                            self._violate(POLICY_VIOLATION, "message rate exceeded")
+                            cut = pos
+                        self._tokens -= 1
                 self.message_bytes += length
                 limit = self.max_message_bytes
                 if limit and self.message_bytes > limit and cut < 0:
-                    self.oversized = self.halted = self.halt_requested = True
+                    self._violate(MESSAGE_TOO_BIG, "message too big")
                     cut = pos
                 if b0 & 0x80:
                     self.messages += 1
@@ -121,6 +142,10 @@ class FrameInspector:
         if self._held:
             return data[: n - len(self._held)]
         return data
+
+    def _violate(self, code: int, reason: str) -> None:
+        self.violation = (code, reason)
+        self.halted = self.halt_requested = True
 
     @staticmethod
     def _read_close_code(data: bytes, pos: int, header: int, length: int, masked: int) -> int:
@@ -156,8 +181,6 @@ class Session:
         self,
         *,
         route_key: str,
-        username: str | None,
-        credential_id: str | None,
         endpoint: Endpoint,
         client_transport: asyncio.Transport,
         client_protocol: BaseProtocol,
@@ -165,14 +188,21 @@ class Session:
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
+        max_message_bytes: int = 0,
+        messages_per_second: float = 0,
     ) -> None:
         self.route_key = route_key
-        self.username = username
-        self.credential_id = credential_id
         self.endpoint = endpoint
+        # Who and what, for the runtime's checks when a new config arrives.
+        self.host = ""
+        self.path = ""
+        self.consumer_key: str | None = None
+        self.username: str | None = None
+        self.credential_fingerprint: str | None = None
         self.started = time.monotonic()
-        self.c2u = FrameInspector(masked=True)
-        self.u2c = FrameInspector(masked=False)
+        self.c2u = FrameInspector(masked=True, max_message_bytes=max_message_bytes,
+                                  rate=messages_per_second)
+        self.u2c = FrameInspector(masked=False, max_message_bytes=max_message_bytes)
         self.bytes_c2u = 0
         self.bytes_u2c = 0
         self.closed_by: str | None = None
@@ -193,6 +223,14 @@ class Session:
         self._grace: asyncio.TimerHandle | None = None
         self._on_end = on_end
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set_limits(self, max_message_bytes: int, messages_per_second: float) -> None:
+        self.c2u.set_limits(max_message_bytes, messages_per_second)
+        self.u2c.set_limits(max_message_bytes, 0)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def start(self) -> None:
         self._upstream_protocol.attach(self)
@@ -290,8 +328,10 @@ class Session:
     def _closing_step(self) -> None:
         """Advance a closing session: send each side its close frame once its stream
         has reached a frame boundary, and end each connection once that side answered."""
-        if not self._closing:  # an inspector halted on its own: a message over the limit
-            self.close(MESSAGE_TOO_BIG, "message too big")
+        if not self._closing:  # an inspector halted on its own: the stream broke a limit
+            violation = self.c2u.violation or self.u2c.violation
+            assert violation is not None
+            self.close(*violation)
             return
         assert self._proxy_frames is not None
         if self.u2c.halted and not self._sent_to_client:

@@ -8,16 +8,17 @@ Sessions hold what they need of their route; a swap leaves them running.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
 from . import metrics
-from .auth import Authenticator
+from .auth import Authenticator, allows
 from .balancing import RoundRobin, balancer_for
 from .config import GatewayConfig, Route
-from .relay import Session
+from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
 
 access_log = logging.getLogger("wsgate.access")
@@ -36,12 +37,27 @@ class ActiveConfig:
         self.applied_at = time.time()
 
 
+class LimitReached(Exception):
+    """A handshake refused by a connection limit of its route."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class Runtime:
     def __init__(self) -> None:
         self.active: ActiveConfig | None = None
         self.sessions: set[Session] = set()
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
+        # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
+        self._per_route: Counter[str] = Counter()
+        self._per_consumer: Counter[tuple[str, str]] = Counter()
+        # Sessions whose route has an idle timeout:
+        # session -> (timeout, bytes moved when last looked at, since when unchanged).
+        self._idle_watch: dict[Session, tuple[float, int, float]] = {}
 
     @property
     def version(self) -> str | None:
@@ -57,6 +73,7 @@ class Runtime:
             metrics.CONFIG_INFO.remove(previous.config.version)
         metrics.CONFIG_INFO.labels(config.version).set(1)
         metrics.CONFIG_APPLIED.set(self.active.applied_at)
+        closed = self._review_sessions(self.active)
         log.info(
             "config applied",
             extra={
@@ -64,14 +81,92 @@ class Runtime:
                 "previous": previous.config.version if previous else None,
                 "routes": len(config.routes),
                 "consumers": len(config.consumers),
+                "sessions_closed": closed,
             },
         )
         return True
 
+    def _review_sessions(self, active: ActiveConfig) -> int:
+        """Hold every live session against the new config; close those it no longer allows.
+
+        A session keeps running when its handshake would still reach the same route and
+        its consumer still holds the credential it authenticated with and is still
+        allowed there; everything else about the config may change around it.
+        """
+        closed = 0
+        for session in list(self.sessions):
+            if session.closing:
+                continue
+            match = active.router.match(session.host, session.path)
+            if match is None or match.route.key != session.route_key:
+                session.close(GOING_AWAY, "route removed")
+                closed += 1
+                continue
+            route = match.route
+            if not self._still_authorized(active, route, session):
+                if route.on_credential_revoked == "Close":
+                    session.close(POLICY_VIOLATION, "credential revoked")
+                    closed += 1
+                continue
+            limits = route.limits
+            session.set_limits(limits.max_message_bytes or 0, limits.messages_per_second or 0)
+            self._watch_idle(session, route)
+        return closed
+
+    @staticmethod
+    def _still_authorized(active: ActiveConfig, route: Route, session: Session) -> bool:
+        if route.auth.mode == "None":
+            return True
+        if session.consumer_key is None or session.credential_fingerprint is None:
+            return False  # the route requires authentication now
+        consumer = active.authenticator.holder(session.consumer_key,
+                                               session.credential_fingerprint)
+        return consumer is not None and allows(route, consumer)
+
+    # -- limits --------------------------------------------------------------------
+    def admit(self, route: Route, consumer_key: str | None) -> None:
+        """Count a handshake against the route's limits, or refuse it (503, 429)."""
+        limits = route.limits
+        if limits.max_connections and self._per_route[route.key] >= limits.max_connections:
+            raise LimitReached(503, f"route {route.key} is at its limit of "
+                                    f"{limits.max_connections} connections; retry later")
+        per_consumer = limits.max_connections_per_consumer
+        if per_consumer and consumer_key is not None:
+            if self._per_consumer[(route.key, consumer_key)] >= per_consumer:
+                raise LimitReached(429, f"this consumer already holds {per_consumer} "
+                                        f"connections on route {route.key}, its limit")
+            self._per_consumer[(route.key, consumer_key)] += 1
+        self._per_route[route.key] += 1
+
+    def release(self, route_key: str, consumer_key: str | None) -> None:
+        """Give back what admit() counted (a failed handshake, or a session's end)."""
+        _decrement(self._per_route, route_key)
+        if consumer_key is not None:
+            _decrement(self._per_consumer, (route_key, consumer_key))
+
+    def _watch_idle(self, session: Session, route: Route) -> None:
+        timeout = route.limits.idle_timeout_seconds
+        if timeout:
+            _, seen, since = self._idle_watch.get(session, (0.0, -1, 0.0))
+            self._idle_watch[session] = (timeout, seen, since)
+        else:
+            self._idle_watch.pop(session, None)
+
+    def tick(self, now: float) -> None:
+        """Close sessions idle longer than their route allows (called every fraction of a
+        second). Activity is read off the byte counters: no work per frame."""
+        for session, (timeout, seen, since) in list(self._idle_watch.items()):
+            moved = session.bytes_c2u + session.bytes_u2c
+            if moved != seen:
+                self._idle_watch[session] = (timeout, moved, now)
+            elif now - since >= timeout and not session.closing:
+                session.close(GOING_AWAY, "idle timeout")
+
     # -- sessions ----------------------------------------------------------------
-    def session_started(self, session: Session) -> None:
+    def session_started(self, session: Session, route: Route) -> None:
         self.sessions.add(session)
         self._flushed[session] = (0, 0, 0, 0)
+        self._watch_idle(session, route)
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").inc()
 
     def session_ended(self, session: Session) -> None:
@@ -80,6 +175,8 @@ class Runtime:
         self.sessions.discard(session)
         self._flush(session)
         del self._flushed[session]
+        self._idle_watch.pop(session, None)
+        self.release(session.route_key, session.consumer_key)
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").dec()
         metrics.SESSIONS_CLOSED.labels(
             session.route_key, session.closed_by or "", str(session.close_code or "")
@@ -152,5 +249,7 @@ def session_record(session: Session) -> dict[str, Any]:
     }
 
 
-def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+def _decrement(counter: Counter[Any], key: Hashable) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

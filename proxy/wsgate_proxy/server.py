@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from .runtime import Runtime
 log = logging.getLogger("wsgate.proxy")
 
 METRICS_FLUSH_SECONDS = 5.0
+# How often idle timeouts are looked at: their precision.
+TICK_SECONDS = 0.25
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
@@ -53,7 +56,7 @@ async def serve(
                                      "admin_listen": _address(admin_runner)})
         if config_source is not None:
             tasks.append(asyncio.create_task(config_source(runtime.apply)))
-        tasks.append(asyncio.create_task(_flush_metrics(runtime)))
+        tasks.append(asyncio.create_task(_periodic(runtime)))
         await stop.wait()
         log.info("stopping", extra={"sessions": len(runtime.sessions)})
     finally:
@@ -74,10 +77,16 @@ def _address(runner: web.BaseRunner) -> str:
     return f"{host}:{port}"
 
 
-async def _flush_metrics(runtime: Runtime) -> None:
+async def _periodic(runtime: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    next_flush = loop.time() + METRICS_FLUSH_SECONDS
     while True:
-        await asyncio.sleep(METRICS_FLUSH_SECONDS)
-        runtime.flush_counters()
+        await asyncio.sleep(TICK_SECONDS)
+        now = loop.time()
+        runtime.tick(time.monotonic())
+        if now >= next_flush:
+            runtime.flush_counters()
+            next_flush = now + METRICS_FLUSH_SECONDS
 
 
 async def _wait_sessions_ended(runtime: Runtime, grace: float) -> None:

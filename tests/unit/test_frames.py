@@ -76,9 +76,9 @@ def test_message_size_limit_counts_all_fragments_and_stops_before_the_frame():
     second = frames(Frame(OP_CONT, b"b" * 60), mask=True)
     inspector = FrameInspector(masked=True, max_message_bytes=100)
     assert inspector.feed(first) == first
-    assert not inspector.oversized
+    assert inspector.violation is None
     assert inspector.feed(second) == b""
-    assert inspector.oversized
+    assert inspector.violation == (1009, "message too big")
     assert inspector.halted
 
 
@@ -86,7 +86,23 @@ def test_a_message_within_the_limit_resets_the_count():
     inspector = FrameInspector(masked=True, max_message_bytes=100)
     data = frames(*[Frame(OP_BINARY, b"z" * 90)] * 5, mask=True)
     assert inspector.feed(data) == data
-    assert not inspector.oversized
+    assert inspector.violation is None
+
+
+def test_messages_beyond_the_rate_are_not_forwarded():
+    inspector = FrameInspector(masked=True, rate=3)
+    burst = [frames(Frame(OP_TEXT, f"m{i}".encode()), mask=True) for i in range(5)]
+    # A burst of one second's worth passes; the fourth message is cut before its first byte.
+    assert inspector.feed(b"".join(burst)) == b"".join(burst[:3])
+    assert inspector.violation == (1008, "message rate exceeded")
+
+
+def test_continuation_frames_and_control_frames_do_not_count_against_the_rate():
+    inspector = FrameInspector(masked=True, rate=1)
+    data = frames(Frame(OP_TEXT, b"a", fin=False), Frame(OP_PING, b""), Frame(OP_CONT, b"b"),
+                  mask=True)
+    assert inspector.feed(data) == data
+    assert inspector.violation is None
 
 
 def test_halt_stops_forwarding_at_the_next_boundary_but_keeps_watching():
