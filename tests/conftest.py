@@ -27,6 +27,8 @@ def start_proxy() -> Iterator[Callable[..., WsgateProcess]]:
 
     def start(*args: str, token: str | None = TOKEN) -> WsgateProcess:
         env = {"WSGATE_ADMIN_TOKEN": token} if token else {"WSGATE_ADMIN_TOKEN": ""}
+        if "--drain-seconds" not in args:
+            args = (*args, "--drain-seconds", "0")
         proc = WsgateProcess("proxy", "--listen", "127.0.0.1:0", "--admin-listen",
                              "127.0.0.1:0", *args, env=env, name="proxy")
         started.append(proc)

@@ -60,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
                        help="standalone mode: serve the manifests under DIR, reloading on change")
     proxy.add_argument("--admin-token-file", type=Path, metavar="FILE",
                        help=f"bearer token for config writes (else ${TOKEN_ENV})")
+    proxy.add_argument("--drain-seconds", type=float, default=10.0, metavar="SECONDS",
+                       help="on SIGTERM: stop accepting, let live sessions run this long, "
+                            "then close them with 1001 (default 10)")
+    proxy.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="keep the last good config here and serve it at start")
 
     echo = commands.add_parser("echo", help="run a WebSocket echo upstream (demos, tests)")
     echo.add_argument("--listen", type=host_port, default=("127.0.0.1", 9001))
@@ -95,6 +100,8 @@ def proxy_command(args: argparse.Namespace) -> int:
         listen=args.listen,
         admin_listen=args.admin_listen,
         admin_token=read_token(args.admin_token_file),
+        drain_seconds=args.drain_seconds,
+        state_dir=args.state_dir,
     )
     source = None
     if args.manifests is not None:

@@ -19,7 +19,7 @@ from .manifests import MANIFEST_SUFFIXES, compile_directory
 
 log = logging.getLogger("wsgate.standalone")
 
-ApplyConfig = Callable[[GatewayConfig], None]
+ApplyConfig = Callable[[GatewayConfig], object]
 
 
 def load_once(directory: Path, apply: ApplyConfig) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,9 +24,13 @@ log = logging.getLogger("wsgate.admin")
 MAX_CONFIG_BYTES = 256 * 1024 * 1024
 
 
-def admin_app(runtime: Runtime, token: str | None) -> web.Application:
+ApplyConfig = Callable[[GatewayConfig], bool]
+
+
+def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig) -> web.Application:
+    """The admin routes; ``apply`` swaps a config in (and saves it) and says if it changed."""
     app = web.Application(client_max_size=MAX_CONFIG_BYTES)
-    api = AdminApi(runtime, token)
+    api = AdminApi(runtime, token, apply)
     app.router.add_put("/config", api.put_config)
     app.router.add_get("/config", api.get_config)
     app.router.add_get("/healthz", api.healthz)
@@ -35,9 +40,10 @@ def admin_app(runtime: Runtime, token: str | None) -> web.Application:
 
 
 class AdminApi:
-    def __init__(self, runtime: Runtime, token: str | None) -> None:
+    def __init__(self, runtime: Runtime, token: str | None, apply: ApplyConfig) -> None:
         self.runtime = runtime
         self.token = token
+        self.apply = apply
 
     def _authorized(self, request: web.Request) -> web.Response | None:
         """None when the request carries the admin token, else the refusal to send."""
@@ -72,7 +78,7 @@ class AdminApi:
         elif config.version != expected:
             return _json(400, {"error": f"version {config.version!r} is not the content hash of "
                                         f"this config ({expected!r}); omit it or send the hash"})
-        changed = self.runtime.apply(config)
+        changed = self.apply(config)
         return _json(200, {"version": config.version, "changed": changed})
 
     async def get_config(self, request: web.Request) -> web.Response:
@@ -85,6 +91,8 @@ class AdminApi:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         version = self.runtime.version
+        if self.runtime.draining:
+            return _json(503, {"status": "draining", "version": version})
         if version is None:
             return _json(503, {"status": "no config loaded yet"})
         return _json(200, {"status": "ready", "version": version})

@@ -50,6 +50,7 @@ class Runtime:
     def __init__(self) -> None:
         self.active: ActiveConfig | None = None
         self.sessions: set[Session] = set()
+        self.draining = False  # stopping: not ready, not accepting, letting sessions end
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
         # Live sessions plus handshakes admitted but not yet upgraded, for the limits.

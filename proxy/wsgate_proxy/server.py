@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -16,6 +16,7 @@ from .config import GatewayConfig
 from .gateway import Gateway
 from .relay import GOING_AWAY
 from .runtime import Runtime
+from .state import StateDir
 
 log = logging.getLogger("wsgate.proxy")
 
@@ -25,8 +26,7 @@ TICK_SECONDS = 0.25
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
-ApplyConfig = Callable[[GatewayConfig], object]
-ConfigSource = Callable[[ApplyConfig], Awaitable[None]]
+ConfigSource = Callable[[Callable[[GatewayConfig], bool]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class ProxyOptions:
     listen: tuple[str, int]
     admin_listen: tuple[str, int]
     admin_token: str | None = None
+    # On stop, how long live sessions may go on before they are closed with 1001.
+    drain_seconds: float = 10.0
+    state_dir: Path | None = None
 
 
 async def serve(
@@ -41,10 +44,21 @@ async def serve(
 ) -> None:
     """Serve until ``stop`` is set, then close live sessions with 1001 and stop."""
     runtime = Runtime()
+    state = StateDir(options.state_dir) if options.state_dir else None
+
+    def apply(config: GatewayConfig) -> bool:
+        changed = runtime.apply(config)
+        if changed and state is not None:
+            state.save(config)
+        return changed
+
+    if state is not None and (saved := state.load()) is not None:
+        runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # The low-level server: every request goes to the gateway, no router in between.
     proxy_runner = web.ServerRunner(web.Server(gateway.handle), access_log=None)
-    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token), access_log=None)
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply),
+                                 access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
@@ -55,17 +69,21 @@ async def serve(
         log.info("listening", extra={"listen": _address(proxy_runner),
                                      "admin_listen": _address(admin_runner)})
         if config_source is not None:
-            tasks.append(asyncio.create_task(config_source(runtime.apply)))
+            tasks.append(asyncio.create_task(config_source(apply)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         await stop.wait()
-        log.info("stopping", extra={"sessions": len(runtime.sessions)})
     finally:
+        log.info("stopping", extra={"sessions": len(runtime.sessions),
+                                    "drain_seconds": options.drain_seconds})
+        # Stop accepting and report not ready; let sessions end on their own for the
+        # drain period; then close the rest with close frames while their connections
+        # still deliver the peers' replies (aiohttp's own shutdown stops reading from
+        # connections, so it comes last).
+        runtime.draining = True
+        await proxy_site.stop()
+        await _wait_sessions_ended(runtime, options.drain_seconds, abort=False)
         for task in tasks:
             task.cancel()
-        # Stop accepting first; then end live sessions with close frames while their
-        # connections still deliver the peers' replies (aiohttp's own shutdown stops
-        # reading from connections, so it comes last).
-        await proxy_site.stop()
         runtime.close_all(GOING_AWAY, "proxy shutting down")
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
@@ -89,12 +107,13 @@ async def _periodic(runtime: Runtime) -> None:
             next_flush = now + METRICS_FLUSH_SECONDS
 
 
-async def _wait_sessions_ended(runtime: Runtime, grace: float) -> None:
+async def _wait_sessions_ended(runtime: Runtime, seconds: float, abort: bool = True) -> None:
+    """Wait until every live session has ended or ``seconds`` passed; then cut what is left
+    when ``abort``."""
     pending = [s.done for s in runtime.sessions]
-    if not pending:
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace):
-            await asyncio.gather(*pending, return_exceptions=True)
-    for session in list(runtime.sessions):
-        session.abort()
+    if pending and seconds > 0:
+        # asyncio.wait, not a timeout around gather: that would cancel the futures.
+        await asyncio.wait(pending, timeout=seconds)
+    if abort:
+        for session in list(runtime.sessions):
+            session.abort()
