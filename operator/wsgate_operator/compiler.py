@@ -333,7 +333,11 @@ def _compile_route(
             service=backend.service.name,
             endpoints=tuple(endpoints),
             path_rewrite=backend.path,
-            load_balancing=cfg.LoadBalancing(algorithm=backend.load_balancing.algorithm),
+            load_balancing=cfg.LoadBalancing(
+                algorithm=backend.load_balancing.algorithm,
+                hash_on=backend.load_balancing.hash_on,
+                hash_header=backend.load_balancing.header,
+            ),
             connect_timeout_seconds=backend.connect_timeout_seconds,
             retries=backend.retries,
         ),

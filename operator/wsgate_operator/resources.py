@@ -53,7 +53,19 @@ class ServiceRef(_Spec):
 
 
 class LoadBalancingSpec(_Spec):
-    algorithm: Literal["RoundRobin"] = "RoundRobin"
+    algorithm: Literal["RoundRobin", "LeastConnections", "ConsistentHash"] = "RoundRobin"
+    hash_on: Literal["Consumer", "ClientIP", "Header"] | None = None
+    header: Annotated[str, AfterValidator(_header_name)] | None = None
+
+    @model_validator(mode="after")
+    def _hash_needs_a_key(self) -> LoadBalancingSpec:
+        if self.algorithm == "ConsistentHash" and self.hash_on is None:
+            raise ValueError("ConsistentHash needs hashOn: Consumer, ClientIP or Header")
+        if self.hash_on == "Header" and not self.header:
+            raise ValueError("hashOn: Header needs header: the name of the header to hash")
+        if self.hash_on is not None and self.algorithm != "ConsistentHash":
+            raise ValueError("hashOn applies to algorithm ConsistentHash only")
+        return self
 
 
 class BackendSpec(_Spec):

@@ -84,7 +84,7 @@ class Gateway:
             headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
             return self._refused(route, exc.status, outcome, exc.message, headers)
 
-        candidates = active.balancers[route.key].candidates()
+        candidates = active.balancers[route.key].candidates(_hash_key(route, request, authed))
         if not candidates:
             return self._refused(
                 route, 503, "no_upstream",
@@ -136,12 +136,14 @@ class Gateway:
                 errors.append(str(exc))
                 if not exc.retryable:  # the upstream itself refused: retrying elsewhere won't help
                     break
+                self.runtime.health.failed(endpoint)
         if connected is None:
             return self._refused(
                 route, 502, "upstream_error",
                 "no upstream accepted the handshake: " + "; ".join(errors),
             ), False
         transport, protocol, response = connected
+        self.runtime.health.succeeded(endpoint)
         metrics.UPSTREAM_CONNECT.labels(route.key).observe(time.perf_counter() - started)
 
         headers = {
@@ -219,6 +221,18 @@ class Gateway:
 
 def _refuse(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+def _hash_key(route: Route, request: web.BaseRequest, authed: Authenticated) -> str | None:
+    """What ConsistentHash hashes on; None (round robin) when the handshake lacks it."""
+    policy = route.backend.load_balancing
+    if policy.algorithm != "ConsistentHash":
+        return None
+    if policy.hash_on == "Consumer":
+        return authed.identity.consumer.key if authed.identity else None
+    if policy.hash_on == "ClientIP":
+        return request.remote
+    return request.headers.get(policy.hash_header or "")
 
 
 def _is_websocket_upgrade(request: web.BaseRequest) -> bool:

@@ -16,8 +16,8 @@ from typing import Any
 
 from . import metrics
 from .auth import Authenticator, allows
-from .balancing import RoundRobin, balancer_for
-from .config import GatewayConfig, Route
+from .balancing import Balancer, EndpointHealth, balancer_for
+from .config import Endpoint, GatewayConfig, Route
 from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
 
@@ -26,13 +26,20 @@ log = logging.getLogger("wsgate.runtime")
 
 
 class ActiveConfig:
-    def __init__(self, config: GatewayConfig, previous: ActiveConfig | None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        previous: ActiveConfig | None,
+        endpoint_sessions: Counter[Endpoint],
+        health: EndpointHealth,
+    ) -> None:
         self.config = config
         self.router = Router(config.routes)
         self.authenticator = Authenticator(config.consumers)
         old = previous.balancers if previous is not None else {}
-        self.balancers: dict[str, RoundRobin] = {
-            route.key: balancer_for(route, old.get(route.key)) for route in config.routes
+        self.balancers: dict[str, Balancer] = {
+            route.key: balancer_for(route, old.get(route.key), endpoint_sessions, health)
+            for route in config.routes
         }
         self.applied_at = time.time()
 
@@ -51,6 +58,9 @@ class Runtime:
         self.active: ActiveConfig | None = None
         self.sessions: set[Session] = set()
         self.draining = False  # stopping: not ready, not accepting, letting sessions end
+        # Kept across configs: what the balancers read.
+        self.endpoint_sessions: Counter[Endpoint] = Counter()
+        self.health = EndpointHealth()
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
         # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
@@ -69,7 +79,7 @@ class Runtime:
         if self.active is not None and self.active.config.version == config.version:
             return False
         previous = self.active
-        self.active = ActiveConfig(config, previous)
+        self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health)
         if previous is not None:
             metrics.CONFIG_INFO.remove(previous.config.version)
         metrics.CONFIG_INFO.labels(config.version).set(1)
@@ -167,6 +177,7 @@ class Runtime:
     def session_started(self, session: Session, route: Route) -> None:
         self.sessions.add(session)
         self._flushed[session] = (0, 0, 0, 0)
+        self.endpoint_sessions[session.endpoint] += 1
         self._watch_idle(session, route)
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").inc()
 
@@ -177,6 +188,7 @@ class Runtime:
         self._flush(session)
         del self._flushed[session]
         self._idle_watch.pop(session, None)
+        _decrement(self.endpoint_sessions, session.endpoint)
         self.release(session.route_key, session.consumer_key)
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").dec()
         metrics.SESSIONS_CLOSED.labels(
