@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel, ValidationError
 
 from wsgate_proxy import config as cfg
+from wsgate_proxy.passwords import hash_password
 
 from .resources import CREDENTIAL_LABEL, WsConsumerSpec, WsRouteSpec
 
@@ -181,32 +185,45 @@ def _is_type_tag(part: str) -> bool:
 
 # --- consumers ---------------------------------------------------------------
 
+# What each credential type reads from its Secret: required keys, optional keys.
+SECRET_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "KeyAuth": (("key",), ()),
+    "BasicAuth": (("username", "password"), ()),
+    "JWT": (("issuer",), ("algorithm", "secret", "publicKey")),
+}
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+Credential = cfg.KeyCredential | cfg.BasicCredential | cfg.JwtCredential
+
 
 def _compile_consumers(
     specs: list[tuple[ObjectRef, K8sObject, WsConsumerSpec]],
     secrets: dict[tuple[str, str], K8sObject],
     problems: list[Problem],
 ) -> list[cfg.Consumer]:
-    keys_by_consumer: dict[ObjectRef, list[cfg.KeyCredential]] = {}
-    owners: dict[tuple[str, str], list[ObjectRef]] = defaultdict(list)  # (ns, digest) -> refs
+    credentials: dict[ObjectRef, list[Credential]] = {}
+    # What identifies a credential within a namespace: a key's digest, a Basic user
+    # name, a JWT issuer. Two consumers with the same one cannot say who connects.
+    owners: dict[tuple[str, str, str], list[ObjectRef]] = defaultdict(list)
     for ref, _obj, spec in specs:
         if spec.disabled:
             continue  # a disabled consumer authenticates nobody: it is left out whole
-        keys = []
+        found: list[Credential] = []
         for i, cred in enumerate(spec.credentials):
             where = f"spec.credentials[{i}].secretRef"
-            value = _secret_value(ref, where, cred.secret_ref.name, "key", secrets, problems)
-            if value is None:
+            values = _secret_values(ref, where, cred.secret_ref.name, cred.type, secrets,
+                                    problems)
+            if values is None:
                 continue
-            digest = hashlib.sha256(value.encode()).hexdigest()
-            if any(k.sha256 == digest for k in keys):
+            credential = _credential(ref, where, cred.type, cred.secret_ref.name, values,
+                                     problems)
+            if credential is None or _identifier(credential) in map(_identifier, found):
                 continue
-            keys.append(cfg.KeyCredential(id=f"secret/{cred.secret_ref.name}", sha256=digest))
-            owners[(ref.namespace, digest)].append(ref)
-        keys_by_consumer[ref] = keys
+            found.append(credential)
+            owners[(ref.namespace, *_identifier(credential))].append(ref)
+        credentials[ref] = found
 
-    # A key two consumers share cannot say who is connecting: refuse it for both.
-    for (_ns, digest), refs in owners.items():
+    for (_ns, kind, ident), refs in owners.items():
         if len(refs) < 2:
             continue
         for ref in refs:
@@ -215,33 +232,107 @@ def _compile_consumers(
                 Problem(
                     ref,
                     "spec.credentials",
-                    "DuplicateKey",
-                    f"its KeyAuth key is also the key of WsConsumer {others} in this namespace; "
-                    "the key is refused for all of them until each has a key of its own",
+                    "DuplicateCredential",
+                    f"its {_DESCRIBED[kind]} is also that of WsConsumer {others} in this "
+                    "namespace; it is refused for all of them until each has its own",
                 )
             )
-            keys_by_consumer[ref] = [k for k in keys_by_consumer[ref] if k.sha256 != digest]
+            credentials[ref] = [c for c in credentials[ref] if _identifier(c) != (kind, ident)]
 
     return [
         cfg.Consumer(
             namespace=ref.namespace,
             name=ref.name,
             username=spec.username or ref.name,
-            keys=tuple(keys_by_consumer[ref]),
+            keys=tuple(c for c in credentials[ref] if isinstance(c, cfg.KeyCredential)),
+            basic=tuple(c for c in credentials[ref] if isinstance(c, cfg.BasicCredential)),
+            jwt=tuple(c for c in credentials[ref] if isinstance(c, cfg.JwtCredential)),
         )
         for ref, _obj, spec in specs
-        if ref in keys_by_consumer
+        if ref in credentials
     ]
 
 
-def _secret_value(
+_DESCRIBED = {"key": "KeyAuth key", "basic": "BasicAuth user name", "jwt": "JWT issuer"}
+
+
+def _identifier(credential: Credential) -> tuple[str, str]:
+    if isinstance(credential, cfg.KeyCredential):
+        return ("key", credential.sha256)
+    if isinstance(credential, cfg.BasicCredential):
+        return ("basic", credential.username)
+    return ("jwt", credential.issuer)
+
+
+def _credential(
+    ref: ObjectRef,
+    where: str,
+    kind: str,
+    secret_name: str,
+    values: dict[str, str],
+    problems: list[Problem],
+) -> Credential | None:
+    cred_id = f"secret/{secret_name}"
+    if kind == "KeyAuth":
+        return cfg.KeyCredential(id=cred_id, sha256=hashlib.sha256(values["key"].encode())
+                                 .hexdigest())
+    if kind == "BasicAuth":
+        # A salt of its own per credential, derived rather than random so that the same
+        # objects always compile to the same config (and the same version).
+        salt = hashlib.sha256(f"{ref.namespace}/{secret_name}/{values['username']}".encode())
+        return cfg.BasicCredential(
+            id=cred_id, username=values["username"],
+            password_hash=_password_hash(values["password"], salt.digest()[:16]),
+        )
+    algorithm = values.get("algorithm", "HS256")
+    secret_where = f"Secret {ref.namespace}/{secret_name}"
+    if algorithm not in JWT_ALGORITHMS:
+        problems.append(Problem(ref, where, "InvalidCredential",
+                                f"{secret_where}: algorithm {algorithm!r} is not one of "
+                                f"{', '.join(JWT_ALGORITHMS)}"))
+        return None
+    needed = "secret" if algorithm == "HS256" else "publicKey"
+    key = values.get(needed)
+    if not key:
+        problems.append(Problem(ref, where, "SecretKeyMissing",
+                                f"{secret_where} has no non-empty key {needed!r}, which "
+                                f"algorithm {algorithm} needs"))
+        return None
+    if algorithm != "HS256" and (error := _public_key_problem(algorithm, key)):
+        problems.append(Problem(ref, where, "InvalidCredential", f"{secret_where}: {error}"))
+        return None
+    return cfg.JwtCredential(id=cred_id, issuer=values["issuer"], algorithm=algorithm, key=key)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _password_hash(password: str, salt: bytes) -> str:
+    # PBKDF2 is slow on purpose: remember what was hashed, so a recompile (every
+    # change of any object, in the operator) does not hash every password again.
+    return hash_password(password, salt)
+
+
+def _public_key_problem(algorithm: str, pem: str) -> str | None:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError:
+        return "publicKey is not a PEM public key ('-----BEGIN PUBLIC KEY-----...')"
+    expected = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
+    if not isinstance(key, expected):
+        kind = "an RSA" if algorithm == "RS256" else "an EC (P-256)"
+        return f"algorithm {algorithm} needs {kind} public key"
+    return None
+
+
+def _secret_values(
     ref: ObjectRef,
     where: str,
     secret_name: str,
-    key: str,
+    kind: str,
     secrets: dict[tuple[str, str], K8sObject],
     problems: list[Problem],
-) -> str | None:
+) -> dict[str, str] | None:
+    """The Secret's values this credential type reads, or None (and a problem)."""
+    required, optional = SECRET_KEYS[kind]
     secret = secrets.get((ref.namespace, secret_name))
     if secret is None:
         problems.append(
@@ -249,8 +340,9 @@ def _secret_value(
                 ref,
                 where,
                 "SecretNotFound",
-                f"Secret {ref.namespace}/{secret_name} does not exist; create it with the "
-                f"credential under key {key!r} and the label {CREDENTIAL_LABEL}: \"true\"",
+                f"Secret {ref.namespace}/{secret_name} does not exist; create it with "
+                f"{' and '.join(repr(k) for k in required)} and the label "
+                f"{CREDENTIAL_LABEL}: \"true\"",
             )
         )
         return None
@@ -267,19 +359,20 @@ def _secret_value(
         )
         return None
     data = _secret_data(secret)
-    value = data.get(key)
-    if not value:
+    missing = [k for k in required if not data.get(k)]
+    if missing:
         problems.append(
             Problem(
                 ref,
                 where,
                 "SecretKeyMissing",
-                f"Secret {ref.namespace}/{secret_name} has no non-empty key {key!r} "
+                f"Secret {ref.namespace}/{secret_name} has no non-empty key "
+                f"{' or '.join(repr(k) for k in missing)} "
                 "(set it under stringData or data)",
             )
         )
         return None
-    return value
+    return {k: data[k] for k in (*required, *optional) if data.get(k)}
 
 
 def _secret_data(secret: K8sObject) -> dict[str, str]:
@@ -347,6 +440,8 @@ def _compile_route(
             key_auth=cfg.KeyAuthSources(**spec.auth.key_auth.model_dump()),
             hide_credentials=spec.auth.hide_credentials,
             allowed_consumers=allowed_names,
+            jwt_audience=spec.auth.jwt.audience,
+            first_message_timeout_seconds=spec.auth.first_message_timeout_seconds,
         ),
         allowed_origins=tuple(spec.allowed_origins),
         limits=cfg.Limits(**spec.limits.model_dump()),

@@ -114,17 +114,27 @@ class AllowedConsumersSpec(_Spec):
     selector: LabelSelector | None = None
 
 
+AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
+
+
+class JwtAuthSpec(_Spec):
+    audience: Annotated[str, Field(min_length=1)] | None = None
+
+
 class AuthSpec(_Spec):
-    mode: Literal["Handshake", "None"] = "Handshake"
-    methods: list[Literal["KeyAuth"]] = ["KeyAuth"]
+    mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
+    methods: list[AuthMethod] = ["KeyAuth"]
     key_auth: KeyAuthSpec = KeyAuthSpec()
+    jwt: JwtAuthSpec = JwtAuthSpec()
+    first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     hide_credentials: bool = True
     allowed_consumers: AllowedConsumersSpec = AllowedConsumersSpec()
 
     @model_validator(mode="after")
     def _methods_for_mode(self) -> AuthSpec:
-        if self.mode == "Handshake" and not self.methods:
-            raise ValueError("mode Handshake needs at least one entry in methods (e.g. [KeyAuth])")
+        if self.mode != "None" and not self.methods:
+            raise ValueError(
+                f"mode {self.mode} needs at least one entry in methods (e.g. [KeyAuth])")
         k = self.key_auth
         if "KeyAuth" in self.methods and not (k.header or k.query or k.cookie or k.subprotocol):
             raise ValueError(
@@ -169,7 +179,7 @@ class SecretRef(_Spec):
 
 
 class CredentialSpec(_Spec):
-    type: Literal["KeyAuth"]
+    type: AuthMethod
     secret_ref: SecretRef
 
 

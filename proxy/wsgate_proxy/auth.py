@@ -1,55 +1,89 @@
-"""Verifying the credential of a handshake against the compiled consumers.
+"""Verifying a presented credential against the compiled consumers.
 
-API keys are compared by SHA-256 digest: the proxy never holds a key in the clear,
-and a dictionary lookup on the digest reveals nothing about the key's bytes.
+API keys are compared by SHA-256 digest (the proxy never holds a key in the clear);
+passwords against salted PBKDF2 hashes, through a cache of successes; JWTs by
+signature (PyJWT), ``exp`` and ``nbf`` with a small leeway, and ``aud`` when the route
+names an audience. A token's ``iss`` selects the consumer.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+import jwt
 from multidict import CIMultiDictProxy
 
-from .config import Consumer, Route
-from .credentials import KEY_SUBPROTOCOL_PREFIX, MalformedCredential, PresentedKey, find_key
+from .config import Consumer, JwtCredential, Route
+from .credentials import (
+    BEARER_QUERY,
+    BEARER_SUBPROTOCOL_PREFIX,
+    KEY_SUBPROTOCOL_PREFIX,
+    MalformedCredential,
+    Presented,
+    find_credential,
+)
+from .passwords import PasswordVerifier
+
+JWT_LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     consumer: Consumer
     credential_id: str
-    # What the credential was when it was verified (a key's digest): a live session is
-    # revoked when its consumer no longer holds a credential with this fingerprint.
+    # What the credential was when it was verified (a key's digest, a password's hash,
+    # a JWT key's fingerprint): a live session is revoked when its consumer no longer
+    # holds a credential with this fingerprint.
     fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
     identity: Identity | None  # None on a route with auth mode None
-    presented: PresentedKey | None
+    presented: Presented | None
 
 
 class AuthFailure(Exception):
     """A handshake refused by authentication (401) or access control (403)."""
 
-    def __init__(self, status: int, message: str, challenge: str | None = None) -> None:
+    def __init__(self, status: int, message: str, challenges: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.challenge = challenge
+        self.challenges = challenges
+
+
+@dataclass(frozen=True, slots=True)
+class _JwtEntry:
+    consumer: Consumer
+    credential: JwtCredential
+    key: Any  # prepared once per config: parsing a PEM key per handshake is slow
 
 
 class Authenticator:
-    def __init__(self, consumers: tuple[Consumer, ...]) -> None:
+    def __init__(self, consumers: tuple[Consumer, ...], passwords: PasswordVerifier) -> None:
+        self._passwords = passwords
         self._keys: dict[tuple[str, str], Identity] = {}
+        self._basic: dict[tuple[str, str], tuple[Consumer, str, str]] = {}
+        self._jwt: dict[tuple[str, str], _JwtEntry] = {}
         self._fingerprints: dict[str, tuple[Consumer, frozenset[str]]] = {}
+        algorithms = jwt.algorithms.get_default_algorithms()
         for consumer in consumers:
+            ns = consumer.namespace
+            prints = set()
             for key in consumer.keys:
-                identity = Identity(consumer, key.id, key.sha256)
-                self._keys[(consumer.namespace, key.sha256)] = identity
-            self._fingerprints[consumer.key] = (
-                consumer, frozenset(k.sha256 for k in consumer.keys))
+                self._keys[(ns, key.sha256)] = Identity(consumer, key.id, key.sha256)
+                prints.add(key.sha256)
+            for basic in consumer.basic:
+                self._basic[(ns, basic.username)] = (consumer, basic.id, basic.password_hash)
+                prints.add(basic.password_hash)
+            for cred in consumer.jwt:
+                prepared = algorithms[cred.algorithm].prepare_key(cred.key)
+                self._jwt[(ns, cred.issuer)] = _JwtEntry(consumer, cred, prepared)
+                prints.add(cred.fingerprint)
+            self._fingerprints[consumer.key] = (consumer, frozenset(prints))
 
     def holder(self, consumer_key: str, fingerprint: str) -> Consumer | None:
         """The consumer, if it still exists and still holds this credential."""
@@ -58,38 +92,82 @@ class Authenticator:
             return None
         return entry[0]
 
-    def authenticate(
+    async def authenticate(
         self,
         route: Route,
         headers: CIMultiDictProxy[str],
         raw_query: str,
         protocols: list[str],
     ) -> Authenticated:
-        auth = route.auth
-        if auth.mode == "None":
+        if route.auth.mode == "None":
             return Authenticated(None, None)
-        sources = auth.key_auth
         try:
-            presented = find_key(sources, headers, raw_query, protocols)
+            presented = find_credential(route.auth, headers, raw_query, protocols)
         except MalformedCredential as exc:
-            raise AuthFailure(401, str(exc), key_challenge(route)) from None
+            raise AuthFailure(401, str(exc), challenges(route)) from None
         if presented is None:
             raise AuthFailure(
-                401,
-                f"no API key presented; send it {describe_key_sources(route)}",
-                key_challenge(route),
+                401, f"no credential presented; send {describe_sources(route)}",
+                challenges(route),
             )
-        digest = hashlib.sha256(presented.value.encode()).hexdigest()
-        identity = self._keys.get((route.namespace, digest))
-        if identity is None:
-            raise AuthFailure(
-                401, f"the API key in the {presented.source} is not valid", key_challenge(route)
-            )
+        return await self.check(route, presented)
+
+    async def check(self, route: Route, presented: Presented) -> Authenticated:
+        """Verify a presented credential and the consumer's access to the route."""
+        identity = await self._verify(route, presented)
         if not allows(route, identity.consumer):
             raise AuthFailure(
                 403, f"consumer {identity.consumer.username!r} is not allowed on this route"
             )
         return Authenticated(identity, presented)
+
+    async def _verify(self, route: Route, presented: Presented) -> Identity:
+        ns = route.namespace
+        where = f"the {presented.source}" if presented.source != "message" else "the message"
+        if presented.method == "KeyAuth":
+            digest = hashlib.sha256(presented.value.encode()).hexdigest()
+            identity = self._keys.get((ns, digest))
+            if identity is None:
+                raise AuthFailure(401, f"the API key in {where} is not valid", challenges(route))
+            return identity
+        if presented.method == "BasicAuth":
+            entry = self._basic.get((ns, presented.username))
+            if entry is None or not await self._passwords.verify(presented.value, entry[2]):
+                raise AuthFailure(401, "the user name or password is not valid",
+                                  challenges(route))
+            return Identity(entry[0], entry[1], entry[2])
+        return self._verify_jwt(route, presented.value)
+
+    def _verify_jwt(self, route: Route, token: str) -> Identity:
+        def fail(message: str) -> AuthFailure:
+            return AuthFailure(401, message, challenges(route, 'error="invalid_token"'))
+
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise fail("the bearer token is not a JWT") from None
+        issuer = claims.get("iss")
+        entry = self._jwt.get((route.namespace, issuer)) if isinstance(issuer, str) else None
+        if entry is None:
+            raise fail("the token's issuer (iss) is not a consumer's")
+        audience = route.auth.jwt_audience
+        try:
+            jwt.decode(
+                token, entry.key, algorithms=[entry.credential.algorithm], issuer=issuer,
+                audience=audience, leeway=JWT_LEEWAY_SECONDS,
+                options={"require": ["exp", "iss"], "verify_aud": audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise fail("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise fail("the token is not valid yet (nbf)") from None
+        except jwt.InvalidAudienceError:
+            raise fail(f"the token's audience (aud) does not include {audience!r}") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise fail(f"the token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError:
+            raise fail("the token's signature is not valid") from None
+        return Identity(entry.consumer, entry.credential.id, entry.credential.fingerprint)
 
 
 def allows(route: Route, consumer: Consumer) -> bool:
@@ -97,25 +175,50 @@ def allows(route: Route, consumer: Consumer) -> bool:
     return allowed is None or consumer.name in allowed
 
 
-def describe_key_sources(route: Route) -> str:
-    sources = route.auth.key_auth
-    options = []
-    if sources.header:
-        options.append(f"in header {sources.header!r}")
-    if sources.query:
-        options.append(f"as query parameter {sources.query!r}")
-    if sources.cookie:
-        options.append(f"in cookie {sources.cookie!r}")
-    if sources.subprotocol:
-        options.append(f"as subprotocol '{KEY_SUBPROTOCOL_PREFIX}<base64url(key)>'")
-    return ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]
+def describe_sources(route: Route) -> str:
+    """Where this route accepts a credential, in words."""
+    phrases = []
+    auth = route.auth
+    if "KeyAuth" in auth.methods:
+        sources = auth.key_auth
+        places = []
+        if sources.header:
+            places.append(f"in header {sources.header!r}")
+        if sources.query:
+            places.append(f"as query parameter {sources.query!r}")
+        if sources.cookie:
+            places.append(f"in cookie {sources.cookie!r}")
+        if sources.subprotocol:
+            places.append(f"as subprotocol '{KEY_SUBPROTOCOL_PREFIX}<base64url(key)>'")
+        phrases.append("an API key " + _either(places))
+    if "BasicAuth" in auth.methods:
+        phrases.append("a user name and password in 'Authorization: Basic'")
+    if "JWT" in auth.methods:
+        phrases.append("a JWT " + _either([
+            "in 'Authorization: Bearer'", f"as query parameter {BEARER_QUERY!r}",
+            f"as subprotocol '{BEARER_SUBPROTOCOL_PREFIX}<token>'"]))
+    return "; or ".join(phrases)
 
 
-def key_challenge(route: Route) -> str:
-    sources = route.auth.key_auth
-    params = [f'realm="{route.namespace}/{route.name}"']
-    if sources.header:
-        params.append(f'header="{sources.header}"')
-    if sources.query:
-        params.append(f'query="{sources.query}"')
-    return "ApiKey " + ", ".join(params)
+def _either(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+
+
+def challenges(route: Route, bearer_error: str = "") -> tuple[str, ...]:
+    """One WWW-Authenticate value per accepted scheme."""
+    realm = f'realm="{route.namespace}/{route.name}"'
+    found = []
+    for method in route.auth.methods:
+        if method == "KeyAuth":
+            sources = route.auth.key_auth
+            params = [realm]
+            if sources.header:
+                params.append(f'header="{sources.header}"')
+            if sources.query:
+                params.append(f'query="{sources.query}"')
+            found.append("ApiKey " + ", ".join(params))
+        elif method == "BasicAuth":
+            found.append(f'Basic {realm}, charset="UTF-8"')
+        else:
+            found.append(f"Bearer {realm}" + (f", {bearer_error}" if bearer_error else ""))
+    return tuple(found)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+PASSWORD_HASH_PATTERN = r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$"
 
 
 class _Model(BaseModel):
@@ -60,10 +61,17 @@ class KeyAuthSources(_Model):
     subprotocol: bool = True
 
 
+AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
+
+
 class RouteAuth(_Model):
-    mode: Literal["Handshake", "None"] = "Handshake"
-    methods: tuple[Literal["KeyAuth"], ...] = ("KeyAuth",)
+    # Handshake: the credential comes with the upgrade request. FirstMessage: the proxy
+    # upgrades first and the first message must carry it. None: a public route.
+    mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
+    methods: tuple[AuthMethod, ...] = ("KeyAuth",)
     key_auth: KeyAuthSources = KeyAuthSources()
+    jwt_audience: str | None = None  # when set, a token's aud must include it
+    first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     hide_credentials: bool = True
     # Consumers allowed on the route, as names within the route's namespace;
     # None means every consumer of the namespace (the compiler resolves selectors).
@@ -71,8 +79,8 @@ class RouteAuth(_Model):
 
     @model_validator(mode="after")
     def _methods_match_mode(self) -> RouteAuth:
-        if self.mode == "Handshake" and not self.methods:
-            raise ValueError("auth mode Handshake needs at least one method")
+        if self.mode != "None" and not self.methods:
+            raise ValueError(f"auth mode {self.mode} needs at least one method")
         return self
 
 
@@ -110,11 +118,33 @@ class KeyCredential(_Model):
     sha256: HexDigest
 
 
+class BasicCredential(_Model):
+    id: Name
+    username: Annotated[str, Field(min_length=1)]
+    # "pbkdf2_sha256$<iterations>$<salt, base64>$<derived key, base64>", never the password.
+    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
+
+
+class JwtCredential(_Model):
+    id: Name
+    issuer: Annotated[str, Field(min_length=1)]
+    algorithm: Literal["HS256", "RS256", "ES256"]
+    # The HMAC secret (the one credential a proxy must hold as it is, to verify with it)
+    # or a PEM public key.
+    key: Annotated[str, Field(min_length=1)]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.algorithm}\n{self.key}".encode()).hexdigest()
+
+
 class Consumer(_Model):
     namespace: Name
     name: Name
     username: Name
     keys: tuple[KeyCredential, ...] = ()
+    basic: tuple[BasicCredential, ...] = ()
+    jwt: tuple[JwtCredential, ...] = ()
 
     @property
     def key(self) -> str:

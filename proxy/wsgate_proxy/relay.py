@@ -27,6 +27,7 @@ CLOSE_GRACE_SECONDS = 5.0
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
 BAD_GATEWAY = 1014
 ABNORMAL = 1006  # never sent: recorded when a side vanished without a close frame
 

@@ -18,6 +18,7 @@ from . import metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import Endpoint, GatewayConfig, Route
+from .passwords import PasswordVerifier
 from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
 
@@ -32,10 +33,11 @@ class ActiveConfig:
         previous: ActiveConfig | None,
         endpoint_sessions: Counter[Endpoint],
         health: EndpointHealth,
+        passwords: PasswordVerifier,
     ) -> None:
         self.config = config
         self.router = Router(config.routes)
-        self.authenticator = Authenticator(config.consumers)
+        self.authenticator = Authenticator(config.consumers, passwords)
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {
             route.key: balancer_for(route, old.get(route.key), endpoint_sessions, health)
@@ -61,6 +63,7 @@ class Runtime:
         # Kept across configs: what the balancers read.
         self.endpoint_sessions: Counter[Endpoint] = Counter()
         self.health = EndpointHealth()
+        self.passwords = PasswordVerifier()
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
         # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
@@ -79,7 +82,8 @@ class Runtime:
         if self.active is not None and self.active.config.version == config.version:
             return False
         previous = self.active
-        self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health)
+        self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health,
+                                   self.passwords)
         if previous is not None:
             metrics.CONFIG_INFO.remove(previous.config.version)
         metrics.CONFIG_INFO.labels(config.version).set(1)

@@ -125,7 +125,7 @@ def test_public_route_is_said_explicitly():
         (lambda s: s.update(hosts=["Bad_Host"]), "spec.hosts[0]", "DNS name"),
         (lambda s: s["backend"]["service"].update(port=70000), "spec.backend.service.port",
          "65535"),
-        (lambda s: s["auth"].update(methods=["Magic"]), "spec.auth.methods[0]", "KeyAuth"),
+        (lambda s: s["auth"].update(methods=["Magic"]), "spec.auth.methods[0]", "'JWT'"),
         (lambda s: s["auth"].update(methods=[]), "spec.auth", "at least one entry"),
         (lambda s: s["auth"].update(keyauth={}), "spec.auth.keyauth", "not a known field"),
         (lambda s: s["auth"].update(keyAuth={"header": "", "query": "", "subprotocol": False}),
@@ -230,7 +230,7 @@ def test_a_key_shared_by_two_consumers_is_refused_for_both():
     keys = {c.name: len(c.keys) for c in compiled.config.consumers}
     assert keys == {"john": 0, "jane": 0, "ann": 1}
     assert sorted((p.ref.name, p.reason) for p in compiled.problems) == [
-        ("jane", "DuplicateKey"), ("john", "DuplicateKey")]
+        ("jane", "DuplicateCredential"), ("john", "DuplicateCredential")]
 
 
 def test_the_same_key_in_two_namespaces_is_fine():

@@ -1,0 +1,76 @@
+"""Password hashes in the compiled config, and verifying against them.
+
+The format is part of the config contract: ``pbkdf2_sha256$<iterations>$<salt>$<key>``
+(base64 salt and derived key). PBKDF2-HMAC-SHA256 with 100,000 iterations costs about
+30 ms per verification here: too slow for every handshake, so successful
+verifications are remembered in a bounded cache (see VerificationCache), and the
+slow hash runs on a small thread pool, off the event loop (hashlib releases the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+SCHEME = "pbkdf2_sha256"
+ITERATIONS = 100_000
+CACHE_ENTRIES = 10_000
+HASH_THREADS = 2
+
+
+def hash_password(password: str, salt: bytes, iterations: int = ITERATIONS) -> str:
+    derived = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return "$".join((SCHEME, str(iterations), base64.b64encode(salt).decode(),
+                     base64.b64encode(derived).decode()))
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """The slow check: derive the key again and compare in constant time."""
+    scheme, iterations, salt, expected = encoded.split("$")
+    if scheme != SCHEME:
+        return False
+    derived = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt),
+                                  int(iterations))
+    return hmac.compare_digest(derived, base64.b64decode(expected))
+
+
+class PasswordVerifier:
+    """Verifies passwords against hashes, remembering the successes.
+
+    The cache holds at most CACHE_ENTRIES entries, least recently used out first. An
+    entry is a keyed BLAKE2b digest (key random per process) of the stored hash and the
+    password: the cache holds no password, and an entry stops matching as soon as the
+    stored hash changes (a new password, a new salt). Failures are not remembered: each
+    wrong password pays the slow hash, on at most HASH_THREADS threads.
+    """
+
+    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
+        self._secret = os.urandom(32)
+        self._known: OrderedDict[bytes, None] = OrderedDict()
+        self._max = max_entries
+        self._pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="wsgate-pbkdf2")
+
+    def _entry(self, password: str, encoded: str) -> bytes:
+        data = encoded.encode() + b"\0" + password.encode()
+        return hashlib.blake2b(data, key=self._secret, digest_size=32).digest()
+
+    async def verify(self, password: str, encoded: str) -> bool:
+        entry = self._entry(password, encoded)
+        if entry in self._known:
+            self._known.move_to_end(entry)
+            return True
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._pool, verify_password, password, encoded):
+            return False
+        self._known[entry] = None
+        if len(self._known) > self._max:
+            self._known.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._known)
