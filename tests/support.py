@@ -185,3 +185,18 @@ async def receive_until_closed(ws: Any, into: list[Any] | None = None) -> None:
         message = await ws.recv()
         if into is not None:
             into.append(message)
+
+
+def credential_objects(name: str, kind: str, data: dict[str, str],
+                       labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """A Secret and a WsConsumer holding one credential of ``kind``."""
+    return [
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": f"{name}-{kind.lower()}",
+                      "labels": {"wsgate.io/credential": "true"}},
+         "stringData": data},
+        {"apiVersion": "wsgate.io/v1alpha1", "kind": "WsConsumer",
+         "metadata": {"name": name, "labels": labels or {}},
+         "spec": {"credentials": [{"type": kind,
+                                   "secretRef": {"name": f"{name}-{kind.lower()}"}}]}},
+    ]
