@@ -27,6 +27,7 @@ demo: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.auth
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
