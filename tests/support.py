@@ -83,10 +83,11 @@ class RecordingUpstream:
     handshake and echoes, except: 'close:<code>' makes it close with that code, and
     'flood:<n>' makes it send n MiB in 64 KiB messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl: Any = None) -> None:
         self.requests: list[Any] = []
         self.close_codes: list[int | None] = []
         self._server: Any = None
+        self._ssl = ssl
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.requests.append(ws.request)
@@ -108,7 +109,7 @@ class RecordingUpstream:
 
     async def __aenter__(self) -> RecordingUpstream:
         self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None,
-                                   select_subprotocol=_echo_if_offered)
+                                   select_subprotocol=_echo_if_offered, ssl=self._ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     proxy = commands.add_parser("proxy", help="run the proxy")
     proxy.add_argument("--listen", type=host_port, default=("0.0.0.0", 9080),
                        help="where clients connect (default 0.0.0.0:9080)")
+    proxy.add_argument("--tls-listen", type=host_port, metavar="HOST:PORT",
+                       help="also serve wss:// here, with the routes' certificates (by SNI)")
     proxy.add_argument("--admin-listen", type=host_port, default=("0.0.0.0", 9901),
                        help="admin API: config, probes, metrics (default 0.0.0.0:9901)")
     proxy.add_argument("--manifests", type=Path, metavar="DIR",
@@ -102,6 +104,7 @@ def proxy_command(args: argparse.Namespace) -> int:
         admin_token=read_token(args.admin_token_file),
         drain_seconds=args.drain_seconds,
         state_dir=args.state_dir,
+        tls_listen=args.tls_listen,
     )
     source = None
     if args.manifests is not None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel, ValidationError
@@ -129,13 +130,17 @@ def compile_snapshot(snapshot: Snapshot) -> Compiled:
 
     routes: list[cfg.Route] = []
     route_endpoints: dict[ObjectRef, int] = {}
+    certificates: dict[tuple[str, str], cfg.Certificate] = {}
     for ref, obj, spec in _parse_all(snapshot.routes, WsRouteSpec, problems):
-        route = _compile_route(ref, obj, spec, consumer_specs, services, slices, problems)
+        route = _compile_route(ref, obj, spec, consumer_specs, services, slices, secrets,
+                               problems)
         routes.append(route)
         route_endpoints[ref] = len(route.backend.endpoints)
+        if spec.tls is not None:
+            _add_certificate(ref, spec, secrets, certificates, problems)
 
     return Compiled(
-        config=cfg.GatewayConfig.build(routes, consumers),
+        config=cfg.GatewayConfig.build(routes, consumers, list(certificates.values())),
         problems=problems,
         route_endpoints=route_endpoints,
     )
@@ -398,6 +403,7 @@ def _compile_route(
     consumer_specs: list[tuple[ObjectRef, K8sObject, WsConsumerSpec]],
     services: dict[tuple[str, str], K8sObject],
     slices: dict[tuple[str, str], list[K8sObject]],
+    secrets: dict[tuple[str, str], K8sObject],
     problems: list[Problem],
 ) -> cfg.Route:
     backend = spec.backend
@@ -425,6 +431,7 @@ def _compile_route(
         backend=cfg.Backend(
             service=backend.service.name,
             endpoints=tuple(endpoints),
+            tls=_upstream_tls(ref, spec, secrets, problems),
             path_rewrite=backend.path,
             load_balancing=cfg.LoadBalancing(
                 algorithm=backend.load_balancing.algorithm,
@@ -447,6 +454,88 @@ def _compile_route(
         limits=cfg.Limits(**spec.limits.model_dump()),
         on_credential_revoked=spec.on_credential_revoked,
     )
+
+
+def _add_certificate(
+    ref: ObjectRef,
+    spec: WsRouteSpec,
+    secrets: dict[tuple[str, str], K8sObject],
+    certificates: dict[tuple[str, str], cfg.Certificate],
+    problems: list[Problem],
+) -> None:
+    """The route's serving certificate, for its hosts (merged with other routes naming it)."""
+    assert spec.tls is not None
+    name = spec.tls.secret_name
+    values = _pem_values(ref, "spec.tls.secretName", name, ("tls.crt", "tls.key"), secrets,
+                         problems)
+    if values is None:
+        return
+    key = (ref.namespace, name)
+    hosts = set(spec.hosts) | set(certificates[key].hosts if key in certificates else ())
+    certificates[key] = cfg.Certificate(
+        namespace=ref.namespace, name=name, hosts=tuple(sorted(hosts)),
+        cert_pem=values["tls.crt"], key_pem=values["tls.key"],
+    )
+
+
+def _upstream_tls(
+    ref: ObjectRef,
+    spec: WsRouteSpec,
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+) -> cfg.UpstreamTls | None:
+    tls = spec.backend.tls
+    if tls is None:
+        return None
+    server_name = tls.server_name or f"{spec.backend.service.name}.{ref.namespace}.svc"
+    ca = None
+    if tls.ca_secret_ref is not None:
+        values = _pem_values(ref, "spec.backend.tls.caSecretRef", tls.ca_secret_ref.name,
+                             ("ca.crt",), secrets, problems)
+        if values is None:
+            return cfg.UpstreamTls(server_name=server_name, ca_pem=_UNUSABLE_CA)
+        ca = values["ca.crt"]
+    return cfg.UpstreamTls(server_name=server_name, ca_pem=ca)
+
+
+# A CA that is named but cannot be read must not fall back to trusting the system's roots:
+# such a backend gets a CA nothing is signed by, and its handshakes fail (502).
+_UNUSABLE_CA = "unusable"
+
+
+def _pem_values(
+    ref: ObjectRef,
+    where: str,
+    secret_name: str,
+    keys: tuple[str, ...],
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+) -> dict[str, str] | None:
+    """PEM values of a Secret (certificates need no credential label), each checked."""
+    secret = secrets.get((ref.namespace, secret_name))
+    if secret is None:
+        problems.append(Problem(ref, where, "SecretNotFound",
+                                f"Secret {ref.namespace}/{secret_name} does not exist"))
+        return None
+    data = _secret_data(secret)
+    missing = [k for k in keys if not data.get(k)]
+    if missing:
+        problems.append(Problem(ref, where, "SecretKeyMissing",
+                                f"Secret {ref.namespace}/{secret_name} has no "
+                                f"{' or '.join(repr(k) for k in missing)}"))
+        return None
+    for key in keys:
+        try:
+            if key == "tls.key":
+                serialization.load_pem_private_key(data[key].encode(), password=None)
+            else:
+                x509.load_pem_x509_certificates(data[key].encode())
+        except (ValueError, TypeError):
+            what = "a PEM private key" if key == "tls.key" else "PEM certificates"
+            problems.append(Problem(ref, where, "InvalidCertificate",
+                                    f"Secret {ref.namespace}/{secret_name}: {key!r} is not {what}"))
+            return None
+    return {k: data[k] for k in keys}
 
 
 def _resolve_endpoints(

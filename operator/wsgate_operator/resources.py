@@ -47,6 +47,10 @@ class PathSpec(_Spec):
     value: Annotated[str, Field(pattern=r"^/[^?#\s]*$", max_length=1024)]
 
 
+class SecretRef(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
 class ServiceRef(_Spec):
     name: Annotated[str, Field(min_length=1, max_length=63)]
     port: Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(min_length=1)]
@@ -68,8 +72,17 @@ class LoadBalancingSpec(_Spec):
         return self
 
 
+class BackendTlsSpec(_Spec):
+    # The name the upstream's certificate is checked against (and sent as SNI);
+    # default: the Service's cluster DNS name, <service>.<namespace>.svc
+    server_name: Annotated[str, AfterValidator(_hostname)] | None = None
+    # A Secret (same namespace) whose 'ca.crt' holds the CA to trust; default: system roots
+    ca_secret_ref: SecretRef | None = None
+
+
 class BackendSpec(_Spec):
     service: ServiceRef
+    tls: BackendTlsSpec | None = None
     path: Annotated[str, Field(pattern=r"^/")] | None = None
     load_balancing: LoadBalancingSpec = LoadBalancingSpec()
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
@@ -163,8 +176,14 @@ def _origin(value: str) -> str:
 _ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
 
 
+class TlsSpec(_Spec):
+    # A kubernetes.io/tls Secret in the route's namespace (tls.crt, tls.key)
+    secret_name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
 class WsRouteSpec(_Spec):
     hosts: list[Annotated[str, AfterValidator(_hostname)]] = []
+    tls: TlsSpec | None = None
     paths: Annotated[list[PathSpec], Field(min_length=1)]
     backend: BackendSpec
     # Required on purpose: a public route is said explicitly (mode: None), never by omission.
@@ -173,9 +192,12 @@ class WsRouteSpec(_Spec):
     limits: LimitsSpec = LimitsSpec()
     on_credential_revoked: Literal["Close", "Keep"] = "Close"
 
-
-class SecretRef(_Spec):
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    @model_validator(mode="after")
+    def _tls_needs_hosts(self) -> WsRouteSpec:
+        if self.tls is not None and not self.hosts:
+            raise ValueError("tls needs hosts: the certificate is chosen by the host name "
+                             "the client asks for (SNI)")
+        return self
 
 
 class CredentialSpec(_Spec):

@@ -43,9 +43,17 @@ class LoadBalancing(_Model):
     hash_header: str | None = None
 
 
+class UpstreamTls(_Model):
+    """TLS to the upstream (wss://), verified against the system's roots or this CA."""
+
+    server_name: Name  # for SNI and certificate verification
+    ca_pem: str | None = None
+
+
 class Backend(_Model):
     service: Name
     endpoints: tuple[Endpoint, ...] = ()
+    tls: UpstreamTls | None = None
     path_rewrite: str | None = None
     load_balancing: LoadBalancing = LoadBalancing()
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
@@ -151,12 +159,30 @@ class Consumer(_Model):
         return f"{self.namespace}/{self.name}"
 
 
+class Certificate(_Model):
+    """A serving certificate (a kubernetes.io/tls Secret) and the host names it serves.
+
+    The private key has to reach the proxy as it is, like a JWT HMAC secret: the proxy
+    cannot terminate TLS without it. It never appears in GET /config or a log line."""
+
+    namespace: Name
+    name: Name
+    hosts: Annotated[tuple[str, ...], Field(min_length=1)]
+    cert_pem: Annotated[str, Field(min_length=1)]
+    key_pem: Annotated[str, Field(min_length=1)]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 class GatewayConfig(_Model):
     """Everything a proxy serves, versioned by the hash of its content."""
 
     version: str = ""
     routes: tuple[Route, ...] = ()
     consumers: tuple[Consumer, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -174,10 +200,16 @@ class GatewayConfig(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @classmethod
-    def build(cls, routes: list[Route], consumers: list[Consumer]) -> GatewayConfig:
+    def build(
+        cls,
+        routes: list[Route],
+        consumers: list[Consumer],
+        certificates: list[Certificate] | None = None,
+    ) -> GatewayConfig:
         """A config in canonical order, its version set to its content hash."""
         unversioned = cls(
             routes=tuple(sorted(routes, key=lambda r: r.key)),
             consumers=tuple(sorted(consumers, key=lambda c: c.key)),
+            certificates=tuple(sorted(certificates or [], key=lambda c: c.key)),
         )
         return unversioned.model_copy(update={"version": unversioned.content_hash()})

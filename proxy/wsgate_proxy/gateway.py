@@ -265,10 +265,12 @@ class Gateway:
         """Try the endpoints in order, up to 1 + retries of them."""
         errors: list[str] = []
         started = time.perf_counter()
+        active = self.runtime.active
+        tls = active.upstream_tls.get(route.key) if active is not None else None
         for endpoint in candidates[: route.backend.retries + 1]:
             try:
                 transport, protocol, response = await open_upstream(
-                    endpoint, upstream_request, key, route.backend.connect_timeout_seconds
+                    endpoint, upstream_request, key, route.backend.connect_timeout_seconds, tls
                 )
             except UpstreamError as exc:
                 errors.append(str(exc))

@@ -9,6 +9,7 @@ Sessions hold what they need of their route; a swap leaves them running.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Hashable
@@ -21,6 +22,7 @@ from .config import Endpoint, GatewayConfig, Route
 from .passwords import PasswordVerifier
 from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
+from .tls import CertificateStore, upstream_context
 
 access_log = logging.getLogger("wsgate.access")
 log = logging.getLogger("wsgate.runtime")
@@ -38,6 +40,11 @@ class ActiveConfig:
         self.config = config
         self.router = Router(config.routes)
         self.authenticator = Authenticator(config.consumers, passwords)
+        # Client contexts for wss:// backends, with the name to verify.
+        self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {
+            route.key: (upstream_context(route.backend.tls), route.backend.tls.server_name)
+            for route in config.routes if route.backend.tls is not None
+        }
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {
             route.key: balancer_for(route, old.get(route.key), endpoint_sessions, health)
@@ -64,6 +71,7 @@ class Runtime:
         self.endpoint_sessions: Counter[Endpoint] = Counter()
         self.health = EndpointHealth()
         self.passwords = PasswordVerifier()
+        self.certificates = CertificateStore()
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
         # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
@@ -84,6 +92,7 @@ class Runtime:
         previous = self.active
         self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health,
                                    self.passwords)
+        self.certificates.update(config.certificates)
         if previous is not None:
             metrics.CONFIG_INFO.remove(previous.config.version)
         metrics.CONFIG_INFO.labels(config.version).set(1)
@@ -235,6 +244,8 @@ class Runtime:
                 {"name": c.key, "username": c.username, "credentials": len(c.keys)}
                 for c in config.consumers
             ],
+            "certificates": [{"name": c.key, "hosts": list(c.hosts)}
+                             for c in config.certificates],
             "sessions": len(self.sessions),
         }
 

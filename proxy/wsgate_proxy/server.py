@@ -37,6 +37,8 @@ class ProxyOptions:
     # On stop, how long live sessions may go on before they are closed with 1001.
     drain_seconds: float = 10.0
     state_dir: Path | None = None
+    # wss:// with the certificates of the routes' tls.secretName, chosen by SNI.
+    tls_listen: tuple[str, int] | None = None
 
 
 async def serve(
@@ -62,12 +64,18 @@ async def serve(
     await proxy_runner.setup()
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
-    proxy_site = web.TCPSite(proxy_runner, *options.listen)
+    proxy_sites = [web.TCPSite(proxy_runner, *options.listen)]
+    if options.tls_listen is not None:
+        proxy_sites.append(web.TCPSite(proxy_runner, *options.tls_listen,
+                                       ssl_context=runtime.certificates.listener_context()))
     try:
-        await proxy_site.start()
+        for site in proxy_sites:
+            await site.start()
         await web.TCPSite(admin_runner, *options.admin_listen).start()
-        log.info("listening", extra={"listen": _address(proxy_runner),
-                                     "admin_listen": _address(admin_runner)})
+        addresses = [f"{host}:{port}" for host, port, *_ in proxy_runner.addresses]
+        log.info("listening", extra={
+            "listen": addresses[0], "admin_listen": _address(admin_runner),
+            **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
             tasks.append(asyncio.create_task(config_source(apply)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
@@ -80,7 +88,8 @@ async def serve(
         # still deliver the peers' replies (aiohttp's own shutdown stops reading from
         # connections, so it comes last).
         runtime.draining = True
-        await proxy_site.stop()
+        for site in proxy_sites:
+            await site.stop()
         await _wait_sessions_ended(runtime, options.drain_seconds, abort=False)
         for task in tasks:
             task.cancel()

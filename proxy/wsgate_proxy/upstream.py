@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ssl
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -149,19 +150,27 @@ def parse_response_head(head: bytes) -> UpstreamResponse:
 
 
 async def open_upstream(
-    endpoint: Endpoint, request: bytes, key: str, connect_timeout: float
+    endpoint: Endpoint,
+    request: bytes,
+    key: str,
+    connect_timeout: float,
+    tls: tuple[ssl.SSLContext, str] | None = None,
 ) -> tuple[asyncio.Transport, UpstreamProtocol, UpstreamResponse]:
-    """Connect, send the handshake, and return once the upstream has said 101."""
+    """Connect (over TLS when ``tls`` gives a context and server name), send the
+    handshake, and return once the upstream has said 101."""
     loop = asyncio.get_running_loop()
+    ssl_options = {"ssl": tls[0], "server_hostname": tls[1]} if tls else {}
     try:
         async with asyncio.timeout(connect_timeout):
             transport, protocol = await loop.create_connection(
-                UpstreamProtocol, endpoint.address, endpoint.port
+                UpstreamProtocol, endpoint.address, endpoint.port, **ssl_options
             )
     except TimeoutError:
         raise UpstreamError(
             f"connecting to {endpoint} timed out after {connect_timeout:g}s"
         ) from None
+    except ssl.SSLError as exc:
+        raise UpstreamError(f"TLS with {endpoint} failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from None
     try:
