@@ -27,8 +27,9 @@ MESSAGES = Counter(
 )
 SESSIONS_CLOSED = Counter(
     "wsgate_sessions_closed_total",
-    "Ended sessions by route, by who closed first and the close code.",
-    ["route", "closed_by", "code"],
+    "Ended sessions by route, who closed first, the close code and, when the proxy "
+    "closed, its reason (a peer's reason is not a label: it is free text).",
+    ["route", "closed_by", "code", "reason"],
 )
 CONFIG_INFO = Gauge("wsgate_config_info", "The active config version (value 1).", ["version"])
 CONFIG_APPLIED = Gauge(

@@ -205,7 +205,8 @@ class Runtime:
         self.release(session.route_key, session.consumer_key)
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").dec()
         metrics.SESSIONS_CLOSED.labels(
-            session.route_key, session.closed_by or "", str(session.close_code or "")
+            session.route_key, session.closed_by or "", str(session.close_code or ""),
+            session.close_reason if session.closed_by == "proxy" else "",
         ).inc()
         access_log.info("session", extra=session_record(session))
 
@@ -274,6 +275,7 @@ def session_record(session: Session) -> dict[str, Any]:
         "messages_out": session.u2c.messages,
         "close_code": session.close_code,
         "closed_by": session.closed_by,
+        "close_reason": session.close_reason if session.closed_by == "proxy" else None,
     }
 
 
