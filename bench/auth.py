@@ -10,7 +10,6 @@ Prints tables; writes bench/results/auth.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import statistics
 import tempfile
@@ -18,14 +17,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import aiohttp
 import jwt
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bench.common import table, write_results
+from bench.common import handshakes, run_main, table, write_results
 from wsgate.processes import WsgateProcess
 from wsgate_operator.compiler import Snapshot, compile_snapshot
 from wsgate_proxy.auth import Authenticator
@@ -74,22 +72,6 @@ def credentials() -> dict[str, dict[str, str]]:
         "JWT RS256": {"Authorization": "Bearer "
                       + jwt.encode({"iss": "rs", "exp": exp}, RSA_KEY, algorithm="RS256")},
     }
-
-
-async def handshakes(url: str, headers: dict[str, str], total: int, concurrency: int) -> float:
-    async with aiohttp.ClientSession() as http:
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                async with http.ws_connect(url, headers=headers) as ws:
-                    await ws.receive()
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - start)
 
 
 async def in_process(config: GatewayConfig, rounds: int) -> dict[str, float]:
@@ -152,12 +134,7 @@ def main() -> None:
     parser.add_argument("--handshakes", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2000)
-    args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+    run_main(run, parser)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -12,9 +13,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -188,6 +191,35 @@ async def echo_load(path: Target, connections: int, round_trips: int, size: int)
         path.name, connections, round_trips, size, round(seconds, 3),
         round(len(latencies) / seconds), round(statistics.median(latencies) * 1000, 3),
         round(latencies[int(len(latencies) * 0.99)] * 1000, 3))
+
+
+async def handshakes(url: str, headers: dict[str, str], total: int, concurrency: int) -> float:
+    """Handshakes per second: ``total`` of them (upgrade, greeting, close), so many at a time."""
+    async with aiohttp.ClientSession() as http:
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                async with http.ws_connect(url, headers=headers) as ws:
+                    await ws.receive()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - start)
+
+
+def run_main(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+             parser: argparse.ArgumentParser) -> None:
+    """Parse the arguments and run the benchmark on uvloop, where it is installed."""
+    args = parser.parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main(args))
+    else:
+        uvloop.run(main(args))
 
 
 def write_results(name: str, data: dict) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from contextlib import ExitStack
 
 import aiohttp
@@ -23,27 +22,13 @@ from bench.common import (
     RESULTS,
     Target,
     echo_load,
+    handshakes,
     rss_kib,
+    run_main,
     start_paths,
     table,
     write_results,
 )
-
-
-async def handshakes(target: Target, total: int, concurrency: int) -> float:
-    async with aiohttp.ClientSession() as http:
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                async with http.ws_connect(target.url, headers={"apikey": KEY}) as ws:
-                    await ws.receive()
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - start)
 
 
 async def idle_memory(target: Target, sessions: int) -> float | None:
@@ -67,7 +52,8 @@ async def run(args: argparse.Namespace) -> None:
         for target in targets:
             await echo_load(target, 5, 50, args.size)  # warm up
             echo.append(await echo_load(target, args.connections, args.round_trips, args.size))
-            shakes[target.name] = await handshakes(target, args.handshakes, args.concurrency)
+            shakes[target.name] = await handshakes(target.url, {"apikey": KEY}, args.handshakes,
+                                                   args.concurrency)
             memory[target.name] = await idle_memory(target, args.idle)
 
     direct = echo[0]
@@ -130,12 +116,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--no-nginx", action="store_true")
-    args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+    run_main(run, parser)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from tests.support import TOKEN
+from tests.support import (
+    TOKEN,
+    Admin,
+    RecordingUpstream,
+    compile_objects,
+    objects_for,
+    route_of,
+)
 from wsgate.processes import WsgateProcess
 
 
@@ -38,3 +48,49 @@ def start_proxy() -> Iterator[Callable[..., WsgateProcess]]:
     for proc in started:
         proc.stop()
         print(f"--- {proc.name} log ---\n{proc.output()}")  # shown when the test failed
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    async with RecordingUpstream() as server:
+        yield server
+
+
+@dataclass
+class Served:
+    """A proxy serving a set of objects, and the objects (change them, then push())."""
+
+    proxy: WsgateProcess
+    admin: Admin
+    objects: list[dict[str, Any]]
+
+    @property
+    def base(self) -> str:
+        return f"ws://127.0.0.1:{self.proxy.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + "/.ws"
+
+    def find(self, kind: str, name: str) -> dict[str, Any]:
+        return next(o for o in self.objects
+                    if o["kind"] == kind and o["metadata"]["name"] == name)
+
+    async def push(self) -> None:
+        status, body = await self.admin.put_config(compile_objects(self.objects))
+        assert status == 200, body
+
+
+@pytest.fixture
+def serve(start_proxy, upstream) -> Callable[..., Awaitable[Served]]:
+    """A proxy serving the quickstart route onto the recording upstream; keyword
+    arguments update the route's spec, positional ones are extra objects."""
+    async def start(*extra: dict[str, Any], objects: list[dict[str, Any]] | None = None,
+                    proxy_args: tuple[str, ...] = (), **spec: Any) -> Served:
+        objects = [*(objects or objects_for(upstream.port)), *copy.deepcopy(extra)]
+        route_of(objects)["spec"].update(spec)
+        proxy = start_proxy(*proxy_args)
+        served = Served(proxy, Admin(proxy.admin_port), objects)
+        await served.push()
+        return served
+    return start

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart"
 TOKEN = "test-admin-token"
+KEY = {"apikey": "john-key"}
 
 
 def copy_quickstart(target: Path, port_a: int, port_b: int) -> Path:
@@ -38,6 +39,17 @@ def quickstart_objects(port_a: int, port_b: int) -> list[dict[str, Any]]:
         text = _with_ports(source.read_text(), port_a, port_b)
         objects += [d for d in yaml.safe_load_all(text) if d]
     return objects
+
+
+def objects_for(*ports: int) -> list[dict[str, Any]]:
+    """The quickstart, with its EndpointSlices replaced by these local ports."""
+    base = [o for o in quickstart_objects(1, 2) if o["kind"] != "EndpointSlice"]
+    return base + [endpoint_slice(f"s{p}", "echo", "127.0.0.1", p) for p in ports]
+
+
+def route_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The (first) WsRoute among the objects."""
+    return next(o for o in objects if o["kind"] == "WsRoute")
 
 
 def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import time
 
@@ -15,8 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.component.test_relay import objects_for
-from tests.support import Admin, RecordingUpstream, compile_objects, credential_objects
+from tests.support import credential_objects, route_of
 from wsgate_proxy.credentials import encode_bearer_subprotocol
 from wsgate_proxy.gateway import auth_message
 
@@ -50,20 +48,13 @@ CONSUMERS = (
 
 
 @pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def proxy_with(start_proxy, upstream):
+def proxy_with(serve):
+    """The quickstart route with these auth fields, and the consumers above."""
     async def start(**auth):
-        objects = objects_for(upstream.port) + copy.deepcopy(CONSUMERS)
-        next(o for o in objects if o["kind"] == "WsRoute")["spec"]["auth"].update(auth)
-        proxy = start_proxy()
-        status, body = await Admin(proxy.admin_port).put_config(compile_objects(objects))
-        assert status == 200, body
-        return f"ws://127.0.0.1:{proxy.port}/.ws", proxy
+        served = await serve(*CONSUMERS)
+        route_of(served.objects)["spec"]["auth"].update(auth)
+        await served.push()
+        return served.url, served.proxy
     return start
 
 
@@ -153,20 +144,15 @@ async def test_a_route_accepting_several_methods_names_them_all(proxy_with):
     assert await echoes(url, additional_headers=basic("alice", "s3cret!")) == "ping"
 
 
-async def test_rotating_a_jwt_key_revokes_its_sessions(start_proxy, upstream):
-    proxy = start_proxy()
-    admin = Admin(proxy.admin_port)
-    objects = objects_for(upstream.port) + copy.deepcopy(CONSUMERS)
-    next(o for o in objects if o["kind"] == "WsRoute")["spec"]["auth"]["methods"] = ["JWT"]
-    await admin.put_config(compile_objects(objects))
-    url = f"ws://127.0.0.1:{proxy.port}/.ws"
+async def test_rotating_a_jwt_key_revokes_its_sessions(serve):
+    served = await serve(*CONSUMERS, auth={"methods": ["JWT"]})
+    url = served.url
     hs = await connect(url, additional_headers={
         "Authorization": f"Bearer {token('hs-issuer', HMAC)}"})
     rs = await connect(url, additional_headers={
         "Authorization": f"Bearer {token('rs-issuer', RSA_KEY, 'RS256')}"})
-    secret = next(o for o in objects if o["metadata"]["name"] == "hs-jwt")
-    secret["stringData"]["secret"] = "another-hmac-secret-of-at-least-32-bytes"
-    await admin.put_config(compile_objects(objects))
+    served.find("Secret", "hs-jwt")["stringData"]["secret"] = "another-hmac-secret-32-bytes!!"
+    await served.push()
     await asyncio.wait_for(hs.wait_closed(), 1)
     assert (hs.close_code, hs.close_reason) == (1008, "credential revoked")
     await rs.send("still")

@@ -8,14 +8,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.component.test_relay import KEY, objects_for
-from tests.support import Admin, RecordingUpstream, compile_objects
-
-
-@pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
+from tests.support import KEY, Admin, compile_objects, objects_for
 
 
 async def test_sigterm_drains_then_closes_with_1001(start_proxy, upstream):

@@ -9,33 +9,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.component.test_relay import KEY, objects_for
-from tests.support import (
-    Admin,
-    RecordingUpstream,
-    compile_objects,
-    consumer_objects,
-    eventually,
-    receive_until_closed,
-)
+from tests.support import KEY, consumer_objects, eventually, receive_until_closed
 
 
 @pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def route_proxy(start_proxy, upstream):
-    """A proxy whose quickstart route has these extra spec fields."""
+def route_proxy(serve):
+    """A proxy whose quickstart route has these extra spec fields, and a second consumer."""
     async def start(**spec):
-        objects = objects_for(upstream.port) + consumer_objects("jane", "jane-key")
-        next(o for o in objects if o["kind"] == "WsRoute")["spec"].update(spec)
-        proxy = start_proxy()
-        status, body = await Admin(proxy.admin_port).put_config(compile_objects(objects))
-        assert status == 200, body
-        return f"ws://127.0.0.1:{proxy.port}/.ws"
+        return (await serve(*consumer_objects("jane", "jane-key"), **spec)).url
     return start
 
 

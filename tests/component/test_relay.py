@@ -12,45 +12,18 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support import (
-    Admin,
+    KEY,
     RecordingUpstream,
     compile_objects,
     consumer_objects,
-    endpoint_slice,
     eventually,
-    quickstart_objects,
+    objects_for,
 )
 from wsgate_proxy.credentials import encode_key_subprotocol
 
-KEY = {"apikey": "john-key"}
 
-
-def objects_for(*ports: int) -> list[dict]:
-    """The quickstart, with its EndpointSlices replaced by these local ports."""
-    base = [o for o in quickstart_objects(1, 2) if o["kind"] != "EndpointSlice"]
-    return base + [endpoint_slice(f"s{p}", "echo", "127.0.0.1", p) for p in ports]
-
-
-@pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-async def proxy_to(start_proxy):
-    """A proxy serving the quickstart route with the given upstream ports."""
-    async def start(*ports: int, objects: list[dict] | None = None):
-        proxy = start_proxy()
-        status, body = await Admin(proxy.admin_port).put_config(
-            compile_objects(objects or objects_for(*ports)))
-        assert status == 200, body
-        return proxy, f"ws://127.0.0.1:{proxy.port}/.ws"
-    return start
-
-
-async def test_upstream_gets_identity_and_forwarding_headers_not_the_key(upstream, proxy_to):
-    _, url = await proxy_to(upstream.port)
+async def test_upstream_gets_identity_and_forwarding_headers_not_the_key(upstream, serve):
+    url = (await serve()).url
     headers = {**KEY, "X-Consumer-Username": "mallory", "X-Custom": "kept"}
     async with connect(url + "/room?apikey=other&x=1", additional_headers=headers) as ws:
         await ws.send("ping")
@@ -67,16 +40,16 @@ async def test_upstream_gets_identity_and_forwarding_headers_not_the_key(upstrea
     assert request.path == "/.ws/room?apikey=other&x=1"
 
 
-async def test_query_key_is_stripped_and_other_parameters_kept(upstream, proxy_to):
-    _, url = await proxy_to(upstream.port)
+async def test_query_key_is_stripped_and_other_parameters_kept(upstream, serve):
+    url = (await serve()).url
     async with connect(url + "?room=7&apikey=john-key&b=%20x") as ws:
         await ws.send("x")
         await ws.recv()
     assert upstream.requests[-1].path == "/.ws?room=7&b=%20x"
 
 
-async def test_subprotocol_key_entry_is_never_forwarded(upstream, proxy_to):
-    _, url = await proxy_to(upstream.port)
+async def test_subprotocol_key_entry_is_never_forwarded(upstream, serve):
+    url = (await serve()).url
     entry = encode_key_subprotocol("john-key")
     async with connect(url, subprotocols=[entry, "echo"]) as ws:
         assert ws.subprotocol == "echo"
@@ -87,9 +60,8 @@ async def test_subprotocol_key_entry_is_never_forwarded(upstream, proxy_to):
     assert "Sec-WebSocket-Protocol" not in upstream.requests[-1].headers
 
 
-async def test_encoded_paths_are_normalized_before_matching_and_forwarding(upstream, proxy_to):
-    proxy, _ = await proxy_to(upstream.port)
-    base = f"ws://127.0.0.1:{proxy.port}"
+async def test_encoded_paths_are_normalized_before_matching_and_forwarding(upstream, serve):
+    base = (await serve()).base
     async with connect(base + "/%2Ews/a/../b", additional_headers=KEY) as ws:
         await ws.send("x")
         await ws.recv()
@@ -100,8 +72,8 @@ async def test_encoded_paths_are_normalized_before_matching_and_forwarding(upstr
     assert info.value.response.status_code == 400
 
 
-async def test_client_close_code_reaches_the_upstream(upstream, proxy_to):
-    _, url = await proxy_to(upstream.port)
+async def test_client_close_code_reaches_the_upstream(upstream, serve):
+    url = (await serve()).url
     async with connect(url, additional_headers=KEY) as ws:
         await ws.send("x")
         await ws.recv()
@@ -109,8 +81,8 @@ async def test_client_close_code_reaches_the_upstream(upstream, proxy_to):
     await eventually(lambda: _assert_equal(upstream.close_codes, [4000]))
 
 
-async def test_upstream_close_code_reaches_the_client(upstream, proxy_to):
-    _, url = await proxy_to(upstream.port)
+async def test_upstream_close_code_reaches_the_client(upstream, serve):
+    url = (await serve()).url
     async with connect(url, additional_headers=KEY) as ws:
         await ws.send("close:4001")
         with pytest.raises(ConnectionClosed):
@@ -129,8 +101,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_upstream_down_is_502_before_any_upgrade(proxy_to):
-    _, url = await proxy_to(free_port())
+async def test_upstream_down_is_502_before_any_upgrade(serve):
+    url = (await serve(objects=objects_for(free_port()))).url
     with pytest.raises(InvalidStatus) as info:
         async with connect(url, additional_headers=KEY):
             pass
@@ -138,16 +110,16 @@ async def test_upstream_down_is_502_before_any_upgrade(proxy_to):
     assert b"cannot connect" in info.value.response.body
 
 
-async def test_a_dead_endpoint_is_retried_on_the_next(upstream, proxy_to):
-    _, url = await proxy_to(free_port(), upstream.port)
+async def test_a_dead_endpoint_is_retried_on_the_next(upstream, serve):
+    url = (await serve(objects=objects_for(free_port(), upstream.port))).url
     for _ in range(4):  # round robin starts on either: every handshake must land
         async with connect(url, additional_headers=KEY) as ws:
             await ws.send("x")
             assert await ws.recv() == "x"
 
 
-async def test_no_ready_endpoints_is_503(proxy_to):
-    _, url = await proxy_to(objects=objects_for())
+async def test_no_ready_endpoints_is_503(serve):
+    url = (await serve(objects=objects_for())).url
     with pytest.raises(InvalidStatus) as info:
         async with connect(url, additional_headers=KEY):
             pass
@@ -155,9 +127,9 @@ async def test_no_ready_endpoints_is_503(proxy_to):
     assert b"no ready endpoints" in info.value.response.body
 
 
-async def test_upstream_vanishing_mid_session_closes_the_client_with_1014(proxy_to):
+async def test_upstream_vanishing_mid_session_closes_the_client_with_1014(serve):
     async with RecordingUpstream() as server:
-        _, url = await proxy_to(server.port)
+        url = (await serve(objects=objects_for(server.port))).url
         ws = await connect(url, additional_headers=KEY)
         await ws.send("x")
         await ws.recv()
@@ -169,9 +141,9 @@ async def test_upstream_vanishing_mid_session_closes_the_client_with_1014(proxy_
     assert ws.close_reason == "upstream connection lost"
 
 
-async def test_config_swaps_keep_live_sessions(upstream, proxy_to, start_proxy):
-    proxy, url = await proxy_to(upstream.port)
-    admin = Admin(proxy.admin_port)
+async def test_config_swaps_keep_live_sessions(upstream, serve):
+    served = await serve()
+    url, admin = served.url, served.admin
     sessions = [await connect(url, additional_headers=KEY) for _ in range(20)]
     try:
         for i in range(10):

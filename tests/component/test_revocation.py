@@ -9,44 +9,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.component.test_relay import objects_for
-from tests.support import (
-    Admin,
-    RecordingUpstream,
-    compile_objects,
-    consumer_objects,
-    receive_until_closed,
-)
+from tests.support import consumer_objects, receive_until_closed
 
 
 @pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-class Cluster:
-    """The objects a proxy serves, changed and pushed as a test goes."""
-
-    def __init__(self, proxy, upstream_port: int) -> None:
-        self.admin = Admin(proxy.admin_port)
-        self.url = f"ws://127.0.0.1:{proxy.port}/.ws"
-        self.objects = objects_for(upstream_port) + consumer_objects("jane", "jane-key")
-
-    def find(self, kind: str, name: str) -> dict:
-        return next(o for o in self.objects
-                    if o["kind"] == kind and o["metadata"]["name"] == name)
-
-    async def push(self) -> None:
-        status, body = await self.admin.put_config(compile_objects(self.objects))
-        assert status == 200, body
-
-
-@pytest.fixture
-async def cluster(start_proxy, upstream):
-    cluster = Cluster(start_proxy(), upstream.port)
-    await cluster.push()
-    return cluster
+async def cluster(serve):
+    """A proxy serving john and jane; the test changes the objects and pushes them."""
+    return await serve(*consumer_objects("jane", "jane-key"))
 
 
 async def session(url: str, key: str):

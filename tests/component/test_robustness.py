@@ -9,8 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.component.test_relay import KEY, objects_for
-from tests.support import Admin, RecordingUpstream, compile_objects, eventually
+from tests.support import KEY, Admin, eventually, objects_for
 
 HANDSHAKE = (b"GET /.ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"apikey: john-key\r\n")
@@ -26,17 +25,8 @@ async def raw_request(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-async def proxy(start_proxy, upstream):
-    proc = start_proxy()
-    status, _ = await Admin(proc.admin_port).put_config(compile_objects(objects_for(upstream.port)))
-    assert status == 200
-    return proc
+async def proxy(serve):
+    return (await serve()).proxy
 
 
 @pytest.mark.parametrize(
@@ -116,14 +106,12 @@ async def test_client_vanishing_mid_session_closes_the_upstream(proxy, upstream)
     assert upstream.close_codes[0] == 1006  # the upstream saw the TCP connection end
 
 
-async def test_upstream_that_never_answers_the_handshake_times_out(start_proxy):
+async def test_upstream_that_never_answers_the_handshake_times_out(serve):
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    objects = objects_for(port)
-    next(o for o in objects if o["kind"] == "WsRoute")["spec"]["backend"].update(
-        connectTimeoutSeconds=0.5, retries=0)
-    proc = start_proxy()
-    await Admin(proc.admin_port).put_config(compile_objects(objects))
+    backend = {"service": {"name": "echo", "port": 8080}, "connectTimeoutSeconds": 0.5,
+               "retries": 0}
+    proc = (await serve(objects=objects_for(port), backend=backend)).proxy
     try:
         with pytest.raises(InvalidStatus) as info:
             async with connect(f"ws://127.0.0.1:{proc.port}/.ws", additional_headers=KEY):

@@ -9,38 +9,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.component.test_relay import KEY, objects_for
-from tests.support import (
-    Admin,
-    RecordingUpstream,
-    compile_objects,
-    endpoint_slice,
-    eventually,
-    metric_value,
-)
-
-
-@pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def serve(start_proxy, upstream):
-    async def start(objects=None, **spec):
-        objects = objects or objects_for(upstream.port)
-        next(o for o in objects if o["kind"] == "WsRoute")["spec"].update(spec)
-        proxy = start_proxy()
-        admin = Admin(proxy.admin_port)
-        status, body = await admin.put_config(compile_objects(objects))
-        assert status == 200, body
-        return f"ws://127.0.0.1:{proxy.port}", admin
-    return start
+from tests.support import KEY, endpoint_slice, eventually, metric_value, objects_for
 
 
 async def test_key_in_a_cookie_is_stripped_from_the_cookie_header(serve, upstream):
-    base, _ = await serve(auth={"methods": ["KeyAuth"], "keyAuth": {"cookie": "session"}})
+    base = (await serve(auth={"methods": ["KeyAuth"], "keyAuth": {"cookie": "session"}})).base
     cookies = {"Cookie": "theme=dark; session=john-key; lang=en"}
     async with connect(base + "/.ws", additional_headers=cookies) as ws:
         await ws.send("x")
@@ -49,7 +22,7 @@ async def test_key_in_a_cookie_is_stripped_from_the_cookie_header(serve, upstrea
 
 
 async def test_a_switched_off_source_is_not_read(serve):
-    base, _ = await serve(auth={"methods": ["KeyAuth"], "keyAuth": {"query": ""}})
+    base = (await serve(auth={"methods": ["KeyAuth"], "keyAuth": {"query": ""}})).base
     with pytest.raises(InvalidStatus) as info:
         async with connect(base + "/.ws?apikey=john-key"):
             pass
@@ -57,7 +30,7 @@ async def test_a_switched_off_source_is_not_read(serve):
 
 
 async def test_public_route_needs_no_credential_and_names_no_consumer(serve, upstream):
-    base, _ = await serve(auth={"mode": "None"})
+    base = (await serve(auth={"mode": "None"})).base
     async with connect(base + "/.ws") as ws:
         await ws.send("public")
         assert await ws.recv() == "public"
@@ -65,8 +38,8 @@ async def test_public_route_needs_no_credential_and_names_no_consumer(serve, ups
 
 
 async def test_backend_path_rewrites_the_matched_prefix(serve, upstream):
-    base, _ = await serve(backend={"service": {"name": "echo", "port": 8080},
-                                   "path": "/internal/socket"})
+    base = (await serve(backend={"service": {"name": "echo", "port": 8080},
+                                 "path": "/internal/socket"})).base
     async with connect(base + "/.ws/rooms/7?x=1", additional_headers=KEY) as ws:
         await ws.send("x")
         await ws.recv()
@@ -85,7 +58,7 @@ async def test_an_upstream_answering_5xx_moves_on_to_the_next(serve, upstream):
         endpoint_slice("busy", "echo", "127.0.0.1", busy_port),
         endpoint_slice("good", "echo", "127.0.0.1", upstream.port)]
     try:
-        base, _ = await serve(objects)
+        base = (await serve(objects=objects)).base
         for _ in range(4):  # whichever comes first, every handshake lands on the good one
             async with connect(base + "/.ws", additional_headers=KEY) as ws:
                 await ws.send("x")
@@ -95,7 +68,8 @@ async def test_an_upstream_answering_5xx_moves_on_to_the_next(serve, upstream):
 
 
 async def test_session_metrics_bytes_messages_and_close_reasons(serve):
-    base, admin = await serve(limits={"idleTimeoutSeconds": 0.3})
+    served = await serve(limits={"idleTimeoutSeconds": 0.3})
+    base, admin = served.base, served.admin
     async with connect(base + "/.ws", additional_headers=KEY, compression=None) as ws:
         for _ in range(3):
             await ws.send("12345")

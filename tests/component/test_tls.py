@@ -9,19 +9,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.certs import TestCA, server_context, tls_secret
-from tests.component.test_relay import KEY, objects_for
-from tests.support import Admin, RecordingUpstream, compile_objects
+from tests.support import KEY, Admin, RecordingUpstream, compile_objects, objects_for
 
 
 @pytest.fixture(scope="module")
 def ca():
     return TestCA()
-
-
-@pytest.fixture
-async def upstream():
-    async with RecordingUpstream() as server:
-        yield server
 
 
 def tls_objects(ca, upstream_port, leaf=None):
@@ -36,12 +29,10 @@ def tls_objects(ca, upstream_port, leaf=None):
 
 
 @pytest.fixture
-async def tls_proxy(start_proxy, upstream, ca):
-    proxy = start_proxy("--tls-listen", "127.0.0.1:0")
-    admin = Admin(proxy.admin_port)
-    status, body = await admin.put_config(compile_objects(tls_objects(ca, upstream.port)))
-    assert status == 200, body
-    return proxy, admin, proxy.address("tls_listen")[1]
+async def tls_proxy(serve, upstream, ca):
+    served = await serve(objects=tls_objects(ca, upstream.port),
+                         proxy_args=("--tls-listen", "127.0.0.1:0"))
+    return served.proxy, served.admin, served.proxy.address("tls_listen")[1]
 
 
 def wss(host: str, port: int, ca, **kwargs):
