@@ -1,8 +1,11 @@
-"""Models of the wsgate custom resources' specs, as users write them.
+"""The wsgate custom resources, as users write them: one source for two uses.
 
-They validate what a person typed (field names in camelCase, as in the manifest)
-so that every rejection can name the field. The compiler turns valid specs into
-the proxy's contract; nothing here knows about the proxy.
+The models validate what a person typed (field names in camelCase, as in the
+manifest) so that every rejection can name the field; and ``crds.py`` generates the
+CustomResourceDefinitions in ``crds/`` from them, each field's docstring becoming the
+``description`` that ``kubectl explain`` shows. Rules that tie one field to another are
+written twice on purpose: as a validator here, and as a CEL rule (``x-kubernetes-
+validations``) for the API server.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ CREDENTIAL_LABEL = "wsgate.io/credential"
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]*$")
+_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
 
 
 def _hostname(value: str) -> str:
@@ -36,30 +40,75 @@ def _header_name(value: str) -> str:
     return value
 
 
+def _origin(value: str) -> str:
+    if not _ORIGIN.match(value):
+        raise ValueError(
+            f"{value!r} is not an origin: scheme://host[:port] with no path "
+            "(e.g. 'https://app.example.com')"
+        )
+    return value.lower()
+
+
+# The patterns go to the CRD only; here the validators say what is wrong in words.
+Hostname = Annotated[str, AfterValidator(_hostname), Field(
+    max_length=253, json_schema_extra={"pattern": _HOSTNAME.pattern})]
+HeaderName = Annotated[str, AfterValidator(_header_name), Field(
+    max_length=256, json_schema_extra={"pattern": _HEADER_TOKEN.pattern})]
+Origin = Annotated[str, AfterValidator(_origin), Field(
+    max_length=512, json_schema_extra={"pattern": _ORIGIN.pattern})]
+
+
+def cel(*rules: tuple[str, str]) -> dict:
+    """CEL rules (rule, message) for the CRD, next to the validator that does the same."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
 
 class PathSpec(_Spec):
     type: Literal["Exact", "Prefix"] = "Prefix"
+    """Exact matches the path only; Prefix matches it and everything below it, by whole
+    segments (/ws matches /ws and /ws/a, not /wsx)."""
     value: Annotated[str, Field(pattern=r"^/[^?#\s]*$", max_length=1024)]
+    """The path, starting with '/'."""
 
 
 class SecretRef(_Spec):
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """The Secret's name, in the same namespace."""
 
 
 class ServiceRef(_Spec):
     name: Annotated[str, Field(min_length=1, max_length=63)]
+    """The Service's name, in the route's namespace."""
     port: Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(min_length=1)]
+    """The Service port: its number or its name."""
 
 
 class LoadBalancingSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.algorithm != 'ConsistentHash' || has(self.hashOn)",
+         "ConsistentHash needs hashOn: Consumer, ClientIP or Header"),
+        ("!has(self.hashOn) || self.hashOn != 'Header' || has(self.header)",
+         "hashOn: Header needs header: the name of the header to hash"),
+        ("!has(self.hashOn) || self.algorithm == 'ConsistentHash'",
+         "hashOn applies to algorithm ConsistentHash only"),
+    ))
+
     algorithm: Literal["RoundRobin", "LeastConnections", "ConsistentHash"] = "RoundRobin"
+    """RoundRobin: endpoints in turn. LeastConnections: the endpoint with the fewest live
+    sessions on the proxy. ConsistentHash: the same key (hashOn) stays on the same endpoint
+    while the endpoint set is unchanged; one endpoint more or less moves about 1/N of keys."""
     hash_on: Literal["Consumer", "ClientIP", "Header"] | None = None
-    header: Annotated[str, AfterValidator(_header_name)] | None = None
+    """What ConsistentHash hashes: the authenticated consumer, the client's IP address, or
+    a request header (named by header). Required with ConsistentHash."""
+    header: HeaderName | None = None
+    """The header hashed with hashOn: Header."""
 
     @model_validator(mode="after")
     def _hash_needs_a_key(self) -> LoadBalancingSpec:
@@ -73,38 +122,58 @@ class LoadBalancingSpec(_Spec):
 
 
 class BackendTlsSpec(_Spec):
-    # The name the upstream's certificate is checked against (and sent as SNI);
-    # default: the Service's cluster DNS name, <service>.<namespace>.svc
-    server_name: Annotated[str, AfterValidator(_hostname)] | None = None
-    # A Secret (same namespace) whose 'ca.crt' holds the CA to trust; default: system roots
+    server_name: Hostname | None = None
+    """The name the upstream's certificate must carry (also sent as SNI). Default: the
+    Service's cluster DNS name, <service>.<namespace>.svc."""
     ca_secret_ref: SecretRef | None = None
+    """A Secret whose 'ca.crt' holds the CA certificates to trust. Default: the system's
+    roots."""
 
 
 class BackendSpec(_Spec):
     service: ServiceRef
+    """The Service whose ready endpoints (from its EndpointSlices) receive the sessions."""
     tls: BackendTlsSpec | None = None
-    path: Annotated[str, Field(pattern=r"^/")] | None = None
+    """Connect to the upstream with TLS (wss://); present (even empty) to enable."""
+    path: Annotated[str, Field(pattern=r"^/", max_length=1024)] | None = None
+    """Replaces the matched path prefix in the upstream request (an Exact match: the whole
+    path)."""
     load_balancing: LoadBalancingSpec = LoadBalancingSpec()
+    """How an endpoint is chosen for a new session."""
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    """How long to wait for one endpoint's connection and WebSocket handshake."""
     retries: Annotated[int, Field(ge=0, le=10)] = 1
+    """How many further endpoints to try when one fails to connect or answers 5xx; only
+    when all fail does the client get 502. A failing endpoint is then avoided for a
+    growing while."""
 
 
 class KeyAuthSpec(_Spec):
-    header: Annotated[str, AfterValidator(_header_name)] = "apikey"
-    query: str = "apikey"
-    cookie: str = ""
+    header: HeaderName = "apikey"
+    """The request header that may carry the key; empty switches this source off."""
+    query: Annotated[str, Field(max_length=256)] = "apikey"
+    """The query parameter that may carry the key; empty switches this source off."""
+    cookie: Annotated[str, Field(max_length=256)] = ""
+    """The cookie that may carry the key; empty (the default) switches this source off."""
     subprotocol: bool = True
+    """Accept the key as a Sec-WebSocket-Protocol entry
+    'base64url.apikey.wsgate.io.<base64url(key)>': what a browser can send."""
 
 
 class LabelSelectorRequirement(_Spec):
-    key: str
+    key: Annotated[str, Field(min_length=1)]
+    """The label key."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the label relates to values."""
     values: list[str] = []
+    """The values for In and NotIn."""
 
 
 class LabelSelector(_Spec):
     match_labels: dict[str, str] = {}
+    """Labels a consumer must have, with these values."""
     match_expressions: list[LabelSelectorRequirement] = []
+    """Further requirements on a consumer's labels; all must hold."""
 
     def matches(self, labels: dict[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
@@ -123,25 +192,44 @@ class LabelSelector(_Spec):
 
 
 class AllowedConsumersSpec(_Spec):
-    names: list[str] = []
+    names: list[Annotated[str, Field(min_length=1)]] = []
+    """WsConsumers (by name, in the route's namespace) allowed on the route."""
     selector: LabelSelector | None = None
+    """WsConsumers (by label) allowed on the route. With names: either admits. With
+    neither: every consumer of the namespace."""
+
+
+class JwtAuthSpec(_Spec):
+    audience: Annotated[str, Field(min_length=1)] | None = None
+    """When set, a token's aud claim must include it."""
 
 
 AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
 
 
-class JwtAuthSpec(_Spec):
-    audience: Annotated[str, Field(min_length=1)] | None = None
-
-
 class AuthSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.mode == 'None' || size(self.methods) > 0",
+         "this auth mode needs at least one entry in methods (e.g. [KeyAuth])"),
+    ))
+
     mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
+    """Handshake: the credential comes with the upgrade request (401/403 before any
+    upgrade). FirstMessage: the proxy upgrades, and the first message must be
+    {"type": "auth", ...} with a credential (close 4401 otherwise). None: a public route."""
     methods: list[AuthMethod] = ["KeyAuth"]
+    """The accepted credential types, tried in this order."""
     key_auth: KeyAuthSpec = KeyAuthSpec()
+    """Where an API key may come from."""
     jwt: JwtAuthSpec = JwtAuthSpec()
+    """JWT options."""
     first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """FirstMessage mode: how long the proxy waits for the auth message."""
     hide_credentials: bool = True
+    """Remove the credential (its header, query parameter or cookie) before forwarding.
+    A subprotocol entry is never forwarded."""
     allowed_consumers: AllowedConsumersSpec = AllowedConsumersSpec()
+    """Which consumers of the namespace may use the route (403 for the others)."""
 
     @model_validator(mode="after")
     def _methods_for_mode(self) -> AuthSpec:
@@ -158,39 +246,50 @@ class AuthSpec(_Spec):
 
 class LimitsSpec(_Spec):
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    """Live sessions on the route, per proxy; beyond it handshakes get 503."""
     max_connections_per_consumer: Annotated[int, Field(ge=1)] | None = None
+    """Live sessions of one consumer on the route, per proxy; beyond it handshakes get 429."""
     max_message_bytes: Annotated[int, Field(ge=1)] | None = None
+    """A message (all its fragments, as sent: compressed when permessage-deflate is on)
+    larger than this closes the session with 1009."""
     idle_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    """No frame in either direction for this long closes the session with 1001."""
     messages_per_second: Annotated[float, Field(gt=0)] | None = None
-
-
-def _origin(value: str) -> str:
-    if not _ORIGIN.match(value):
-        raise ValueError(
-            f"{value!r} is not an origin: scheme://host[:port] with no path "
-            "(e.g. 'https://app.example.com')"
-        )
-    return value.lower()
-
-
-_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
+    """Client messages beyond this rate (one second's burst) are not forwarded and the
+    session is closed with 1008."""
 
 
 class TlsSpec(_Spec):
-    # A kubernetes.io/tls Secret in the route's namespace (tls.crt, tls.key)
     secret_name: Annotated[str, Field(min_length=1, max_length=253)]
+    """A kubernetes.io/tls Secret (tls.crt, tls.key) in the route's namespace, served for
+    the route's hosts (chosen by SNI) on the proxy's TLS listener."""
 
 
 class WsRouteSpec(_Spec):
-    hosts: list[Annotated[str, AfterValidator(_hostname)]] = []
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.tls) || (has(self.hosts) && size(self.hosts) > 0)",
+         "tls needs hosts: the certificate is chosen by the host name the client asks for"),
+    ))
+
+    hosts: list[Hostname] = []
+    """Host names the route serves ('*.' wildcards allowed); empty: every host."""
     tls: TlsSpec | None = None
+    """A certificate for the hosts, for wss://."""
     paths: Annotated[list[PathSpec], Field(min_length=1)]
+    """The paths the route serves (at least one)."""
     backend: BackendSpec
-    # Required on purpose: a public route is said explicitly (mode: None), never by omission.
+    """Where accepted sessions go."""
     auth: AuthSpec
-    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    """How handshakes authenticate. Required: a public route says mode: None."""
+    allowed_origins: list[Origin] = []
+    """When set, a handshake whose Origin header is not listed (scheme://host[:port]) gets
+    403: set it whenever browsers connect."""
     limits: LimitsSpec = LimitsSpec()
+    """Connection, message and rate limits."""
     on_credential_revoked: Literal["Close", "Keep"] = "Close"
+    """Close: live sessions of a consumer that was deleted, disabled, re-keyed or is no
+    longer allowed are closed with 1008. Keep: they run on; only new handshakes are
+    refused."""
 
     @model_validator(mode="after")
     def _tls_needs_hosts(self) -> WsRouteSpec:
@@ -202,10 +301,18 @@ class WsRouteSpec(_Spec):
 
 class CredentialSpec(_Spec):
     type: AuthMethod
+    """KeyAuth: the Secret holds 'key'. BasicAuth: 'username' and 'password'. JWT:
+    'issuer' (the token's iss), 'algorithm' (HS256, RS256 or ES256; default HS256) and
+    'secret' (HS256) or 'publicKey' (PEM)."""
     secret_ref: SecretRef
+    """The Secret holding the credential: same namespace, labelled
+    wsgate.io/credential: "true"."""
 
 
 class WsConsumerSpec(_Spec):
     username: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """The name upstreams see (X-Consumer-Username); default: the object's name."""
     disabled: bool = False
+    """A disabled consumer authenticates nobody, and its live sessions are closed."""
     credentials: list[CredentialSpec] = []
+    """The consumer's credentials, each in a Secret."""
