@@ -1,0 +1,189 @@
+"""Pushing the compiled config to every proxy pod, and knowing what each one runs.
+
+One task per proxy brings it to the current config: skipped when the proxy already
+runs that version, retried with growing backoff when a push fails, started at once
+for a new pod. ``verify`` asks each proxy what it runs (GET /readyz), so a proxy that
+restarted with an older saved config is brought up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client import Counter, Histogram
+
+from wsgate_proxy.config import GatewayConfig
+
+from .status import ProxySync
+
+log = logging.getLogger("wsgate.pusher")
+
+PUSHES = Counter("wsgate_operator_pushes_total", "Config pushes to proxies, by outcome.",
+                 ["outcome"])
+PUSH_SECONDS = Histogram("wsgate_operator_push_seconds", "Time to push a config to a proxy.",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+# How many recent versions remember which route generations they hold.
+REMEMBERED_VERSIONS = 32
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """A running proxy pod: its identity (a recreated pod has a new uid) and admin URL."""
+
+    name: str
+    uid: str
+    address: str
+    port: int
+    restarts: int = 0
+
+    @property
+    def base(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
+class Pusher:
+    def __init__(self, token: str, on_change: Callable[[], None]) -> None:
+        self._token = token
+        self._on_change = on_change  # called when what the proxies run changes
+        self._config: GatewayConfig | None = None
+        self._body = b""
+        self._targets: dict[str, ProxyTarget] = {}
+        self._running: dict[str, str] = {}  # proxy -> version it runs
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._included: OrderedDict[str, frozenset[tuple[str, int]]] = OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- inputs ----------------------------------------------------------------------
+    def set_config(self, config: GatewayConfig) -> None:
+        if self._config is not None and config.version == self._config.version:
+            return
+        self._config = config
+        self._body = config.model_dump_json().encode()
+        self._included[config.version] = frozenset(
+            (r.key, r.generation) for r in config.routes)
+        self._included.move_to_end(config.version)
+        while len(self._included) > REMEMBERED_VERSIONS:
+            self._included.popitem(last=False)
+        for name in self._targets:
+            self._bring_up_to_date(name)
+
+    def set_targets(self, targets: list[ProxyTarget]) -> None:
+        """The ready proxy pods now; a new, recreated or restarted pod is pushed to at once."""
+        current = {t.name: t for t in targets}
+        changed = False
+        for name in list(self._targets):
+            if current.get(name) != self._targets[name]:
+                self._forget(name)
+                changed = True
+        for name, target in current.items():
+            if name not in self._targets:
+                self._targets[name] = target
+                changed = True
+                self._bring_up_to_date(name)
+        if changed:
+            self._on_change()
+
+    def _forget(self, name: str) -> None:
+        self._targets.pop(name, None)
+        self._running.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    # -- outputs ---------------------------------------------------------------------
+    def sync(self, route_key: str, generation: int) -> ProxySync:
+        synced = sum(
+            1 for name in self._targets
+            if (route_key, generation) in self._included.get(self._running.get(name, ""), ())
+        )
+        return ProxySync(synced=synced, total=len(self._targets))
+
+    def running(self) -> dict[str, str]:
+        return dict(self._running)
+
+    # -- work --------------------------------------------------------------------------
+    def _bring_up_to_date(self, name: str) -> None:
+        if self._config is None or self._running.get(name) == self._config.version:
+            return
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            self._tasks[name] = asyncio.create_task(self._push_until_current(name))
+
+    async def _push_until_current(self, name: str) -> None:
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            target, config = self._targets.get(name), self._config
+            if target is None or config is None or self._running.get(name) == config.version:
+                return
+            if await self._push(target, config.version, self._body):
+                self._running[name] = config.version
+                self._on_change()
+                continue  # the config may have moved on meanwhile
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def _push(self, target: ProxyTarget, version: str, body: bytes) -> bool:
+        started = time.perf_counter()
+        try:
+            async with self._http().put(
+                f"{target.base}/config", data=body,
+                headers={"Authorization": f"Bearer {self._token}",
+                         "Content-Type": "application/json"},
+            ) as response:
+                answer = await response.text()
+                if response.status == 200:
+                    PUSHES.labels("ok").inc()
+                    PUSH_SECONDS.observe(time.perf_counter() - started)
+                    log.info("config pushed", extra={"proxy": target.name, "version": version})
+                    return True
+                outcome = "refused" if response.status in (401, 403) else "rejected"
+                PUSHES.labels(outcome).inc()
+                log.error("proxy refused the config", extra={
+                    "proxy": target.name, "status": response.status, "answer": answer[:500],
+                    "version": version})
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            PUSHES.labels("unreachable").inc()
+            log.warning("proxy unreachable", extra={"proxy": target.name, "error": str(exc)
+                                                    or type(exc).__name__})
+        return False
+
+    async def verify(self) -> None:
+        """Ask every proxy what it runs; bring those that differ up to date."""
+        async def one(name: str, target: ProxyTarget) -> None:
+            try:
+                async with self._http().get(f"{target.base}/readyz") as response:
+                    version = (await response.json()).get("version")
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                return
+            if version != self._running.get(name) and name in self._targets:
+                if version:
+                    self._running[name] = version
+                else:
+                    self._running.pop(name, None)
+                self._on_change()
+            self._bring_up_to_date(name)
+
+        await asyncio.gather(*(one(n, t) for n, t in list(self._targets.items())))
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
+        return self._session
+
+    async def close(self) -> None:
+        for name in list(self._targets):
+            self._forget(name)
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,159 @@
+"""The operator's loop: changes wake it, a holdoff batches them, one build serves all.
+
+An event marks the view dirty; the reconciler waits until no new change came for a
+short holdoff (but no longer than a maximum since the first one, so a steady
+trickle still builds), compiles the whole view (the pure compiler), hands the
+config to the pusher, and writes every status that changed. When only what the
+proxies run changed, it recomputes statuses without compiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import Gauge, Histogram
+
+from .compiler import Compiled, K8sObject, ObjectRef, Snapshot, compile_snapshot
+from .pusher import ProxyTarget, Pusher
+from .status import Event, Status, consumer_status, route_status, transitions
+
+log = logging.getLogger("wsgate.reconciler")
+
+COMPILE_SECONDS = Histogram(
+    "wsgate_operator_compile_seconds", "Time to compile the whole view.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+OBJECTS = Gauge("wsgate_operator_objects", "Objects in the operator's view, by kind.", ["kind"])
+
+
+@dataclass
+class ClusterView:
+    """What the reconciler reads: the compiler's input and the ready proxy pods."""
+
+    snapshot: Snapshot
+    proxies: list[ProxyTarget] = field(default_factory=list)
+
+
+class StatusWriter(Protocol):
+    async def write_status(self, obj: K8sObject, status: Status) -> None: ...
+    async def post_event(self, obj: K8sObject, event: Event) -> None: ...
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        read: Callable[[], ClusterView],
+        pusher: Pusher,
+        writer: StatusWriter,
+        *,
+        holdoff: float = 0.05,
+        max_holdoff: float = 0.5,
+        verify_every: float = 30.0,
+    ) -> None:
+        self._read = read
+        self.pusher = pusher
+        self._writer = writer
+        self._holdoff = holdoff
+        self._max_holdoff = max_holdoff
+        self._verify_every = verify_every
+        self._wake = asyncio.Event()
+        self._objects_changed = False
+        self.compiled: Compiled | None = None
+        self.builds = 0
+        # What was last written per object, so a status is not written twice while the
+        # watch has not yet brought our own write back.
+        self._written: dict[tuple[str, str], Status] = {}
+
+    def objects_changed(self) -> None:
+        self._objects_changed = True
+        self._wake.set()
+
+    def proxies_changed(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        verifier = asyncio.create_task(self._verify_periodically())
+        try:
+            while True:
+                await self._wake.wait()
+                await self._settle()
+                try:
+                    await self.build()
+                except Exception:
+                    log.exception("build failed; the next change retries")
+        finally:
+            verifier.cancel()
+
+    async def _settle(self) -> None:
+        """Wait until changes stop for the holdoff, or the maximum delay has passed."""
+        deadline = time.monotonic() + self._max_holdoff
+        while True:
+            self._wake.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                async with asyncio.timeout(min(self._holdoff, remaining)):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+
+    async def build(self) -> None:
+        view = self._read()
+        self.pusher.set_targets(view.proxies)
+        if self._objects_changed or self.compiled is None:
+            self._objects_changed = False
+            started = time.perf_counter()
+            # The compiler is pure Python: in a thread, the event loop keeps serving.
+            self.compiled = await asyncio.to_thread(compile_snapshot, view.snapshot)
+            COMPILE_SECONDS.observe(time.perf_counter() - started)
+            self.builds += 1
+            for kind, objects in (("WsRoute", view.snapshot.routes),
+                                  ("WsConsumer", view.snapshot.consumers),
+                                  ("Secret", view.snapshot.secrets),
+                                  ("Service", view.snapshot.services),
+                                  ("EndpointSlice", view.snapshot.endpoint_slices)):
+                OBJECTS.labels(kind).set(len(objects))
+            log.info("compiled", extra={"version": self.compiled.config.version,
+                                        "problems": len(self.compiled.problems),
+                                        "seconds": round(time.perf_counter() - started, 4)})
+            self.pusher.set_config(self.compiled.config)
+        await self._write_statuses(view.snapshot, self.compiled)
+
+    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
+        now = _now()
+        writes = []
+        for obj in snapshot.routes:
+            generation = int((obj.get("metadata") or {}).get("generation") or 0)
+            sync = self.pusher.sync(f"{ObjectRef.of(obj).namespace}/{ObjectRef.of(obj).name}",
+                                    generation)
+            writes.append((obj, route_status(obj, compiled, sync, now)))
+        writes += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
+        seen = set()
+        for obj, status in writes:
+            ref = ObjectRef.of(obj)
+            key = (ref.kind, f"{ref.namespace}/{ref.name}")
+            seen.add(key)
+            current = obj.get("status") or None
+            if status == current or status == self._written.get(key):
+                continue
+            for event in transitions(ref, self._written.get(key) or current, status):
+                await self._writer.post_event(obj, event)
+            await self._writer.write_status(obj, status)
+            self._written[key] = status
+        for key in set(self._written) - seen:
+            del self._written[key]
+
+    async def _verify_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._verify_every)
+            await self.pusher.verify()

@@ -1,0 +1,173 @@
+"""Status of every WsRoute and WsConsumer, computed from one build (pure).
+
+Conditions follow Kubernetes conventions: a condition keeps its lastTransitionTime
+while its status is unchanged, so an unchanged object computes to an identical
+status and is not written again. A transition a person should see also becomes an
+Event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .compiler import Compiled, K8sObject, ObjectRef, Problem
+
+Status = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProxySync:
+    """How many ready proxies run a config including a route's current generation."""
+
+    synced: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Event:
+    ref: ObjectRef
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int,
+               previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    unchanged = previous is not None and previous.get("status") == status
+    return {
+        "type": kind,
+        "status": status,
+        "observedGeneration": generation,
+        "lastTransitionTime": previous["lastTransitionTime"] if unchanged else now,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def _previous(obj: K8sObject) -> dict[str, dict[str, Any]]:
+    conditions = ((obj.get("status") or {}).get("conditions")) or []
+    return {c["type"]: c for c in conditions if isinstance(c, dict) and "type" in c}
+
+
+def _describe(problems: list[Problem]) -> str:
+    return "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
+
+
+def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) -> Status:
+    ref = ObjectRef.of(obj)
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    previous = _previous(obj)
+    problems = compiled.problems_of(ref)
+    invalid = [p for p in problems if p.invalid]
+    unresolved = [p for p in problems if not p.invalid]
+    endpoints = compiled.route_endpoints.get(ref, 0)
+
+    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return _condition(kind, ok, reason, message, generation, previous.get(kind), now)
+
+    if invalid:
+        accepted = cond("Accepted", False, "InvalidSpec", _describe(invalid))
+    else:
+        accepted = cond("Accepted", True, "Accepted",
+                        f"compiled into config {compiled.config.version}")
+    if unresolved:
+        resolved = cond("ResolvedRefs", False, unresolved[0].reason, _describe(unresolved))
+    elif invalid:
+        resolved = cond("ResolvedRefs", False, "InvalidSpec", "the spec is not valid")
+    else:
+        resolved = cond("ResolvedRefs", True, "ResolvedRefs",
+                        f"{endpoints} ready endpoint{'s' if endpoints != 1 else ''}")
+    if invalid:
+        programmed = cond("Programmed", False, "InvalidSpec", "not compiled: the spec is not valid")
+    elif sync.total == 0:
+        programmed = cond("Programmed", False, "NoProxies",
+                          "no ready proxy pod matches the operator's proxy selector")
+    elif sync.synced < sync.total:
+        programmed = cond("Programmed", False, "Pending",
+                          f"{sync.synced} of {sync.total} ready proxies run this generation")
+    else:
+        programmed = cond("Programmed", True, "Programmed",
+                          f"all {sync.total} ready prox{'ies' if sync.total != 1 else 'y'} "
+                          "run this generation")
+    return {
+        "observedGeneration": generation,
+        "conditions": [accepted, resolved, programmed],
+        "endpoints": endpoints,
+        "proxies": {"synced": sync.synced, "total": sync.total},
+    }
+
+
+def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
+    ref = ObjectRef.of(obj)
+    meta = obj.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    previous = _previous(obj)
+    problems = compiled.problems_of(ref)
+    invalid = [p for p in problems if p.invalid]
+    unresolved = [p for p in problems if not p.invalid]
+    compiled_consumer = next((c for c in compiled.config.consumers
+                              if c.namespace == ref.namespace and c.name == ref.name), None)
+    count = 0
+    if compiled_consumer is not None:
+        c = compiled_consumer
+        count = len(c.keys) + len(c.basic) + len(c.jwt)
+    spec = obj.get("spec") or {}
+
+    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return _condition(kind, ok, reason, message, generation, previous.get(kind), now)
+
+    if unresolved:
+        resolved = cond("ResolvedRefs", False, unresolved[0].reason, _describe(unresolved))
+    elif invalid:
+        resolved = cond("ResolvedRefs", False, "InvalidSpec", "the spec is not valid")
+    else:
+        resolved = cond("ResolvedRefs", True, "ResolvedRefs",
+                        "every credential's Secret was found")
+    if invalid:
+        ready = cond("Ready", False, "InvalidSpec", _describe(invalid))
+    elif spec.get("disabled"):
+        ready = cond("Ready", False, "Disabled", "spec.disabled is true: it authenticates nobody")
+    elif count == 0:
+        ready = cond("Ready", False, "NoCredentials",
+                     "no usable credential: see ResolvedRefs" if unresolved
+                     else "spec.credentials is empty")
+    else:
+        ready = cond("Ready", True, "Ready",
+                     f"{count} credential{'s' if count != 1 else ''} usable")
+    status: Status = {
+        "observedGeneration": generation,
+        "conditions": [ready, resolved],
+        "credentials": count,
+    }
+    if compiled_consumer is not None:
+        status["username"] = compiled_consumer.username
+    elif isinstance(spec.get("username"), str):
+        status["username"] = spec["username"]
+    else:
+        status["username"] = ref.name
+    return status
+
+
+_WARN_WHEN_FALSE = {"Accepted", "ResolvedRefs", "Ready"}
+
+
+def transitions(ref: ObjectRef, old: Status | None, new: Status) -> list[Event]:
+    """Events for conditions whose status changed (or are new and false)."""
+    before = {c["type"]: c for c in ((old or {}).get("conditions") or [])}
+    events = []
+    for condition in new["conditions"]:
+        kind, status = condition["type"], condition["status"]
+        prior = before.get(kind)
+        if prior is not None and prior.get("status") == status and \
+                prior.get("reason") == condition["reason"]:
+            continue
+        if prior is None and status == "True" and kind not in ("Accepted", "Ready"):
+            continue  # a healthy first status needs one event (Accepted/Ready), not three
+        if status == "False" and kind in _WARN_WHEN_FALSE:
+            events.append(Event(ref, "Warning", condition["reason"], condition["message"]))
+        elif status == "True":
+            events.append(Event(ref, "Normal", condition["reason"], condition["message"]))
+    return events

@@ -1,0 +1,221 @@
+"""The operator's core against real proxies: build, push, status, batching, catching up.
+
+Kubernetes is not here (that is the emulator tier): the view is a list of objects the
+test changes, and statuses and events are recorded where the API would take them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.support import (
+    KEY,
+    TOKEN,
+    Admin,
+    consumer_objects,
+    eventually,
+    objects_for,
+    route_of,
+)
+from wsgate_operator.compiler import Snapshot
+from wsgate_operator.pusher import PUSHES, ProxyTarget, Pusher
+from wsgate_operator.reconciler import ClusterView, Reconciler
+
+
+class RecordingWriter:
+    def __init__(self, objects):
+        self.objects = objects
+        self.statuses = {}
+        self.events = []
+
+    async def write_status(self, obj, status):
+        obj["status"] = status  # as the watch would bring it back
+        self.statuses[(obj["kind"], obj["metadata"]["name"])] = status
+
+    async def post_event(self, obj, event):
+        self.events.append((obj["metadata"]["name"], event.type, event.reason, event.message))
+
+
+def condition(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+class Operator:
+    def __init__(self, objects, proxies, **options):
+        self.objects = objects
+        self.proxies = proxies  # name -> admin port
+        self.writer = RecordingWriter(objects)
+        self.pusher = Pusher(TOKEN, on_change=lambda: self.reconciler.proxies_changed())
+        self.reconciler = Reconciler(self.read, self.pusher, self.writer, **options)
+        self.task = None
+
+    def read(self):
+        targets = [ProxyTarget(name, f"uid-{name}", "127.0.0.1", port)
+                   for name, port in self.proxies.items()]
+        return ClusterView(Snapshot.of(self.objects), targets)
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.reconciler.run())
+        self.reconciler.objects_changed()
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await self.pusher.close()
+
+    def status(self, kind, name):
+        return self.writer.statuses.get((kind, name))
+
+
+@pytest.fixture
+def proxies(start_proxy):
+    return {name: start_proxy() for name in ("proxy-a", "proxy-b")}
+
+
+async def running_version(proxy) -> str | None:
+    _, body = await Admin(proxy.admin_port).request("GET", "/readyz")
+    return body.get("version")
+
+
+async def test_build_pushes_to_every_proxy_and_programs_the_route(proxies, upstream):
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        async def programmed():
+            status = op.status("WsRoute", "echo")
+            assert condition(status, "Programmed")["status"] == "True"
+            return status
+
+        status = await eventually(programmed)
+        version = op.reconciler.compiled.config.version
+        for proxy in proxies.values():
+            assert await running_version(proxy) == version
+            async with connect(f"ws://127.0.0.1:{proxy.port}/.ws", additional_headers=KEY) as ws:
+                await ws.send("via the operator")
+                assert await ws.recv() == "via the operator"
+        assert condition(status, "Accepted")["status"] == "True"
+        assert condition(status, "ResolvedRefs")["message"] == "1 ready endpoint"
+        assert status["proxies"] == {"synced": 2, "total": 2}
+        assert status["endpoints"] == 1
+        consumer = op.status("WsConsumer", "john")
+        assert condition(consumer, "Ready")["status"] == "True"
+        assert (consumer["username"], consumer["credentials"]) == ("john", 1)
+        assert ("echo", "Normal", "Accepted", f"compiled into config {version}") in op.writer.events
+
+
+async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream):
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()},
+                        holdoff=0.2, max_holdoff=2.0) as op:
+        await eventually(lambda: _programmed(op))
+        builds, pushes = op.reconciler.builds, PUSHES.labels("ok")._value.get()
+        for i in range(500):
+            objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+            op.reconciler.objects_changed()
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)  # a trickle, as a kubectl apply makes it
+        await eventually(lambda: _holds_consumers(op, 501))
+        await eventually(lambda: _all_run(op, proxies))
+        assert op.reconciler.builds - builds == 1
+        assert PUSHES.labels("ok")._value.get() - pushes == 2
+        # Unchanged content is not pushed again.
+        op.reconciler.objects_changed()
+        await asyncio.sleep(0.5)
+        assert PUSHES.labels("ok")._value.get() - pushes == 2
+
+
+async def _holds_consumers(op, count):
+    assert len(op.reconciler.compiled.config.consumers) == count
+
+
+async def _programmed(op):
+    assert condition(op.status("WsRoute", "echo"), "Programmed")["status"] == "True"
+
+
+async def _all_run(op, proxies):
+    version = op.reconciler.compiled.config.version
+    for proxy in proxies.values():
+        assert await running_version(proxy) == version
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_a_proxy_that_was_down_catches_up(start_proxy, upstream):
+    objects = objects_for(upstream.port)
+    port = free_port()
+    async with Operator(objects, {"late": port}) as op:
+        async def pending():
+            programmed = condition(op.status("WsRoute", "echo"), "Programmed")
+            assert (programmed["reason"], programmed["message"]) == (
+                "Pending", "0 of 1 ready proxies run this generation")
+
+        await eventually(pending)
+        proxy = start_proxy("--admin-listen", f"127.0.0.1:{port}")  # comes up later
+        await eventually(lambda: _programmed(op), timeout=15)
+        assert await running_version(proxy) == op.reconciler.compiled.config.version
+
+
+async def test_a_proxy_restarted_with_an_old_config_is_brought_up_to_date(
+        start_proxy, upstream, tmp_path):
+    objects = objects_for(upstream.port)
+    proxy = start_proxy("--state-dir", str(tmp_path))
+    port = proxy.admin_port
+    async with Operator(objects, {"p": port}, verify_every=0.3) as op:
+        await eventually(lambda: _programmed(op))
+        first = op.reconciler.compiled.config.version
+        proxy.stop()  # down while the config changes
+        route_of(objects)["spec"]["limits"] = {"maxConnections": 5}
+        op.reconciler.objects_changed()
+        await eventually(lambda: _version_changed(op, first))
+        restarted = start_proxy("--state-dir", str(tmp_path), "--admin-listen",
+                                f"127.0.0.1:{port}")
+        assert await running_version(restarted) == first  # its saved, older config
+        await eventually(lambda: _all_run(op, {"p": restarted}), timeout=15)
+
+
+async def _version_changed(op, first):
+    assert op.reconciler.compiled.config.version != first
+
+
+async def test_invalid_and_unresolved_objects_are_reported_and_the_rest_flows(proxies, upstream):
+    objects = objects_for(upstream.port) + consumer_objects("jane", "jane-key")
+    broken = {**route_of(objects), "metadata": {"name": "broken", "generation": 3},
+              "spec": {"paths": [], "backend": {"service": {"name": "echo", "port": 8080}},
+                       "auth": {"methods": ["KeyAuth"]}}}
+    lost = {**route_of(objects), "metadata": {"name": "lost"},
+            "spec": {**route_of(objects)["spec"], "paths": [{"value": "/lost"}],
+                     "backend": {"service": {"name": "nowhere", "port": 80}}}}
+    unlabelled = consumer_objects("ann", "ann-key")
+    unlabelled[0]["metadata"]["labels"] = {}
+    objects += [broken, lost, *unlabelled]
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        await eventually(lambda: _programmed(op))
+        accepted = condition(op.status("WsRoute", "broken"), "Accepted")
+        assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
+        assert "spec.paths: List should have at least 1 item" in accepted["message"]
+        assert op.status("WsRoute", "broken")["observedGeneration"] == 3
+        resolved = condition(op.status("WsRoute", "lost"), "ResolvedRefs")
+        assert (resolved["status"], resolved["reason"]) == ("False", "BackendNotFound")
+        ann = op.status("WsConsumer", "ann")
+        assert condition(ann, "ResolvedRefs")["reason"] == "SecretNotLabelled"
+        assert condition(ann, "Ready")["reason"] == "NoCredentials"
+        assert ("broken", "Warning", "InvalidSpec") in [e[:3] for e in op.writer.events]
+        assert ("ann", "Warning", "SecretNotLabelled") in [e[:3] for e in op.writer.events]
+        # Everything else flows: jane's key works through the proxy.
+        proxy = proxies["proxy-a"]
+        async with connect(f"ws://127.0.0.1:{proxy.port}/.ws",
+                           additional_headers={"apikey": "jane-key"}) as ws:
+            await ws.send("fine")
+            assert await ws.recv() == "fine"
+        # And statuses are written once: a rebuild with nothing new writes nothing.
+        written = dict(op.writer.statuses)
+        op.reconciler.objects_changed()
+        await asyncio.sleep(0.3)
+        assert op.writer.statuses == written
