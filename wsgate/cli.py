@@ -73,6 +73,22 @@ def parser() -> argparse.ArgumentParser:
     echo.add_argument("--id", dest="server_id", metavar="NAME",
                       help="name in the greeting (default: the hostname)")
 
+    operator = commands.add_parser("operator", help="run the operator (kopf)")
+    operator.add_argument("--namespace", action="append", default=[], dest="namespaces",
+                          metavar="NS", help="watch this namespace (repeatable; default: all)")
+    operator.add_argument("--proxy-selector", required=True, metavar="LABELSELECTOR",
+                          help="labels of the proxy pods, e.g. app.kubernetes.io/name=wsgate-proxy")
+    operator.add_argument("--proxy-namespace", required=True, metavar="NS",
+                          help="the namespace of the proxy pods")
+    operator.add_argument("--proxy-admin-port", type=int, default=9901, metavar="PORT",
+                          help="the proxies' admin port (default 9901)")
+    operator.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                          help=f"bearer token for pushing configs (else ${TOKEN_ENV})")
+    operator.add_argument("--health-listen", type=host_port, metavar="HOST:PORT",
+                          help="serve kopf's liveness probe at http://HOST:PORT/healthz")
+    operator.add_argument("--metrics-listen", type=host_port, metavar="HOST:PORT",
+                          help="serve Prometheus metrics at http://HOST:PORT/metrics")
+
     compile_ = commands.add_parser(
         "compile", help="print the config compiled from a manifest directory, as pushed"
     )
@@ -92,7 +108,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "proxy":
         return proxy_command(args)
+    if args.command == "operator":
+        return operator_command(args)
     raise AssertionError(args.command)
+
+
+def operator_command(args: argparse.Namespace) -> int:
+    from wsgate_operator.main import run_operator, serve_metrics
+    from wsgate_operator.options import OperatorOptions, parse_selector
+
+    token = read_token(args.admin_token_file)
+    if not token:
+        raise SystemExit(f"wsgate operator: no admin token: give --admin-token-file or "
+                         f"${TOKEN_ENV} (the same token the proxies have)")
+    try:
+        selector = parse_selector(args.proxy_selector)
+    except ValueError as exc:
+        raise SystemExit(f"wsgate operator: --proxy-selector {exc}") from None
+    options = OperatorOptions(namespaces=args.namespaces, proxy_selector=selector,
+                              proxy_namespace=args.proxy_namespace,
+                              proxy_admin_port=args.proxy_admin_port, admin_token=token)
+    if args.metrics_listen:
+        serve_metrics(args.metrics_listen)
+    liveness = None
+    if args.health_listen:
+        host, port = args.health_listen
+        liveness = f"http://{host}:{port}/healthz"
+    run(lambda stop: run_operator(options, stop, liveness=liveness))
+    return 0
 
 
 def proxy_command(args: argparse.Namespace) -> int:
