@@ -10,6 +10,8 @@ import time
 from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# kopf attaches its whole settings object and a flag of its own to each record.
+_DROPPED = {"settings", "k8s_skip"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,7 +23,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        entry.update((k, v) for k, v in vars(record).items()
+                     if k not in _STANDARD and k not in _DROPPED)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

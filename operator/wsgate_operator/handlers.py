@@ -106,9 +106,11 @@ def _fingerprint(body: kopf.Body) -> str:
 
 def _changed(memo: kopf.Memo, event: dict[str, Any], body: kopf.Body, indexes: dict[str, Any],
              proxies: bool = False) -> None:
-    memo.indexes = indexes
+    # A handler's memo is a per-object copy of the operator's: what all handlers share
+    # lives in the containers the startup handler put there.
+    memo.indexes.update(indexes)
     uid = body.metadata.uid or f"{body.get('kind')}/{_key(body)}"
-    seen = memo.setdefault("fingerprints", {})
+    seen = memo.fingerprints
     if event.get("type") == "DELETED":
         seen.pop(uid, None)
     else:
@@ -142,9 +144,7 @@ _handler("endpointslices", "discovery.k8s.io", "v1", when=_watched)
 _handler("pods", "v1", proxies=True, when=_proxy_pod)
 
 
-def read_view(memo: kopf.Memo) -> ClusterView:
-    indexes = memo.get("indexes") or {}
-
+def read_view(indexes: dict[str, Any]) -> ClusterView:
     def values(name: str) -> list[Any]:
         index = indexes.get(name) or {}
         return [value for store in index.values() for value in store]
@@ -155,6 +155,12 @@ def read_view(memo: kopf.Memo) -> ClusterView:
     return ClusterView(snapshot, sorted(values("proxypods"), key=lambda t: t.name))
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In the cluster: the pod's service account; elsewhere: the kubeconfig, as kubectl."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     from .kube import KubeWriter, load_client_config
@@ -162,8 +168,10 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     settings.posting.enabled = False  # Events are ours (kube.py), not kopf's handler logs
     settings.watching.server_timeout = 300
     load_client_config()
+    memo.indexes = {}
+    memo.fingerprints = {}
     pusher = Pusher(OPTIONS.admin_token, on_change=lambda: memo.reconciler.proxies_changed())
-    memo.reconciler = Reconciler(lambda: read_view(memo), pusher, KubeWriter(),
+    memo.reconciler = Reconciler(lambda: read_view(memo.indexes), pusher, KubeWriter(),
                                  holdoff=OPTIONS.holdoff, max_holdoff=OPTIONS.max_holdoff,
                                  verify_every=OPTIONS.verify_every)
     memo.pusher = pusher

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from typing import Any
 
 import kubernetes
@@ -26,11 +27,12 @@ COMPONENT = "wsgate-operator"
 
 
 def load_client_config() -> None:
-    """Find the API the way kubectl does: in-cluster, else KUBECONFIG / ~/.kube/config."""
+    """Find the API the way kubectl does: in-cluster, else KUBECONFIG / ~/.kube/config.
+    (KUBECONFIG is read now: the client's own default is fixed when it is imported.)"""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 class KubeWriter:

@@ -133,12 +133,13 @@ class Reconciler:
         now = _now()
         writes = []
         for obj in snapshot.routes:
+            ref = ObjectRef.of(obj)
             generation = int((obj.get("metadata") or {}).get("generation") or 0)
-            sync = self.pusher.sync(f"{ObjectRef.of(obj).namespace}/{ObjectRef.of(obj).name}",
-                                    generation)
+            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation)
             writes.append((obj, route_status(obj, compiled, sync, now)))
         writes += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
         seen = set()
+        written = events = 0
         for obj, status in writes:
             ref = ObjectRef.of(obj)
             key = (ref.kind, f"{ref.namespace}/{ref.name}")
@@ -148,10 +149,14 @@ class Reconciler:
                 continue
             for event in transitions(ref, self._written.get(key) or current, status):
                 await self._writer.post_event(obj, event)
+                events += 1
             await self._writer.write_status(obj, status)
             self._written[key] = status
+            written += 1
         for key in set(self._written) - seen:
             del self._written[key]
+        if written:
+            log.info("statuses written", extra={"statuses": written, "events": events})
 
     async def _verify_periodically(self) -> None:
         while True:

@@ -1,0 +1,88 @@
+"""Admitting custom resources as the API server does with a structural CRD schema:
+unknown fields pruned, defaults applied, then validated (OpenAPI v3 ~ JSON Schema
+draft 4, with the Kubernetes extensions that matter here). CEL rules
+(x-kubernetes-validations) are not evaluated: the compiler's validators, which mirror
+them, still report those mistakes on the object's status."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+
+Schema = dict[str, Any]
+
+
+def _to_json_schema(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_to_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("additionalProperties", None)
+    if node.get("format") == "date-time":
+        out.pop("format")
+    return out
+
+
+def _prune_and_default(value: Any, schema: Schema) -> Any:
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties")
+        if properties is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            value = {k: v for k, v in value.items() if k in properties}
+        for key, sub in (properties or {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = _prune_and_default(value[key], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            value = {k: _prune_and_default(v, extra) for k, v in value.items()}
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value = [_prune_and_default(v, schema["items"]) for v in value]
+    return value
+
+
+def _path(parts: Any) -> str:
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "<root>"
+
+
+class CrdSchema:
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self._validator = jsonschema.Draft4Validator(_to_json_schema(schema))
+
+    def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        metadata = obj.get("metadata")
+        admitted = _prune_and_default(copy.deepcopy(obj), self.schema)
+        admitted["metadata"] = metadata  # metadata is the API server's own business
+        errors = sorted(
+            (_path(error.absolute_path), error.message)
+            for error in self._validator.iter_errors(admitted)
+        )
+        return admitted, errors
+
+
+class SchemaSet:
+    """CRD schemas by (group, version, plural)."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[tuple[str, str, str], CrdSchema] = {}
+
+    def add_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            self._schemas[(spec["group"], version["name"], spec["names"]["plural"])] = \
+                CrdSchema(schema)
+
+    def get(self, key: tuple[str, str, str]) -> CrdSchema | None:
+        return self._schemas.get(key)
