@@ -155,8 +155,8 @@ def consumer_objects(name: str, key: str, labels: dict[str, str] | None = None
 class Admin:
     """The proxy's admin API, through aiohttp's client."""
 
-    def __init__(self, port: int, token: str | None = TOKEN) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, port: int, token: str | None = TOKEN, host: str = "127.0.0.1") -> None:
+        self.base = f"http://{host}:{port}"
         self.token = token
 
     def _headers(self, token: str | None) -> dict[str, str]:

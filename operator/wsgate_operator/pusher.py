@@ -122,6 +122,14 @@ class Pusher:
 
     async def _push_until_current(self, name: str) -> None:
         delay = FIRST_RETRY_SECONDS
+        target = self._targets.get(name)
+        if target is not None and name not in self._running:
+            # A proxy first seen (or a restarted operator) may run the current config
+            # already: ask before pushing, so a restart pushes nothing it need not.
+            version = await self._ask_version(target)
+            if version and name in self._targets:
+                self._running[name] = version
+                self._on_change()
         while True:
             target, config = self._targets.get(name), self._config
             if target is None or config is None or self._running.get(name) == config.version:
@@ -158,14 +166,19 @@ class Pusher:
                                                     or type(exc).__name__})
         return False
 
+    async def _ask_version(self, target: ProxyTarget) -> str | None:
+        """What the proxy runs (None if it has no config, or cannot be asked)."""
+        try:
+            async with self._http().get(f"{target.base}/readyz") as response:
+                version = (await response.json()).get("version")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return None
+        return version if isinstance(version, str) else None
+
     async def verify(self) -> None:
         """Ask every proxy what it runs; bring those that differ up to date."""
         async def one(name: str, target: ProxyTarget) -> None:
-            try:
-                async with self._http().get(f"{target.base}/readyz") as response:
-                    version = (await response.json()).get("version")
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-                return
+            version = await self._ask_version(target)
             if version != self._running.get(name) and name in self._targets:
                 if version:
                     self._running[name] = version
