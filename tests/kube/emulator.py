@@ -118,11 +118,15 @@ class ApiServer(kmock.KubernetesScaffold):
         self._written = asyncio.Event()
 
     # -- HTTP --------------------------------------------------------------------------------
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's path parser fails on the namespaces themselves: serve them before it.
+        match = _NAMESPACE_PATH.match(raw_request.path)
+        if match:
+            return await self._serve_namespaces(raw_request, match.group(1))
+        return await super().__call__(raw_request)
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         try:
-            match = _NAMESPACE_PATH.match(request.url.path)
-            if match:
-                return await self._serve_namespaces(request, match.group(1))
             resource = request.resource
             key = (resource.group, resource.version, resource.plural) if resource else None
             if key in self.kinds and request.resource.plural:
@@ -135,9 +139,13 @@ class ApiServer(kmock.KubernetesScaffold):
         listing = await super()._serve_version(request)
         if request.resource is not None and request.resource.group == "":
             listing["groupVersion"] = request.resource.version  # "v1", not "/v1"
+        for entry in listing["resources"]:
+            if "/" in entry["name"]:  # subresources have no short names or categories
+                entry["shortNames"], entry["categories"] = [], []
+                entry["verbs"] = ["get", "patch", "update"]
         return listing
 
-    async def _serve_namespaces(self, request: rendering.Request,
+    async def _serve_namespaces(self, request: aiohttp.web.BaseRequest,
                                 name: str | None) -> aiohttp.web.StreamResponse:
         names = sorted({"default", "kube-system"} | {
             ns for (_, ns, _) in self.store.objects if ns})
@@ -147,7 +155,7 @@ class ApiServer(kmock.KubernetesScaffold):
                     "metadata": {"name": n, "uid": f"ns-{n}", "resourceVersion": "1"},
                     "status": {"phase": "Active"}}
 
-        if request.params.get("watch") == "true":
+        if request.query.get("watch") == "true":
             return await self._stream(request, [namespace(n) for n in names])
         if name is None:
             return aiohttp.web.json_response({
@@ -269,13 +277,13 @@ class ApiServer(kmock.KubernetesScaffold):
             self.watches -= 1
         return response
 
-    async def _stream(self, request: rendering.Request,
+    async def _stream(self, request: aiohttp.web.BaseRequest,
                       objects: Iterable[Obj]) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
+        await response.prepare(request)
         for obj in objects:
             await _send(response, {"type": "ADDED", "object": obj})
-        await asyncio.sleep(float(request.params.get("timeoutSeconds") or 60))
+        await asyncio.sleep(float(request.query.get("timeoutSeconds") or 60))
         return response
 
     def _table(self, kind: Kind, items: list[Obj]) -> Obj:
