@@ -41,6 +41,13 @@ class WsgateProcess:
         self._partial = b""
 
     def start(self, timeout: float = 15.0) -> WsgateProcess:
+        """Start, and wait until the child reports the addresses it listens on."""
+        self.start_without_waiting()
+        self.wait_for_log(lambda r: r.get("event") == "listening", timeout)
+        return self
+
+    def start_without_waiting(self) -> WsgateProcess:
+        """Start a child that reports no listening address (the operator)."""
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wsgate", *self.args],
@@ -49,7 +56,6 @@ class WsgateProcess:
             stderr=self._log,
             env=self.env,
         )
-        self.wait_for_log(lambda r: r.get("event") == "listening", timeout)
         return self
 
     def _read_new(self) -> None:
