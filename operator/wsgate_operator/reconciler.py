@@ -25,6 +25,9 @@ from .status import Event, Status, consumer_status, route_status, transitions
 
 log = logging.getLogger("wsgate.reconciler")
 
+# Status writes in flight at once (each is one API request).
+WRITE_CONCURRENCY = 8
+
 COMPILE_SECONDS = Histogram(
     "wsgate_operator_compile_seconds", "Time to compile the whole view.",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -69,9 +72,13 @@ class Reconciler:
         self._objects_changed = False
         self.compiled: Compiled | None = None
         self.builds = 0
-        # What was last written per object, so a status is not written twice while the
+        # What was last queued per object, so a status is not written twice while the
         # watch has not yet brought our own write back.
         self._written: dict[tuple[str, str], Status] = {}
+        # Status writes waiting: only the latest per object. A separate task writes them,
+        # so a thousand statuses never hold back the next build and push.
+        self._pending: dict[tuple[str, str], tuple[K8sObject, Status, list[Event]]] = {}
+        self._pending_ready = asyncio.Event()
 
     def objects_changed(self) -> None:
         self._objects_changed = True
@@ -81,7 +88,8 @@ class Reconciler:
         self._wake.set()
 
     async def run(self) -> None:
-        verifier = asyncio.create_task(self._verify_periodically())
+        helpers = [asyncio.create_task(self._verify_periodically()),
+                   asyncio.create_task(self._write_pending())]
         try:
             while True:
                 await self._wake.wait()
@@ -91,7 +99,8 @@ class Reconciler:
                 except Exception:
                     log.exception("build failed; the next change retries")
         finally:
-            verifier.cancel()
+            for helper in helpers:
+                helper.cancel()
 
     async def _settle(self) -> None:
         """Wait until changes stop for the holdoff, or the maximum delay has passed."""
@@ -130,33 +139,58 @@ class Reconciler:
         await self._write_statuses(view.snapshot, self.compiled)
 
     async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
+        """Compute every status; queue those that changed (with their Events)."""
         now = _now()
-        writes = []
+        computed = []
         for obj in snapshot.routes:
             ref = ObjectRef.of(obj)
             generation = int((obj.get("metadata") or {}).get("generation") or 0)
             sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation)
-            writes.append((obj, route_status(obj, compiled, sync, now)))
-        writes += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
+            computed.append((obj, route_status(obj, compiled, sync, now)))
+        computed += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
         seen = set()
-        written = events = 0
-        for obj, status in writes:
+        for obj, status in computed:
             ref = ObjectRef.of(obj)
             key = (ref.kind, f"{ref.namespace}/{ref.name}")
             seen.add(key)
             current = obj.get("status") or None
             if status == current or status == self._written.get(key):
                 continue
-            for event in transitions(ref, self._written.get(key) or current, status):
-                await self._writer.post_event(obj, event)
-                events += 1
-            await self._writer.write_status(obj, status)
+            events = transitions(ref, self._written.get(key) or current, status)
+            if key in self._pending:  # not written yet: its Events still are to be posted
+                events = self._pending[key][2] + events
+            self._pending[key] = (obj, status, events)
             self._written[key] = status
-            written += 1
         for key in set(self._written) - seen:
             del self._written[key]
-        if written:
-            log.info("statuses written", extra={"statuses": written, "events": events})
+            self._pending.pop(key, None)
+        if self._pending:
+            self._pending_ready.set()
+
+    async def _write_pending(self) -> None:
+        limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def write(obj: K8sObject, status: Status, events: list[Event]) -> None:
+            async with limit:
+                try:
+                    for event in events:
+                        await self._writer.post_event(obj, event)
+                    await self._writer.write_status(obj, status)
+                except Exception:
+                    ref = ObjectRef.of(obj)
+                    log.exception("status not written; the next build retries",
+                                  extra={"object": str(ref)})
+                    self._written.pop((ref.kind, f"{ref.namespace}/{ref.name}"), None)
+
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            batch, self._pending = self._pending, {}
+            started = time.perf_counter()
+            await asyncio.gather(*(write(*item) for item in batch.values()))
+            log.info("statuses written", extra={
+                "statuses": len(batch), "events": sum(len(i[2]) for i in batch.values()),
+                "seconds": round(time.perf_counter() - started, 3)})
 
     async def _verify_periodically(self) -> None:
         while True:

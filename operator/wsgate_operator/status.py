@@ -71,8 +71,9 @@ def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) 
     if invalid:
         accepted = cond("Accepted", False, "InvalidSpec", _describe(invalid))
     else:
-        accepted = cond("Accepted", True, "Accepted",
-                        f"compiled into config {compiled.config.version}")
+        # No config version in the message: it changes with every object in the cluster,
+        # and would rewrite every route's status on every change.
+        accepted = cond("Accepted", True, "Accepted", "the spec is valid and compiled")
     if unresolved:
         resolved = cond("ResolvedRefs", False, unresolved[0].reason, _describe(unresolved))
     elif invalid:
