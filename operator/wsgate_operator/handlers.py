@@ -170,7 +170,12 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     load_client_config()
     memo.indexes = {}
     memo.fingerprints = {}
-    pusher = Pusher(OPTIONS.admin_token, on_change=lambda: memo.reconciler.proxies_changed())
+    pusher = Pusher(
+        OPTIONS.admin_token,
+        on_change=lambda: memo.reconciler.proxies_changed(),
+        on_failure=lambda target, reason: memo.reconciler.push_failed(
+            target, reason, OPTIONS.proxy_namespace),
+    )
     memo.reconciler = Reconciler(lambda: read_view(memo.indexes), pusher, KubeWriter(),
                                  holdoff=OPTIONS.holdoff, max_holdoff=OPTIONS.max_holdoff,
                                  verify_every=OPTIONS.verify_every)

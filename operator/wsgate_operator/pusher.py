@@ -53,9 +53,17 @@ class ProxyTarget:
 
 
 class Pusher:
-    def __init__(self, token: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        token: str,
+        on_change: Callable[[], None],
+        on_failure: Callable[[ProxyTarget, str], None] | None = None,
+    ) -> None:
         self._token = token
         self._on_change = on_change  # called when what the proxies run changes
+        # Called once when a proxy starts failing (not on every retry), with the reason.
+        self._on_failure = on_failure or (lambda _target, _reason: None)
+        self._failing: set[str] = set()
         self._config: GatewayConfig | None = None
         self._body = b""
         self._targets: dict[str, ProxyTarget] = {}
@@ -95,6 +103,7 @@ class Pusher:
             self._on_change()
 
     def _forget(self, name: str) -> None:
+        self._failing.discard(name)
         self._targets.pop(name, None)
         self._running.pop(name, None)
         task = self._tasks.pop(name, None)
@@ -134,14 +143,20 @@ class Pusher:
             target, config = self._targets.get(name), self._config
             if target is None or config is None or self._running.get(name) == config.version:
                 return
-            if await self._push(target, config.version, self._body):
+            failure = await self._push(target, config.version, self._body)
+            if failure is None:
                 self._running[name] = config.version
+                self._failing.discard(name)
                 self._on_change()
                 continue  # the config may have moved on meanwhile
+            if name not in self._failing:
+                self._failing.add(name)
+                self._on_failure(target, failure)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
-    async def _push(self, target: ProxyTarget, version: str, body: bytes) -> bool:
+    async def _push(self, target: ProxyTarget, version: str, body: bytes) -> str | None:
+        """None when the proxy took the config, else why not."""
         started = time.perf_counter()
         try:
             async with self._http().put(
@@ -154,17 +169,21 @@ class Pusher:
                     PUSHES.labels("ok").inc()
                     PUSH_SECONDS.observe(time.perf_counter() - started)
                     log.info("config pushed", extra={"proxy": target.name, "version": version})
-                    return True
+                    return None
                 outcome = "refused" if response.status in (401, 403) else "rejected"
                 PUSHES.labels(outcome).inc()
                 log.error("proxy refused the config", extra={
                     "proxy": target.name, "status": response.status, "answer": answer[:500],
                     "version": version})
+                if response.status in (401, 403):
+                    return (f"the proxy refused the admin token (HTTP {response.status}): the "
+                            "operator and the proxies must share the same token")
+                return f"the proxy rejected config {version} (HTTP {response.status})"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             PUSHES.labels("unreachable").inc()
-            log.warning("proxy unreachable", extra={"proxy": target.name, "error": str(exc)
-                                                    or type(exc).__name__})
-        return False
+            reason = str(exc) or type(exc).__name__
+            log.warning("proxy unreachable", extra={"proxy": target.name, "error": reason})
+            return f"cannot reach the proxy's admin API at {target.base}: {reason}"
 
     async def _ask_version(self, target: ProxyTarget) -> str | None:
         """What the proxy runs (None if it has no config, or cannot be asked)."""

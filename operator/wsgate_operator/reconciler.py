@@ -79,6 +79,7 @@ class Reconciler:
         # so a thousand statuses never hold back the next build and push.
         self._pending: dict[tuple[str, str], tuple[K8sObject, Status, list[Event]]] = {}
         self._pending_ready = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     def objects_changed(self) -> None:
         self._objects_changed = True
@@ -86,6 +87,16 @@ class Reconciler:
 
     def proxies_changed(self) -> None:
         self._wake.set()
+
+    def push_failed(self, target: ProxyTarget, reason: str, namespace: str) -> None:
+        """An Event on the proxy's Pod, where `kubectl describe pod` shows it."""
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": target.name, "namespace": namespace, "uid": target.uid}}
+        ref = ObjectRef("Pod", namespace, target.name)
+        task = asyncio.create_task(
+            self._writer.post_event(pod, Event(ref, "Warning", "PushFailed", reason)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def run(self) -> None:
         helpers = [asyncio.create_task(self._verify_periodically()),
