@@ -115,8 +115,23 @@ class Compiled:
     # Ready endpoints per compiled route, for status and summaries.
     route_endpoints: dict[ObjectRef, int] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _problems_by_ref(self) -> dict[ObjectRef, list[Problem]]:
+        by_ref: dict[ObjectRef, list[Problem]] = defaultdict(list)
+        for problem in self.problems:
+            by_ref[problem.ref].append(problem)
+        return by_ref
+
+    @functools.cached_property
+    def _consumers(self) -> dict[tuple[str, str], cfg.Consumer]:
+        return {(c.namespace, c.name): c for c in self.config.consumers}
+
     def problems_of(self, ref: ObjectRef) -> list[Problem]:
-        return [p for p in self.problems if p.ref == ref]
+        return self._problems_by_ref.get(ref, [])
+
+    def consumer(self, ref: ObjectRef) -> cfg.Consumer | None:
+        """The compiled consumer of a WsConsumer (None when it was left out)."""
+        return self._consumers.get((ref.namespace, ref.name))
 
 
 def compile_snapshot(snapshot: Snapshot) -> Compiled:

@@ -109,8 +109,7 @@ def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
     problems = compiled.problems_of(ref)
     invalid = [p for p in problems if p.invalid]
     unresolved = [p for p in problems if not p.invalid]
-    compiled_consumer = next((c for c in compiled.config.consumers
-                              if c.namespace == ref.namespace and c.name == ref.name), None)
+    compiled_consumer = compiled.consumer(ref)
     count = 0
     if compiled_consumer is not None:
         c = compiled_consumer
