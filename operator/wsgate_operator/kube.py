@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
 from .compiler import K8sObject
+from .options import OperatorOptions
 from .resources import API_GROUP, API_VERSION
 from .status import Event, Status
 
@@ -33,6 +36,54 @@ def load_client_config() -> None:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def list_initial(filters: dict[str, Callable[[Mapping[str, Any]], bool]],
+                 options: OperatorOptions) -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of every object the operator watches, listed once at
+    start: the view is complete when kopf has delivered all of them."""
+    custom = kubernetes.client.CustomObjectsApi()
+    core = kubernetes.client.CoreV1Api()
+    discovery = kubernetes.client.DiscoveryV1Api()
+    namespaces: list[str | None] = list(options.namespaces) or [None]
+
+    def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        response = call(*args, _preload_content=False, **kwargs)
+        return json.loads(response.data).get("items") or []
+
+    def each_namespace(kind: str, plural: str, group: str = "", version: str = "v1"
+                       ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            if group:
+                items += (raw(custom.list_namespaced_custom_object, group, version, ns, plural)
+                          if ns else raw(custom.list_cluster_custom_object, group, version,
+                                         plural))
+            elif kind == "secrets":
+                items += raw(core.list_namespaced_secret, ns) if ns else \
+                    raw(core.list_secret_for_all_namespaces)
+            elif kind == "services":
+                items += raw(core.list_namespaced_service, ns) if ns else \
+                    raw(core.list_service_for_all_namespaces)
+            else:
+                items += raw(discovery.list_namespaced_endpoint_slice, ns) if ns else \
+                    raw(discovery.list_endpoint_slice_for_all_namespaces)
+        return items
+
+    listed = {
+        "wsroutes": each_namespace("wsroutes", "wsroutes", API_GROUP, API_VERSION),
+        "wsconsumers": each_namespace("wsconsumers", "wsconsumers", API_GROUP, API_VERSION),
+        "secrets": each_namespace("secrets", "secrets"),
+        "services": each_namespace("services", "services"),
+        "endpointslices": each_namespace("endpointslices", "endpointslices"),
+        "proxypods": raw(core.list_namespaced_pod, options.proxy_namespace,
+                         label_selector=",".join(f"{k}={v}" for k, v in
+                                                 options.proxy_selector.items())),
+    }
+    return {
+        (kind, (item.get("metadata") or {}).get("namespace") or "", item["metadata"]["name"])
+        for kind, items in listed.items() for item in items if filters[kind](item)
+    }
 
 
 class KubeWriter:

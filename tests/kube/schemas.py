@@ -1,14 +1,14 @@
 """Admitting custom resources as the API server does with a structural CRD schema:
 unknown fields pruned, defaults applied, then validated (OpenAPI v3 ~ JSON Schema
-draft 4, with the Kubernetes extensions that matter here). CEL rules
-(x-kubernetes-validations) are not evaluated: the compiler's validators, which mirror
-them, still report those mistakes on the object's status."""
+draft 4, with the Kubernetes extensions that matter here), and the CEL rules
+(x-kubernetes-validations) evaluated on the defaulted object (cel-python)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+import celpy
 import jsonschema
 
 Schema = dict[str, Any]
@@ -55,6 +55,27 @@ def _path(parts: Any) -> str:
     return path or "<root>"
 
 
+_CEL = celpy.Environment()
+
+
+def _cel_errors(value: Any, schema: Schema, path: list[Any]) -> list[tuple[str, str]]:
+    """Evaluate every x-kubernetes-validations rule where its field is present."""
+    errors = []
+    for rule in schema.get("x-kubernetes-validations") or []:
+        program = _CEL.program(_CEL.compile(rule["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        if isinstance(result, celpy.CELEvalError) or not bool(result):
+            errors.append((_path(path), rule.get("message") or f"failed rule: {rule['rule']}"))
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                errors += _cel_errors(value[key], sub, [*path, key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            errors += _cel_errors(item, schema["items"], [*path, i])
+    return errors
+
+
 class CrdSchema:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
@@ -68,6 +89,8 @@ class CrdSchema:
             (_path(error.absolute_path), error.message)
             for error in self._validator.iter_errors(admitted)
         )
+        if not errors:  # the API server runs CEL on schema-valid objects only
+            errors = _cel_errors(admitted, self.schema, [])
         return admitted, errors
 
 

@@ -66,6 +66,18 @@ async def test_schema_defaults_pruning_and_field_errors(http):
     assert error["details"]["causes"][0]["field"] == "spec.paths"
 
 
+async def test_cel_rules_are_evaluated_after_defaulting(http):
+    spec = {"backend": {"service": {"name": "s", "port": 80},
+                        "loadBalancing": {"algorithm": "ConsistentHash", "hashOn": "Header"}}}
+    status, error = await call(http, "POST", ROUTES, route(**spec))
+    assert status == 422
+    assert error["details"]["causes"] == [{
+        "reason": "FieldValueInvalid", "field": "spec.backend.loadBalancing",
+        "message": "hashOn: Header needs header: the name of the header to hash"}]
+    spec["backend"]["loadBalancing"]["header"] = "x-room"
+    assert (await call(http, "POST", ROUTES, route(**spec)))[0] == 201
+
+
 async def test_versions_conflicts_and_no_op_patches(http):
     _, made = await call(http, "POST", ROUTES, route())
     version = made["metadata"]["resourceVersion"]

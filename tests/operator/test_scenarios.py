@@ -167,10 +167,10 @@ async def test_invalid_objects_are_reported_and_nothing_else_is_disturbed(api, c
         {**base, "metadata": {"name": "lost"},
          "spec": {**base["spec"], "paths": [{"value": "/lost"}],
                   "backend": {"service": {"name": "nowhere", "port": 80}}}},
-        {**base, "metadata": {"name": "unhashed"},
+        {**base, "metadata": {"name": "sourceless"},  # only the compiler catches this one
          "spec": {**base["spec"], "paths": [{"value": "/h"}],
-                  "backend": {"service": {"name": "echo", "port": 8080},
-                              "loadBalancing": {"algorithm": "ConsistentHash"}}}},
+                  "auth": {"methods": ["KeyAuth"], "keyAuth": {
+                      "header": "", "query": "", "subprotocol": False}}}},
         {"apiVersion": CR, "kind": "WsConsumer", "metadata": {"name": "ghost"},
          "spec": {"credentials": [{"type": "KeyAuth", "secretRef": {"name": "missing"}}]}},
     )
@@ -179,22 +179,29 @@ async def test_invalid_objects_are_reported_and_nothing_else_is_disturbed(api, c
                    "spec": {**base["spec"], "paths": [{"type": "Regex", "value": "/x"}]}})
     assert info.value.status == 422
     assert "spec.paths[0].type" in info.value.message
+    with pytest.raises(ApiError) as info:  # and its CEL rules this one
+        api.apply({**base, "metadata": {"name": "unhashed"},
+                   "spec": {**base["spec"], "backend": {
+                       "service": {"name": "echo", "port": 8080},
+                       "loadBalancing": {"algorithm": "ConsistentHash"}}}})
+    assert info.value.status == 422
+    assert "spec.backend.loadBalancing: ConsistentHash needs hashOn" in info.value.message
 
     async def reported():
         assert conditions(api.get(CR, "WsRoute", "lost"))["ResolvedRefs"] == (
             "False", "BackendNotFound")
-        assert conditions(api.get(CR, "WsRoute", "unhashed"))["Accepted"] == (
+        assert conditions(api.get(CR, "WsRoute", "sourceless"))["Accepted"] == (
             "False", "InvalidSpec")
         assert conditions(api.get(CR, "WsConsumer", "ghost"))["ResolvedRefs"] == (
             "False", "SecretNotFound")
         assert ("Warning", "BackendNotFound") in events_for(api, "lost")
-        assert ("Warning", "InvalidSpec") in events_for(api, "unhashed")
+        assert ("Warning", "InvalidSpec") in events_for(api, "sourceless")
         assert ("Warning", "SecretNotFound") in events_for(api, "ghost")
 
     await eventually(reported, timeout=10)
-    message = next(c["message"] for c in api.get(CR, "WsRoute", "unhashed")["status"]
+    message = next(c["message"] for c in api.get(CR, "WsRoute", "sourceless")["status"]
                    ["conditions"] if c["type"] == "Accepted")
-    assert "ConsistentHash needs hashOn" in message
+    assert "KeyAuth needs at least one source" in message
     await programmed(api)  # the quickstart route is untouched
     async with connect(cluster.url("proxy-a"), additional_headers=KEY) as ws:
         await ws.send("undisturbed")
