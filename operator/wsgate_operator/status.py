@@ -56,32 +56,42 @@ def _describe(problems: list[Problem]) -> str:
     return "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
 
 
+class _Conditions:
+    """The conditions of one object: its problems split, and the common ResolvedRefs."""
+
+    def __init__(self, obj: K8sObject, compiled: Compiled, now: str) -> None:
+        self.ref = ObjectRef.of(obj)
+        self.generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        self._previous = _previous(obj)
+        self._now = now
+        problems = compiled.problems_of(self.ref)
+        self.invalid = [p for p in problems if p.invalid]
+        self.unresolved = [p for p in problems if not p.invalid]
+
+    def __call__(self, kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return _condition(kind, ok, reason, message, self.generation,
+                          self._previous.get(kind), self._now)
+
+    def resolved_refs(self, ok_message: str) -> dict[str, Any]:
+        if self.unresolved:
+            return self("ResolvedRefs", False, self.unresolved[0].reason,
+                        _describe(self.unresolved))
+        if self.invalid:
+            return self("ResolvedRefs", False, "InvalidSpec", "the spec is not valid")
+        return self("ResolvedRefs", True, "ResolvedRefs", ok_message)
+
+
 def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) -> Status:
-    ref = ObjectRef.of(obj)
-    generation = int((obj.get("metadata") or {}).get("generation") or 0)
-    previous = _previous(obj)
-    problems = compiled.problems_of(ref)
-    invalid = [p for p in problems if p.invalid]
-    unresolved = [p for p in problems if not p.invalid]
-    endpoints = compiled.route_endpoints.get(ref, 0)
-
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return _condition(kind, ok, reason, message, generation, previous.get(kind), now)
-
-    if invalid:
-        accepted = cond("Accepted", False, "InvalidSpec", _describe(invalid))
+    cond = _Conditions(obj, compiled, now)
+    endpoints = compiled.route_endpoints.get(cond.ref, 0)
+    if cond.invalid:
+        accepted = cond("Accepted", False, "InvalidSpec", _describe(cond.invalid))
     else:
         # No config version in the message: it changes with every object in the cluster,
         # and would rewrite every route's status on every change.
         accepted = cond("Accepted", True, "Accepted", "the spec is valid and compiled")
-    if unresolved:
-        resolved = cond("ResolvedRefs", False, unresolved[0].reason, _describe(unresolved))
-    elif invalid:
-        resolved = cond("ResolvedRefs", False, "InvalidSpec", "the spec is not valid")
-    else:
-        resolved = cond("ResolvedRefs", True, "ResolvedRefs",
-                        f"{endpoints} ready endpoint{'s' if endpoints != 1 else ''}")
-    if invalid:
+    resolved = cond.resolved_refs(f"{endpoints} ready endpoint{'s' if endpoints != 1 else ''}")
+    if cond.invalid:
         programmed = cond("Programmed", False, "InvalidSpec", "not compiled: the spec is not valid")
     elif sync.total == 0:
         programmed = cond("Programmed", False, "NoProxies",
@@ -94,7 +104,7 @@ def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) 
                           f"all {sync.total} ready prox{'ies' if sync.total != 1 else 'y'} "
                           "run this generation")
     return {
-        "observedGeneration": generation,
+        "observedGeneration": cond.generation,
         "conditions": [accepted, resolved, programmed],
         "endpoints": endpoints,
         "proxies": {"synced": sync.synced, "total": sync.total},
@@ -102,43 +112,27 @@ def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) 
 
 
 def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
-    ref = ObjectRef.of(obj)
-    meta = obj.get("metadata") or {}
-    generation = int(meta.get("generation") or 0)
-    previous = _previous(obj)
-    problems = compiled.problems_of(ref)
-    invalid = [p for p in problems if p.invalid]
-    unresolved = [p for p in problems if not p.invalid]
-    compiled_consumer = compiled.consumer(ref)
+    cond = _Conditions(obj, compiled, now)
+    compiled_consumer = compiled.consumer(cond.ref)
     count = 0
     if compiled_consumer is not None:
         c = compiled_consumer
         count = len(c.keys) + len(c.basic) + len(c.jwt)
     spec = obj.get("spec") or {}
-
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return _condition(kind, ok, reason, message, generation, previous.get(kind), now)
-
-    if unresolved:
-        resolved = cond("ResolvedRefs", False, unresolved[0].reason, _describe(unresolved))
-    elif invalid:
-        resolved = cond("ResolvedRefs", False, "InvalidSpec", "the spec is not valid")
-    else:
-        resolved = cond("ResolvedRefs", True, "ResolvedRefs",
-                        "every credential's Secret was found")
-    if invalid:
-        ready = cond("Ready", False, "InvalidSpec", _describe(invalid))
+    resolved = cond.resolved_refs("every credential's Secret was found")
+    if cond.invalid:
+        ready = cond("Ready", False, "InvalidSpec", _describe(cond.invalid))
     elif spec.get("disabled"):
         ready = cond("Ready", False, "Disabled", "spec.disabled is true: it authenticates nobody")
     elif count == 0:
         ready = cond("Ready", False, "NoCredentials",
-                     "no usable credential: see ResolvedRefs" if unresolved
+                     "no usable credential: see ResolvedRefs" if cond.unresolved
                      else "spec.credentials is empty")
     else:
         ready = cond("Ready", True, "Ready",
                      f"{count} credential{'s' if count != 1 else ''} usable")
     status: Status = {
-        "observedGeneration": generation,
+        "observedGeneration": cond.generation,
         "conditions": [ready, resolved],
         "credentials": count,
     }
@@ -147,7 +141,7 @@ def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
     elif isinstance(spec.get("username"), str):
         status["username"] = spec["username"]
     else:
-        status["username"] = ref.name
+        status["username"] = cond.ref.name
     return status
 
 
