@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: venv test lint demo bench clean
+IMAGE ?= wsgate:dev
+
+.PHONY: venv test lint demo bench image crds clean
 
 venv: $(STAMP)
 
@@ -28,6 +30,12 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.relay
 	$(BIN)/python -m bench.auth
+
+image:
+	docker build -t $(IMAGE) .
+
+crds: venv
+	$(BIN)/python -m wsgate_operator.crds crds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

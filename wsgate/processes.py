@@ -29,8 +29,10 @@ class ProcessFailed(RuntimeError):
 
 
 class WsgateProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, name: str = "",
+                 python: str = sys.executable, cwd: str | None = None) -> None:
         self.args = list(args)
+        self.python, self.cwd = python, cwd
         self.name = name or next(a for a in args if not a.startswith("-"))
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,11 +52,12 @@ class WsgateProcess:
         """Start a child that reports no listening address (the operator)."""
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wsgate", *self.args],
+            [self.python, "-m", "wsgate", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             env=self.env,
+            cwd=self.cwd,
         )
         return self
 
