@@ -122,6 +122,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     from .kube import KubeWriter, list_initial, load_client_config
 
     settings.posting.enabled = False  # Events are ours (kube.py), not kopf's handler logs
+    settings.scanning.disabled = True  # no watch on CRDs: the RBAC grants none
     settings.watching.server_timeout = 300
     load_client_config()
     cache = ClusterCache(proxy_target)
