@@ -36,6 +36,7 @@ image:
 
 crds: venv
 	$(BIN)/python -m wsgate_operator.crds crds
+	$(BIN)/python docs/reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
