@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 IMAGE ?= wsgate:dev
 
-.PHONY: venv test lint demo bench image crds clean
+.PHONY: venv test lint demo bench image crds e2e clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ image:
 crds: venv
 	$(BIN)/python -m wsgate_operator.crds crds
 	$(BIN)/python docs/reference.py
+
+# A kind cluster (reused if WSGATE_KIND_CLUSTER names one), the image, the chart and
+# the quickstart; then the same client-visible scenarios as the operator tier.
+e2e: venv
+	bash tests/e2e/setup.sh
+	WSGATE_E2E=1 $(BIN)/python -m pytest tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
