@@ -98,6 +98,7 @@ def test_proxy_has_probes_a_pdb_graceful_drain_and_runs_as_non_root(chart):
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert "--drain-seconds=30" in container["args"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert proxy["terminationGracePeriodSeconds"] == 45
     pdb = find(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
