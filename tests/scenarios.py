@@ -114,3 +114,22 @@ async def proxies_replaced(cluster: Cluster) -> None:
 
 async def _echoes(cluster: Cluster) -> None:
     await (await echoing(cluster)).close()
+
+
+SCENARIOS = ("quickstart", "key_rotation", "consumer_deletion", "backend_scaling",
+             "proxies_replaced")
+
+
+async def run(name: str, cluster: Cluster, *, revocation_within: float) -> None:
+    """One scenario on a cluster with the quickstart and a second consumer, jane
+    (key jane-key); revocations must close sessions within ``revocation_within`` s."""
+    await quickstart(cluster)
+    if name == "key_rotation":
+        await key_rotation(cluster, within=revocation_within)
+    elif name == "consumer_deletion":
+        await consumer_deletion(cluster, "jane-key", within=revocation_within)
+    elif name == "backend_scaling":
+        await backend_scaling(cluster)
+        await cluster.scale_backend(2)
+    elif name == "proxies_replaced":
+        await proxies_replaced(cluster)

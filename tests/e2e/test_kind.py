@@ -62,31 +62,13 @@ class KindCluster:
 
 @pytest.fixture
 def cluster():
-    yield KindCluster()
+    kind = KindCluster()
+    kind.apply(*consumer_objects("jane", "jane-key"))
+    yield kind
     kubectl("apply", "-f", "examples/kind/")  # the quickstart as it was, for the next one
 
 
-async def test_quickstart(cluster):
-    await scenarios.quickstart(cluster)
-
-
-async def test_key_rotation(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.key_rotation(cluster, within=5.0)
-
-
-async def test_consumer_deletion(cluster):
-    cluster.apply(*consumer_objects("jane", "jane-key"))
-    await scenarios.quickstart(cluster)
-    await scenarios.consumer_deletion(cluster, "jane-key", within=5.0)
-
-
-async def test_backend_scaling(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.backend_scaling(cluster)
-    await cluster.scale_backend(2)
-
-
-async def test_proxies_replaced(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.proxies_replaced(cluster)
+@pytest.mark.parametrize("scenario", scenarios.SCENARIOS)
+async def test_scenario(cluster, scenario):
+    # A real cluster's watch and rollout delays: revocations get a few seconds.
+    await scenarios.run(scenario, cluster, revocation_within=5.0)

@@ -77,25 +77,6 @@ async def cluster(api, proxies, operator):
     emulated.stop()
 
 
-async def test_quickstart(cluster):
-    await scenarios.quickstart(cluster)
-
-
-async def test_key_rotation(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.key_rotation(cluster, within=1.0)
-
-
-async def test_consumer_deletion(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.consumer_deletion(cluster, "jane-key", within=2.0)
-
-
-async def test_backend_scaling(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.backend_scaling(cluster)
-
-
-async def test_proxies_replaced(cluster):
-    await scenarios.quickstart(cluster)
-    await scenarios.proxies_replaced(cluster)
+@pytest.mark.parametrize("scenario", scenarios.SCENARIOS)
+async def test_scenario(cluster, scenario):
+    await scenarios.run(scenario, cluster, revocation_within=1.0)
