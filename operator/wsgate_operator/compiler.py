@@ -353,46 +353,45 @@ def _secret_values(
 ) -> dict[str, str] | None:
     """The Secret's values this credential type reads, or None (and a problem)."""
     required, optional = SECRET_KEYS[kind]
-    secret = secrets.get((ref.namespace, secret_name))
-    if secret is None:
-        problems.append(
-            Problem(
-                ref,
-                where,
-                "SecretNotFound",
-                f"Secret {ref.namespace}/{secret_name} does not exist; create it with "
-                f"{' and '.join(repr(k) for k in required)} and the label "
-                f"{CREDENTIAL_LABEL}: \"true\"",
-            )
-        )
-        return None
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    if labels.get(CREDENTIAL_LABEL) != "true":
-        problems.append(
-            Problem(
-                ref,
-                where,
-                "SecretNotLabelled",
-                f"Secret {ref.namespace}/{secret_name} lacks the label "
-                f"{CREDENTIAL_LABEL}: \"true\" that marks it as a wsgate credential",
-            )
-        )
-        return None
-    data = _secret_data(secret)
-    missing = [k for k in required if not data.get(k)]
-    if missing:
-        problems.append(
-            Problem(
-                ref,
-                where,
-                "SecretKeyMissing",
-                f"Secret {ref.namespace}/{secret_name} has no non-empty key "
-                f"{' or '.join(repr(k) for k in missing)} "
-                "(set it under stringData or data)",
-            )
-        )
+    data = _read_secret(ref, where, secret_name, required, secrets, problems, credential=True)
+    if data is None:
         return None
     return {k: data[k] for k in (*required, *optional) if data.get(k)}
+
+
+def _read_secret(
+    ref: ObjectRef,
+    where: str,
+    secret_name: str,
+    required: tuple[str, ...],
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+    *,
+    credential: bool,
+) -> dict[str, str] | None:
+    """A Secret's decoded values, or None with the problem reported: not found, not
+    labelled (credentials only), or lacking a required key."""
+    name = f"Secret {ref.namespace}/{secret_name}"
+    secret = secrets.get((ref.namespace, secret_name))
+    if secret is None:
+        hint = (f"; create it with {' and '.join(repr(k) for k in required)} and the label "
+                f"{CREDENTIAL_LABEL}: \"true\"" if credential else "")
+        problems.append(Problem(ref, where, "SecretNotFound", f"{name} does not exist{hint}"))
+        return None
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    if credential and labels.get(CREDENTIAL_LABEL) != "true":
+        problems.append(Problem(ref, where, "SecretNotLabelled",
+                                f"{name} lacks the label {CREDENTIAL_LABEL}: \"true\" that "
+                                "marks it as a wsgate credential"))
+        return None
+    data = _secret_data(secret)
+    missing = " or ".join(repr(k) for k in required if not data.get(k))
+    if missing:
+        message = (f"has no non-empty key {missing} (set it under stringData or data)"
+                   if credential else f"has no {missing}")
+        problems.append(Problem(ref, where, "SecretKeyMissing", f"{name} {message}"))
+        return None
+    return data
 
 
 def _secret_data(secret: K8sObject) -> dict[str, str]:
@@ -527,17 +526,8 @@ def _pem_values(
     problems: list[Problem],
 ) -> dict[str, str] | None:
     """PEM values of a Secret (certificates need no credential label), each checked."""
-    secret = secrets.get((ref.namespace, secret_name))
-    if secret is None:
-        problems.append(Problem(ref, where, "SecretNotFound",
-                                f"Secret {ref.namespace}/{secret_name} does not exist"))
-        return None
-    data = _secret_data(secret)
-    missing = [k for k in keys if not data.get(k)]
-    if missing:
-        problems.append(Problem(ref, where, "SecretKeyMissing",
-                                f"Secret {ref.namespace}/{secret_name} has no "
-                                f"{' or '.join(repr(k) for k in missing)}"))
+    data = _read_secret(ref, where, secret_name, keys, secrets, problems, credential=False)
+    if data is None:
         return None
     for key in keys:
         try:

@@ -42,7 +42,8 @@ class ActiveConfig:
         self.authenticator = Authenticator(config.consumers, passwords)
         # Client contexts for wss:// backends, with the name to verify.
         self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {
-            route.key: (upstream_context(route.backend.tls), route.backend.tls.server_name)
+            route.key: (upstream_context(route.backend.tls.ca_pem),
+                        route.backend.tls.server_name)
             for route in config.routes if route.backend.tls is not None
         }
         old = previous.balancers if previous is not None else {}
