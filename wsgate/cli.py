@@ -30,6 +30,21 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number above zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
+
+
 def read_token(path: Path | None) -> str | None:
     if path is not None:
         try:
@@ -66,7 +81,21 @@ def parser() -> argparse.ArgumentParser:
                        help="on SIGTERM: stop accepting, let live sessions run this long, "
                             "then close them with 1001 (default 10)")
     proxy.add_argument("--state-dir", type=Path, metavar="DIR",
-                       help="keep the last good config here and serve it at start")
+                       help="keep the last good config here (mode 0600, in a 0700 "
+                            "directory) and serve it at start")
+    limits = proxy.add_argument_group("limits (README: Limits and timeouts)")
+    limits.add_argument("--head-timeout", type=positive(float), default=5.0, metavar="SECONDS",
+                        help="time from a request head's first byte to its last; then 408 "
+                             "and close (default 5)")
+    limits.add_argument("--max-head-bytes", type=positive(int), default=64 * 1024,
+                        metavar="BYTES", help="size of a whole request head; beyond, 431 and "
+                                              "close (default 65536)")
+    limits.add_argument("--keepalive-timeout", type=positive(float), default=15.0,
+                        metavar="SECONDS", help="an open connection with no request under "
+                                                "way is closed after this long (default 15)")
+    limits.add_argument("--password-queue", type=positive(int), default=32, metavar="N",
+                        help="BasicAuth password checks waiting or running at once; beyond, "
+                             "503 with Retry-After (default 32)")
 
     echo = commands.add_parser("echo", help="run a WebSocket echo upstream (demos, tests)")
     echo.add_argument("--listen", type=host_port, default=("127.0.0.1", 9001))
@@ -139,6 +168,7 @@ def operator_command(args: argparse.Namespace) -> int:
 
 
 def proxy_command(args: argparse.Namespace) -> int:
+    from wsgate_proxy.listener import HeadLimits
     from wsgate_proxy.server import ProxyOptions, serve
 
     options = ProxyOptions(
@@ -148,6 +178,9 @@ def proxy_command(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
         state_dir=args.state_dir,
         tls_listen=args.tls_listen,
+        heads=HeadLimits(timeout_seconds=args.head_timeout, max_bytes=args.max_head_bytes,
+                         keepalive_seconds=args.keepalive_timeout),
+        password_queue=args.password_queue,
     )
     source = None
     if args.manifests is not None:

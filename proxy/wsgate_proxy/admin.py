@@ -6,6 +6,7 @@ outright, so an admin port exposed by mistake cannot be used to rewrite routing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -98,8 +99,10 @@ class AdminApi:
         return _json(200, {"status": "ready", "version": version})
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        self.runtime.flush_counters()
-        body = generate_latest()
+        await self.runtime.flush_counters()
+        # Rendering thousands of series takes tens of milliseconds: in a thread, so the
+        # loop keeps relaying meanwhile (prometheus_client's values are thread-safe).
+        body = await asyncio.to_thread(generate_latest)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

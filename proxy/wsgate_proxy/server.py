@@ -6,15 +6,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from .admin import admin_app
 from .config import GatewayConfig
+from .frames import CloseCode
 from .gateway import Gateway
-from .relay import GOING_AWAY
+from .listener import HeadLimits, Listener
+from .passwords import MAX_PENDING
 from .runtime import Runtime
 from .state import StateDir
 
@@ -39,13 +41,17 @@ class ProxyOptions:
     state_dir: Path | None = None
     # wss:// with the certificates of the routes' tls.secretName, chosen by SNI.
     tls_listen: tuple[str, int] | None = None
+    # Bounds on request heads and idle connections (listener.py).
+    heads: HeadLimits = field(default_factory=HeadLimits)
+    # Password checks waiting for or running on the PBKDF2 pool; beyond, 503.
+    password_queue: int = MAX_PENDING
 
 
 async def serve(
     options: ProxyOptions, stop: asyncio.Event, config_source: ConfigSource | None = None
 ) -> None:
     """Serve until ``stop`` is set, then close live sessions with 1001 and stop."""
-    runtime = Runtime()
+    runtime = Runtime(password_queue=options.password_queue)
     state = StateDir(options.state_dir) if options.state_dir else None
 
     def apply(config: GatewayConfig) -> bool:
@@ -58,7 +64,7 @@ async def serve(
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # The low-level server: every request goes to the gateway, no router in between.
-    proxy_runner = web.ServerRunner(web.Server(gateway.handle), access_log=None)
+    proxy_runner = web.ServerRunner(Listener(gateway.handle, options.heads, access_log=None))
     admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply),
                                  access_log=None)
     await proxy_runner.setup()
@@ -93,7 +99,7 @@ async def serve(
         await _wait_sessions_ended(runtime, options.drain_seconds, abort=False)
         for task in tasks:
             task.cancel()
-        runtime.close_all(GOING_AWAY, "proxy shutting down")
+        runtime.close_all(CloseCode.GOING_AWAY, "proxy shutting down")
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
@@ -112,7 +118,8 @@ async def _periodic(runtime: Runtime) -> None:
         now = loop.time()
         runtime.tick(time.monotonic())
         if now >= next_flush:
-            runtime.flush_counters()
+            await runtime.flush_counters()
+            runtime.forget_removed_routes()
             next_flush = now + METRICS_FLUSH_SECONDS
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from wsgate_proxy.relay import FrameInspector, close_frame
+from wsgate_proxy.frames import FrameInspector, close_frame
 
 OP_BINARY, OP_CLOSE, OP_CONT = Opcode.BINARY, Opcode.CLOSE, Opcode.CONT
 OP_PING, OP_TEXT = Opcode.PING, Opcode.TEXT
