@@ -187,7 +187,7 @@ def proxy_command(args: argparse.Namespace) -> int:
         from wsgate_operator import standalone
 
         directory = args.manifests
-        source = lambda apply: standalone.watch(directory, apply)  # noqa: E731
+        source = lambda apply, report: standalone.watch(directory, apply, report)  # noqa: E731
     run(lambda stop: serve(options, stop, source))
     return 0
 

@@ -23,6 +23,8 @@ log = logging.getLogger("wsgate.admin")
 
 # A config with tens of thousands of consumers is several MB of JSON.
 MAX_CONFIG_BYTES = 256 * 1024 * 1024
+# /readyz lists at most this many of the config source's errors.
+MAX_REPORTED_ERRORS = 20
 
 
 ApplyConfig = Callable[[GatewayConfig], bool]
@@ -92,11 +94,15 @@ class AdminApi:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         version = self.runtime.version
+        # The config source's last refusal: why there is no config, or why the one
+        # served is not the latest.
+        refused = ({"refused": self.runtime.source_errors[:MAX_REPORTED_ERRORS]}
+                   if self.runtime.source_errors else {})
         if self.runtime.draining:
             return _json(503, {"status": "draining", "version": version})
         if version is None:
-            return _json(503, {"status": "no config loaded yet"})
-        return _json(200, {"status": "ready", "version": version})
+            return _json(503, {"status": "no config loaded yet", **refused})
+        return _json(200, {"status": "ready", "version": version, **refused})
 
     async def metrics(self, _request: web.Request) -> web.Response:
         await self.runtime.flush_counters()

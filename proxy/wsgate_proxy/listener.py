@@ -6,7 +6,10 @@ time it takes to arrive: 128 lines of 8 KiB each is 1 MiB held per connection, a
 head sent a byte a second is held for as long as the client likes. So the handler
 here counts the bytes and the time of each head until aiohttp's parser completes it:
 past ``max_bytes`` the client gets ``431`` and the connection is closed; past
-``timeout_seconds`` ``408`` and closed. A connection that sends nothing at all, or
+``timeout_seconds`` ``408`` and closed. The answer is followed by a half-close and
+what the client still sends is read and dropped for LINGER_SECONDS before the socket
+is closed: closing a socket with unread bytes resets it, and the client would never
+see its answer. A connection that sends nothing at all, or
 nothing after a response, is closed by aiohttp's keep-alive timer, set to
 ``keepalive_seconds``.
 
@@ -26,6 +29,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+# After a 408 or 431: how long what the client still sends is read and dropped.
+LINGER_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class HeadLimits:
@@ -40,15 +46,19 @@ class HeadLimits:
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection handler, with a deadline and a size cap on request heads."""
 
-    __slots__ = ("_head_bytes", "_head_timer", "_limits")
+    __slots__ = ("_head_bytes", "_head_timer", "_limits", "_refused")
 
     def __init__(self, manager: web.Server, limits: HeadLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._head_bytes = 0
+        # The head deadline; after a refusal, the end of the linger.
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a 408 or 431: dropped unread
         if self._upgraded or self._payload_parser is not None or self._force_close or \
                 self._close:
             super().data_received(data)
@@ -90,13 +100,17 @@ class GuardedRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not self._request_in_progress and not self._messages:
-            body = (message + "\n").encode()
-            transport.write(
-                f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; "
-                f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                .encode() + body)
-        self.force_close()  # closes the transport once what was written is sent
+        if self._request_in_progress or self._messages or not transport.can_write_eof():
+            self.force_close()  # a response is under way: no room for ours
+            return
+        body = (message + "\n").encode()
+        transport.write(
+            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; "
+            f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            .encode() + body)
+        transport.write_eof()
+        self._refused = True
+        self._head_timer = self._loop.call_later(LINGER_SECONDS, self.force_close)
 
 
 class Listener(web.Server):

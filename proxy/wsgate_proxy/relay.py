@@ -208,12 +208,16 @@ class Session:
             if self._upstream_open:
                 self._upstream.write(self._proxy_frames[1])
         c2u, u2c = self.c2u, self.u2c
-        if self._sent_to_client and self._client_open and (
-                c2u.close_code is not None or c2u.broken):
-            self._client.close()
-        if self._sent_to_upstream and self._upstream_open and (
-                u2c.close_code is not None or u2c.broken):
-            self._upstream.close()
+        if self._sent_to_client and self._client_open:
+            if c2u.close_code is not None:
+                self._client.close()
+            elif c2u.broken:
+                _half_close(self._client)
+        if self._sent_to_upstream and self._upstream_open:
+            if u2c.close_code is not None:
+                self._upstream.close()
+            elif u2c.broken:
+                _half_close(self._upstream)
 
     def abort(self) -> None:
         """Cut both connections now (a peer that never answered a close frame)."""
@@ -237,3 +241,14 @@ class Session:
             self._grace.cancel()
         self.done.set_result(None)
         self._on_end(self)
+
+
+def _half_close(transport: asyncio.Transport) -> None:
+    """End a side that broke the protocol: its close frame is sent, no close reply from
+    it can be recognised any more, so the proxy shuts its own direction down and drops
+    what still arrives until the side leaves (or the grace period cuts it). Closing at
+    once would reset a socket with unread bytes and lose the close frame."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()

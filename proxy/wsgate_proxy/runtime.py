@@ -74,6 +74,8 @@ class Runtime:
         self.health = EndpointHealth()
         self.passwords = PasswordVerifier(max_pending=password_queue)
         self.certificates = CertificateStore()
+        # Why the config source's last read was refused (standalone's manifest errors).
+        self.source_errors: list[str] = []
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
         # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
@@ -86,6 +88,9 @@ class Runtime:
     @property
     def version(self) -> str | None:
         return self.active.config.version if self.active else None
+
+    def report_source(self, errors: list[str]) -> None:
+        self.source_errors = list(errors)
 
     def apply(self, config: GatewayConfig) -> bool:
         """Swap in a config; False when it is the version already active."""
@@ -100,6 +105,7 @@ class Runtime:
         metrics.CONFIG_INFO.labels(config.version).set(1)
         metrics.CONFIG_APPLIED.set(self.active.applied_at)
         closed = self._review_sessions(self.active)
+        self.forget_removed_routes()
         log.info(
             "config applied",
             extra={

@@ -28,7 +28,11 @@ TICK_SECONDS = 0.25
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
-ConfigSource = Callable[[Callable[[GatewayConfig], bool]], Awaitable[None]]
+# A config source is given a function to apply configs with and one to report why
+# the last one it read could not be used (an empty list once one applied): /readyz
+# shows it.
+ConfigSource = Callable[[Callable[[GatewayConfig], bool], Callable[[list[str]], None]],
+                        Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ async def serve(
     def apply(config: GatewayConfig) -> bool:
         changed = runtime.apply(config)
         if changed and state is not None:
-            state.save(config)
+            state.save_soon(config)
         return changed
 
     if state is not None and (saved := state.load()) is not None:
@@ -83,7 +87,7 @@ async def serve(
             "listen": addresses[0], "admin_listen": _address(admin_runner),
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
-            tasks.append(asyncio.create_task(config_source(apply)))
+            tasks.append(asyncio.create_task(config_source(apply, runtime.report_source)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         await stop.wait()
     finally:
@@ -103,6 +107,8 @@ async def serve(
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
+        if state is not None:
+            await asyncio.to_thread(state.close)
 
 
 def _address(runner: web.BaseRunner) -> str:
