@@ -8,6 +8,7 @@ refusal is counted under its ``outcome``, a label from a fixed set.
 
     Refusal
     ├── BadRequest          400 (426 for a wrong version)     1002
+    │   └── UpgradeRequired 426 (not an upgrade at all)
     ├── NoRoute             404
     ├── Unavailable         503 (no config yet, no endpoints)  1014
     ├── AuthFailure
