@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import prometheus_client
 from aiohttp import web
 
 from .admin import admin_app
@@ -55,6 +56,9 @@ async def serve(
     options: ProxyOptions, stop: asyncio.Event, config_source: ConfigSource | None = None
 ) -> None:
     """Serve until ``stop`` is set, then close live sessions with 1001 and stop."""
+    # No *_created series: with 1k routes they are a third of a 2 MB scrape, and say
+    # nothing the process start time does not.
+    prometheus_client.disable_created_metrics()
     runtime = Runtime(password_queue=options.password_queue)
     state = StateDir(options.state_dir) if options.state_dir else None
 
