@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import logging
 import os
@@ -75,7 +74,7 @@ class Gateway:
         route = handshake.route
         who = await handshake.active.authenticator.authenticate(
             route, request.headers, handshake.raw_query, list(handshake.protocols))
-        handshake = dataclasses.replace(handshake, who=who)
+        handshake = handshake.authenticated(who)
         candidates = self._candidates(handshake, request)
         key = request.headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
@@ -140,7 +139,7 @@ class Gateway:
         if presented is None:
             raise Unauthorized("the auth message carries no credential this route accepts")
         who = await handshake.active.authenticator.check(route, presented)
-        handshake = dataclasses.replace(handshake, who=who)
+        handshake = handshake.authenticated(who)
         candidates = self._candidates(handshake, request)
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []

@@ -42,8 +42,8 @@ _SINGLE = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Upgrade", "Con
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """One handshake as the proxy serves it; set once, never changed (``who`` is
-    filled in by ``dataclasses.replace`` when authentication succeeds)."""
+    """One handshake as the proxy serves it; set once, never changed (a copy with
+    ``who`` filled in is made when authentication succeeds)."""
 
     active: ActiveConfig  # the config snapshot this handshake is served from, whole
     match: Match
@@ -56,6 +56,11 @@ class Handshake:
     @property
     def route(self) -> Route:
         return self.match.route
+
+    def authenticated(self, who: Authenticated) -> Handshake:
+        """This handshake, with who authenticated it."""
+        return Handshake(self.active, self.match, self.host, self.path, self.raw_query,
+                         self.protocols, who)
 
     @property
     def consumer_key(self) -> str | None:

@@ -55,18 +55,21 @@ UPSTREAM_CONNECT = Histogram(
 CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 
-# The label sets used per route, so a removed route's series can be removed.
-_by_route: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}
+# Every child handed out, by metric and label values (a dict lookup is cheaper than
+# ``labels()`` on each handshake), and the keys per route, so that a removed route's
+# series can be removed.
+_children: dict[tuple[Any, ...], Any] = {}
+_by_route: dict[str, set[tuple[Any, ...]]] = {}
 
 
 def child(metric: Any, route: str, *labels: str) -> Any:
     """``metric.labels(route, *labels)``, remembered under the route."""
-    values = (route, *labels)
-    seen = _by_route.get(route)
-    if seen is None:
-        seen = _by_route[route] = set()
-    seen.add((metric, values))
-    return metric.labels(*values)
+    key = (metric, route, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(route, *labels)
+        _by_route.setdefault(route, set()).add(key)
+    return found
 
 
 def handshake(route: str, outcome: str) -> None:
@@ -85,7 +88,9 @@ def routes() -> set[str]:
 
 def forget_routes(keys: Iterable[str]) -> None:
     """Remove every series of these routes."""
-    for key in keys:
-        for metric, values in _by_route.pop(key, ()):
+    for route in keys:
+        for key in _by_route.pop(route, ()):
+            del _children[key]
+            metric, *values = key
             with contextlib.suppress(KeyError):
                 metric.remove(*values)

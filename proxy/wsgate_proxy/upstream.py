@@ -30,9 +30,9 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 16 * 1024
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Control characters other than tab: a bare CR or LF in a value would split a header
-# when it is passed on to the client.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters other than tab, and a CR or LF that is not part of a CRLF: a bare
+# CR or LF in a value would split a header when it is passed on to the client.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 def accept_for(key: str) -> str:
@@ -154,17 +154,17 @@ def build_request(target: str, headers: list[tuple[str, str]]) -> bytes:
 def parse_response_head(head: bytes) -> UpstreamResponse:
     try:
         text = head.decode("latin-1")
+        if _CONTROL.search(text):
+            raise ValueError(text)
         status_line, *header_lines = text[:-4].split("\r\n")
         version, status, *_ = status_line.split(" ", 2)
         if version not in ("HTTP/1.1", "HTTP/1.0") or not (len(status) == 3 and
                                                           status.isdigit()):
             raise ValueError(version)
-        if _CONTROL.search(status_line):
-            raise ValueError(status_line)
         headers: CIMultiDict[str] = CIMultiDict()
         for line in header_lines:
             name, sep, value = line.partition(":")
-            if not sep or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+            if not sep or not _TOKEN.fullmatch(name):
                 raise ValueError(line)
             headers.add(name, value.strip(" \t"))
         return UpstreamResponse(int(status), headers)
