@@ -217,10 +217,18 @@ async def test_operator_restart_keeps_traffic_and_pushes_nothing_new(
     assert await live.recv() == "operator gone"  # proxies serve their config throughout
     assert await refused_status(url, KEY) == 101
     pushes = PUSHES.labels("ok")._value.get()
-    async with OperatorThread(operator_options):
-        await asyncio.sleep(1.5)  # it converges: statuses stay, nothing needs pushing
-        await programmed(api)
-        assert PUSHES.labels("ok")._value.get() == pushes
+    async with OperatorThread(operator_options) as restarted:
+        async def converged(memo):
+            # Its first build (the whole view), then every proxy asked what it runs and
+            # pushed to only if it had to be.
+            await memo.reconciler.wait_for_build(0)
+            await memo.pusher.wait_idle()
+            return memo.pusher.running(), memo.reconciler.compiled.config.version
+
+        running, version = await restarted.on_loop(converged)
+        assert running == {"proxy-a": version}
+        assert PUSHES.labels("ok")._value.get() == pushes  # nothing needed pushing
+        await eventually(lambda: programmed(api))
     await live.send("still")
     assert await live.recv() == "still"
     await live.close()
