@@ -64,12 +64,15 @@ class ProxyPods:
         self.admin_port = admin_port
         self.processes: dict[str, WsgateProcess] = {}
 
-    def start(self, name: str, index: int, *args: str, pod: bool = True) -> WsgateProcess:
+    def start(self, name: str, index: int, *args: str, pod: bool = True,
+              token: str = TOKEN) -> WsgateProcess:
+        """A proxy on 127.0.0.<index + 2>; another ``token`` than the operator's makes it
+        refuse every push."""
         address = PROXY_ADDRESSES[index]
         process = WsgateProcess(
             "proxy", "--listen", "127.0.0.1:0", "--admin-listen",
             f"{address}:{self.admin_port}", "--drain-seconds", "0", *args,
-            env={"WSGATE_ADMIN_TOKEN": TOKEN}, name=name).start()
+            env={"WSGATE_ADMIN_TOKEN": token}, name=name).start()
         self.processes[name] = process
         if pod:
             self.api.apply(self.pod(name, address))

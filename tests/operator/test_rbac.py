@@ -11,7 +11,6 @@ import yaml
 from tests.kube.emulator import Access, ApiServer
 from tests.operator.conftest import PROXY_NAMESPACE
 from tests.support import ROOT, eventually, objects_for
-from wsgate.processes import WsgateProcess
 
 Grant = tuple[str, str, str]  # API group, resource, verb
 
@@ -40,28 +39,22 @@ async def exercise(api: ApiServer, proxies, upstream, namespace: str = "default"
     for obj in objects_for(upstream.port):
         obj["metadata"]["namespace"] = namespace
         api.apply(obj)
+
     async def programmed():
         route = api.get("wsgate.io/v1alpha1", "WsRoute", "echo", namespace)
         assert {c["type"]: c["status"] for c in route["status"]["conditions"]}[
             "Programmed"] == "True"
 
     await eventually(programmed, timeout=15)
-    stranger = WsgateProcess(
-        "proxy", "--listen", "127.0.0.1:0", "--admin-listen",
-        f"127.0.0.3:{proxies.admin_port}", "--drain-seconds", "0",
-        env={"WSGATE_ADMIN_TOKEN": "another-token"}, name="stranger").start()
-    try:
-        api.apply(proxies.pod("stranger", "127.0.0.3"))
+    proxies.start("stranger", 1, token="another-token")
 
-        async def reported():
-            assert [e["reason"] for e in api.objects("v1", "Event", PROXY_NAMESPACE)
-                    if e["involvedObject"]["name"] == "stranger"] == ["PushFailed"]
-            assert "Accepted" in {e["reason"] for e in api.objects("v1", "Event", namespace)
-                                  if e["involvedObject"]["name"] == "echo"}
+    async def reported():
+        assert [e["reason"] for e in api.objects("v1", "Event", PROXY_NAMESPACE)
+                if e["involvedObject"]["name"] == "stranger"] == ["PushFailed"]
+        assert "Accepted" in {e["reason"] for e in api.objects("v1", "Event", namespace)
+                              if e["involvedObject"]["name"] == "echo"}
 
-        await eventually(reported, timeout=10)
-    finally:
-        stranger.stop()
+    await eventually(reported, timeout=10)
 
 
 def used(api: ApiServer) -> set[Access]:

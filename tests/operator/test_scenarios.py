@@ -240,20 +240,13 @@ async def test_a_failing_push_is_an_event_on_the_proxy_pod(api, proxies, operato
     proxies.start("proxy-a", 0)
     apply(*objects_for(upstream.port))
     await eventually(lambda: programmed(api), timeout=15)
-    stranger = WsgateProcess(
-        "proxy", "--listen", "127.0.0.1:0", "--admin-listen",
-        f"127.0.0.3:{proxies.admin_port}", "--drain-seconds", "0",
-        env={"WSGATE_ADMIN_TOKEN": "another-token"}, name="stranger").start()
-    try:
-        api.apply(proxies.pod("stranger", "127.0.0.3"))
+    proxies.start("stranger", 1, token="another-token")
 
-        async def reported():
-            events = [e for e in api.objects("v1", "Event", "wsgate-system")
-                      if e["involvedObject"]["name"] == "stranger"]
-            assert [(e["type"], e["reason"]) for e in events] == [("Warning", "PushFailed")]
-            assert "must share the same token" in events[0]["message"]
+    async def reported():
+        events = [e for e in api.objects("v1", "Event", "wsgate-system")
+                  if e["involvedObject"]["name"] == "stranger"]
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "PushFailed")]
+        assert "must share the same token" in events[0]["message"]
 
-        await eventually(reported, timeout=10)
-        await eventually(lambda: _synced(api, 1, 2))
-    finally:
-        stranger.stop()
+    await eventually(reported, timeout=10)
+    await eventually(lambda: _synced(api, 1, 2))
