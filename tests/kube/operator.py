@@ -33,13 +33,15 @@ class OperatorThread:
     """kopf cancels every task created after it started when it stops: so it gets a
     thread and a loop of its own, and the test's loop is never touched.
 
-    The loop runs in asyncio's debug mode: anything that calls into it from another
-    thread (a handler kopf runs in its thread pool setting an asyncio.Event, say) raises
-    there instead of corrupting it quietly. ``on_loop`` runs a coroutine on the
-    operator's loop, with the operator's memo (its cache, reconciler and pusher)."""
+    The loop runs in asyncio's debug mode (unless ``debug=False``, for benchmarks):
+    anything that calls into it from another thread (a handler kopf runs in its thread
+    pool setting an asyncio.Event, say) raises there instead of corrupting it quietly.
+    ``on_loop`` runs a coroutine on the operator's loop, with the operator's memo (its
+    cache, reconciler and pusher)."""
 
-    def __init__(self, options: OperatorOptions) -> None:
+    def __init__(self, options: OperatorOptions, *, debug: bool = True) -> None:
         self.options = options
+        self.debug = debug
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
         self.error: BaseException | None = None
@@ -55,7 +57,7 @@ class OperatorThread:
                                memo=self.memo)
 
         try:
-            asyncio.run(main(), debug=True)
+            asyncio.run(main(), debug=self.debug)
         except BaseException as exc:  # reported by stop()
             self.error = exc
 

@@ -91,10 +91,6 @@ def _validator(version: str, api_version: str, kind: str) -> jsonschema.Validato
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
 
 
-def known(api_version: str, kind: str) -> bool:
-    return any(_validator(v, api_version, kind) for v in KUBERNETES_VERSIONS)
-
-
 def kubernetes_findings(obj: Obj) -> list[Finding]:
     """The object against the Kubernetes schemas of every supported version."""
     findings: dict[tuple[str, str], Finding] = {}
