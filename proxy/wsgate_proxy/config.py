@@ -52,7 +52,9 @@ class UpstreamTls(_Model):
 
 class Backend(_Model):
     service: Name
-    endpoints: tuple[Endpoint, ...] = ()
+    # The Service port as the route names it: its number ("8080") or its name ("ws").
+    # With the route's namespace and the service it keys the endpoints (ServiceEndpoints).
+    port: Annotated[str, Field(min_length=1, max_length=253)]
     tls: UpstreamTls | None = None
     path_rewrite: str | None = None
     load_balancing: LoadBalancing = LoadBalancing()
@@ -119,6 +121,30 @@ class Route(_Model):
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def endpoints_key(self) -> str:
+        """The key of the ServiceEndpoints its sessions go to."""
+        return endpoints_key(self.namespace, self.backend.service, self.backend.port)
+
+
+def endpoints_key(namespace: str, service: str, port: str) -> str:
+    return f"{namespace}/{service}:{port}"
+
+
+class ServiceEndpoints(_Model):
+    """The ready endpoints of one Service port, shared by every route that names it: a
+    backend that scales changes this one item, not each of its routes. A route whose
+    endpoints are not in the config has none (its handshakes answer 503)."""
+
+    namespace: Name
+    service: Name
+    port: Annotated[str, Field(min_length=1, max_length=253)]
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return endpoints_key(self.namespace, self.service, self.port)
+
 
 class KeyCredential(_Model):
     # Identifies the credential (its Secret) in revocation and logs, never the key.
@@ -183,10 +209,12 @@ class GatewayConfig(_Model):
     routes: tuple[Route, ...] = ()
     consumers: tuple[Consumer, ...] = ()
     certificates: tuple[Certificate, ...] = ()
+    endpoints: tuple[ServiceEndpoints, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
-        for kind, items in (("route", self.routes), ("consumer", self.consumers)):
+        for kind, items in (("route", self.routes), ("consumer", self.consumers),
+                            ("certificate", self.certificates), ("endpoints", self.endpoints)):
             seen: set[str] = set()
             for item in items:
                 if item.key in seen:
@@ -205,11 +233,13 @@ class GatewayConfig(_Model):
         routes: list[Route],
         consumers: list[Consumer],
         certificates: list[Certificate] | None = None,
+        endpoints: list[ServiceEndpoints] | None = None,
     ) -> GatewayConfig:
         """A config in canonical order, its version set to its content hash."""
         unversioned = cls(
             routes=tuple(sorted(routes, key=lambda r: r.key)),
             consumers=tuple(sorted(consumers, key=lambda c: c.key)),
             certificates=tuple(sorted(certificates or [], key=lambda c: c.key)),
+            endpoints=tuple(sorted(endpoints or [], key=lambda e: e.key)),
         )
         return unversioned.model_copy(update={"version": unversioned.content_hash()})

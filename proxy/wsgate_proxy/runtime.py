@@ -52,9 +52,11 @@ class ActiveConfig:
                         route.backend.tls.server_name)
             for route in config.routes if route.backend.tls is not None
         }
+        self.endpoints = {e.key: e.endpoints for e in config.endpoints}
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {
-            route.key: balancer_for(route, old.get(route.key), endpoint_sessions, health)
+            route.key: balancer_for(route, self.endpoints.get(route.endpoints_key, ()),
+                                    old.get(route.key), endpoint_sessions, health)
             for route in config.routes
         }
         self.applied_at = time.time()
@@ -279,7 +281,8 @@ class Runtime:
         return {
             "version": config.version,
             "appliedAt": self.active.applied_at,
-            "routes": [route_summary(r) for r in config.routes],
+            "routes": [route_summary(r, self.active.endpoints.get(r.endpoints_key, ()))
+                       for r in config.routes],
             "consumers": [
                 {"name": c.key, "username": c.username, "credentials": len(c.keys)}
                 for c in config.consumers
@@ -290,14 +293,14 @@ class Runtime:
         }
 
 
-def route_summary(route: Route) -> dict[str, Any]:
+def route_summary(route: Route, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
     return {
         "name": route.key,
         "generation": route.generation,
         "hosts": list(route.hosts),
         "paths": [f"{p.type} {p.value}" for p in route.paths],
         "backend": route.backend.service,
-        "endpoints": [str(e) for e in route.backend.endpoints],
+        "endpoints": [str(e) for e in endpoints],
         "auth": route.auth.mode if route.auth.mode == "None" else list(route.auth.methods),
     }
 
