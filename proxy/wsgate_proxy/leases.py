@@ -1,0 +1,607 @@
+"""Connection counts shared by every proxy: leases in Redis.
+
+Each live session on a limited route holds a *lease*: a member ``<proxy id>/<n>`` of one
+sorted set per limit it counts against (the route's, the route's for its consumer, the
+consumer's). The lease's deadline is its proxy's: every proxy keeps a heartbeat, its
+deadline in Redis's own clock (no proxy clock is trusted), in a per-namespace set
+``wsgate:{ns}:proxies``. A count is the number of members whose proxy is alive.
+
+- Admission is one round trip: a Lua script refreshes this proxy's heartbeat, counts the
+  members of live proxies in each counter, and either refuses (naming the first counter
+  at its limit) or adds the member to every counter, atomically. Members of dead proxies
+  are never counted, and are removed when a script finds them.
+- Renewal is one pipelined round trip per proxy per interval: one heartbeat per
+  namespace the proxy holds leases in, whatever the number of sessions, so a session
+  open for a week keeps counting at no cost per session. A proxy killed with SIGKILL
+  stops renewing, and its sessions stop counting when its deadline (the lease time)
+  passes.
+- A session's end removes its member at once (releases are batched per event-loop turn).
+- When the store may disagree with what this proxy holds (a call that failed or timed
+  out, releases that could not be sent, a Redis that came back empty and so reports
+  this proxy's heartbeat missing), the counters concerned are *resynced*: this proxy's
+  members in them replaced by exactly those it holds. After an empty restart that makes
+  the counts right again within one renewal interval.
+- Keys carry the namespace as a hash tag (``wsgate:{ns}:...``): every key a handshake
+  touches lives in one Redis Cluster slot, so one script can check them all. Keys never
+  include a config version: editing a route keeps its counts.
+
+When Redis fails (refused, slower than the timeout, a reply that makes no sense) the
+store says so once (a log line, a metric), answers ``StoreUnavailable`` at once to every
+admission without trying Redis, and tries again every second; the caller decides what an
+unavailable store means (``--limits-redis-failure open|closed``). Sessions are never
+closed because of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import redis.asyncio as redis
+from redis.asyncio.connection import parse_url
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from . import metrics
+
+log = logging.getLogger("wsgate.limits")
+
+FailureMode = Literal["open", "closed"]
+
+# How often a store found unavailable is tried again (at most: the renewal interval).
+RETRY_SECONDS = 1.0
+# Members per resync script call: each call holds Redis for about a millisecond.
+SYNC_CHUNK = 2000
+# A counter no proxy touches for this long goes away (its leases are long dead). Live
+# proxies refresh the counters they hold at least every REFRESH_SECONDS.
+COUNTER_TTL_MS = 24 * 3600 * 1000
+REFRESH_SECONDS = 3600.0
+
+_ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError)
+
+# Redis's clock in ms; `alive`: the live proxies of a namespace (KEYS[1]), dead ones
+# dropped, this one's heartbeat renewed (`missing`: it was not there: the store lost it,
+# or found it dead); `count`: a counter's members of live proxies, after removing any
+# other member. Proxy ids are fixed-length lowercase hex, so a proxy's members are the
+# lexical range [id/, id0) and sorted ids give sorted, disjoint ranges.
+# replicate_commands makes a script that reads TIME and then writes replicate by its
+# effects on Redis < 7 (7 always does).
+_COMMON = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function heartbeat(proxies, id, lease_ms)
+  redis.call('ZREMRANGEBYSCORE', proxies, '-inf', '(' .. now)
+  local missing = redis.call('ZADD', proxies, now + lease_ms, id)
+  local last = redis.call('ZRANGE', proxies, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', proxies, math.ceil(tonumber(last[2])) + 1)
+  local alive = redis.call('ZRANGE', proxies, 0, -1)
+  table.sort(alive)
+  return alive, missing
+end
+
+local function count(key, alive)
+  local n = 0
+  for _, id in ipairs(alive) do
+    n = n + redis.call('ZLEXCOUNT', key, '[' .. id .. '/', '(' .. id .. '0')
+  end
+  if redis.call('ZCARD', key) > n then
+    -- members of dead proxies: remove everything outside the live proxies' ranges
+    local low = '-'
+    for _, id in ipairs(alive) do
+      redis.call('ZREMRANGEBYLEX', key, low, '(' .. id .. '/')
+      low = '[' .. id .. '0'
+    end
+    redis.call('ZREMRANGEBYLEX', key, low, '+')
+  end
+  return n
+end
+"""
+
+# KEYS[1]: the namespace's proxies; KEYS[2..]: counters. ARGV: proxy id, lease ms, counter
+# ttl ms, the member, then each counter's limit. Returns {0, 0, missing} when admitted
+# (the member added to every counter), or {i, n, missing}: counter i (from 1) holds n
+# leases of live proxies, at or over its limit; nothing added.
+ADMIT = _COMMON + """
+local alive, missing = heartbeat(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+for i = 2, #KEYS do
+  local n = count(KEYS[i], alive)
+  if n >= tonumber(ARGV[3 + i]) then return {i - 1, n, missing} end
+end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 0, ARGV[4])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+return {0, 0, missing}
+"""
+
+# KEYS[1]: the namespace's proxies; KEYS[2..]: counters to resync or refresh. ARGV: proxy
+# id, lease ms, counter ttl ms, then per counter either '=' (only refresh its expiry) or
+# this proxy's members in it, newline-separated (one argument per counter: the proxy
+# packs and Redis parses a few strings instead of many). A resynced counter holds
+# exactly these members of this proxy afterwards. Returns {missing, members added}.
+RENEW = _COMMON + """
+local alive, missing = heartbeat(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+local added = 0
+for i = 2, #KEYS do
+  local key, members = KEYS[i], ARGV[2 + i]
+  if members ~= '=' then
+    redis.call('ZREMRANGEBYLEX', key, '[' .. ARGV[1] .. '/', '(' .. ARGV[1] .. '0')
+    local batch = {}
+    for member in string.gmatch(members, '[^\\n]+') do
+      batch[#batch + 1] = 0
+      batch[#batch + 1] = member
+      if #batch == 1000 then
+        added = added + redis.call('ZADD', key, unpack(batch))
+        batch = {}
+      end
+    end
+    if #batch > 0 then added = added + redis.call('ZADD', key, unpack(batch)) end
+  end
+  redis.call('PEXPIRE', key, ARGV[3])
+end
+return {missing, added}
+"""
+
+
+def _key(namespace: str, *parts: str) -> str:
+    # The namespace (a DNS label: never '{' or '}') is the hash tag; the names after it
+    # cannot contain ':' except the last, so keys never collide.
+    return f"wsgate:{{{namespace}}}:" + ":".join(parts)
+
+
+def proxies_key(namespace: str) -> str:
+    return _key(namespace, "proxies")
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One limit's count in the store: its key, and how many leases it may hold."""
+
+    namespace: str
+    key: str
+    limit: int
+
+    @classmethod
+    def route(cls, namespace: str, route: str, limit: int) -> Counter:
+        return cls(namespace, _key(namespace, "route", route), limit)
+
+    @classmethod
+    def route_consumer(cls, namespace: str, route: str, consumer: str, limit: int) -> Counter:
+        return cls(namespace, _key(namespace, "route-consumer", route, consumer), limit)
+
+    @classmethod
+    def consumer(cls, namespace: str, consumer: str, limit: int) -> Counter:
+        return cls(namespace, _key(namespace, "consumer", consumer), limit)
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """A session's place in its counters (all of one namespace)."""
+
+    member: bytes
+    counters: tuple[Counter, ...]
+
+
+class Full(Exception):
+    """A counter is at its limit: ``count`` live leases, fleet-wide."""
+
+    def __init__(self, counter: Counter, count: int) -> None:
+        super().__init__(f"{counter.key} holds {count} of {counter.limit}")
+        self.counter = counter
+        self.count = count
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer now. The caller either ``hold()``s the lease (admitted
+    without the store; registered once it is back) or lets it go."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__("the limits store is unavailable")
+        self.lease = lease
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    url: str  # redis://[user[:password]@]host[:port][/db] or rediss://...
+    password: str | None = None  # overrides the URL's
+    failure: FailureMode = "open"
+    lease_seconds: float = 30.0
+    renew_seconds: float = 10.0
+    # The bound on one admission's round trip: a handshake never waits longer on Redis.
+    timeout_seconds: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError("--limits-redis-url must be redis://HOST:PORT/DB or "
+                             "rediss://HOST:PORT/DB")
+        if self.renew_seconds <= 0 or self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"--limits-renew-seconds ({self.renew_seconds}) must be positive and at most "
+                f"half of --limits-lease-seconds ({self.lease_seconds}), so that a lease "
+                "survives one failed renewal")
+        if self.timeout_seconds <= 0:
+            raise ValueError("--limits-redis-timeout must be positive")
+
+    @property
+    def location(self) -> str:
+        """scheme://host:port/db of the URL, without credentials or options (for logs)."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
+
+
+def read_password(path: Path) -> str:
+    try:
+        password = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read --limits-redis-password-file {path}: "
+                         f"{exc.strerror}") from None
+    if not password:
+        raise ValueError(f"--limits-redis-password-file {path} is empty")
+    return password
+
+
+@dataclass
+class _Outage:
+    since: float
+    error: str
+
+
+class LeaseStore:
+    def __init__(self, options: StoreOptions, client: redis.Redis | None = None) -> None:
+        self.options = options
+        self.failure: FailureMode = options.failure
+        self._lease_ms = str(round(options.lease_seconds * 1000))
+        self._redis = client or _client(options)
+        self._admit = self._redis.register_script(ADMIT)
+        self._renew = self._redis.register_script(RENEW)
+        # Fixed-length hex (see _COMMON), random: a restarted pod never takes over its
+        # predecessor's leases. The log line at start ties it to the host (the pod).
+        self.proxy_id = secrets.token_hex(8)
+        self._ids = itertools.count(1)
+        self._held: dict[bytes, Lease] = {}
+        # Per counter key: the members this proxy holds (kept as sessions come and go, so
+        # a resync only joins strings) and the namespace.
+        self._members: dict[str, dict[bytes, None]] = {}
+        self._namespaces: dict[str, str] = {}
+        # Counters where the store may disagree with _members: resynced at the next
+        # renewal (key -> namespace; the key may no longer be held).
+        self._dirty: dict[str, str] = {}
+        # Counters in a resync in flight, and those changed meanwhile (resynced again).
+        self._syncing: set[str] = set()
+        self._changed_while_syncing: dict[str, str] = {}
+        self._releases: dict[str, list[bytes]] = {}  # key -> members, sent this turn
+        self._release_namespaces: dict[str, str] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._renewing = asyncio.Lock()
+        self._soon: asyncio.Task[None] | None = None
+        self._refreshed_at: dict[str, float] = {}  # counter -> when its expiry was renewed
+        self._heartbeats: set[str] = set()  # namespaces where this proxy has one
+        self._outage: _Outage | None = None
+        self.renewals = 0  # successful ones
+        log.info("limits store", extra={"store": options.location, "proxy_id": self.proxy_id,
+                                        "host": socket.gethostname(),
+                                        "failure_mode": options.failure,
+                                        "lease_seconds": options.lease_seconds,
+                                        "renew_seconds": options.renew_seconds})
+
+    @property
+    def up(self) -> bool:
+        return self._outage is None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    # -- admission -------------------------------------------------------------------
+    async def admit(self, counters: Sequence[Counter]) -> Lease:
+        """Add a lease to every counter (all of one namespace), or raise Full (the first
+        counter at its limit) or StoreUnavailable. One round trip, bounded by the
+        timeout."""
+        namespace = counters[0].namespace
+        assert all(c.namespace == namespace for c in counters)
+        lease = Lease(f"{self.proxy_id}/{next(self._ids)}".encode(), tuple(counters))
+        if self._outage is not None:
+            raise StoreUnavailable(lease)
+        keys = [proxies_key(namespace), *(c.key for c in counters)]
+        args = [self.proxy_id, self._lease_ms, COUNTER_TTL_MS, lease.member,
+                *(c.limit for c in counters)]
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.options.timeout_seconds):
+                reply = await self._admit(keys=keys, args=args)
+            index, count, missing = int(reply[0]), int(reply[1]), int(reply[2])
+            if not 0 <= index <= len(counters):
+                raise ValueError(f"unexpected reply {reply!r}")
+        except _ERRORS as exc:
+            # It may or may not have been added: resync these counters once possible.
+            self._mark_dirty(counters)
+            self._down(exc)
+            raise StoreUnavailable(lease) from None
+        finally:
+            self._note_change(counters)
+        metrics.LIMITS_STORE_SECONDS.labels("admit").observe(time.perf_counter() - started)
+        self._heartbeats.add(namespace)
+        if missing:
+            # This proxy's heartbeat was gone (Redis restarted empty, or found this proxy
+            # dead): its other sessions are not counted until they are registered again.
+            self._dirty.update({key: namespace for key in self._keys_of(namespace)})
+            self.renew_soon()
+        if index:
+            raise Full(counters[index - 1], count)
+        self._keep(lease)
+        return lease
+
+    def hold(self, lease: Lease) -> None:
+        """Keep a lease admitted without the store: registered at the next renewal that
+        reaches it, and counted from then on."""
+        self._keep(lease)
+        self._mark_dirty(lease.counters)
+
+    def _keep(self, lease: Lease) -> None:
+        self._held[lease.member] = lease
+        for counter in lease.counters:
+            self._members.setdefault(counter.key, {})[lease.member] = None
+            self._namespaces[counter.key] = counter.namespace
+        metrics.LIMITS_STORE_LEASES.set(len(self._held))
+
+    def release(self, lease: Lease) -> None:
+        """The session ended: remove its lease from Redis soon (batched), without waiting."""
+        if self._held.pop(lease.member, None) is None:
+            return
+        for counter in lease.counters:
+            members = self._members[counter.key]
+            del members[lease.member]
+            if not members:
+                del self._members[counter.key], self._namespaces[counter.key]
+                self._refreshed_at.pop(counter.key, None)
+        metrics.LIMITS_STORE_LEASES.set(len(self._held))
+        self._note_change(lease.counters)
+        if self._outage is not None:
+            self._mark_dirty(lease.counters)
+            return
+        for counter in lease.counters:
+            self._releases.setdefault(counter.key, []).append(lease.member)
+            self._release_namespaces[counter.key] = counter.namespace
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Send the releases of this event-loop turn (and those that came meanwhile)."""
+        await asyncio.sleep(0)
+        while self._releases:
+            batch, self._releases = self._releases, {}
+            namespaces, self._release_namespaces = self._release_namespaces, {}
+            if self._outage is not None:
+                self._dirty.update(namespaces)
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for key, members in batch.items():
+                pipe.zrem(key, *members)
+            try:
+                async with asyncio.timeout(self.options.timeout_seconds * 4):
+                    replies = await pipe.execute(raise_on_error=False)
+                _raise_first_error(replies)
+            except _ERRORS as exc:
+                self._dirty.update(namespaces)
+                self._down(exc)
+            else:
+                for key in batch:
+                    if key in self._syncing:
+                        self._changed_while_syncing[key] = namespaces[key]
+
+    def _mark_dirty(self, counters: Iterable[Counter]) -> None:
+        for counter in counters:
+            self._dirty[counter.key] = counter.namespace
+
+    def _note_change(self, counters: Iterable[Counter]) -> None:
+        for counter in counters:
+            if counter.key in self._syncing:
+                self._changed_while_syncing[counter.key] = counter.namespace
+
+    def _keys_of(self, namespace: str) -> list[str]:
+        return [key for key, ns in self._namespaces.items() if ns == namespace]
+
+    # -- renewal ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Check the store at once, then renew every interval (every second while the
+        store is down), until cancelled."""
+        while True:
+            await self.renew()
+            interval = self.options.renew_seconds
+            await asyncio.sleep(interval if self._outage is None
+                                else min(interval, RETRY_SECONDS))
+
+    def renew_soon(self) -> None:
+        if self._soon is None or self._soon.done():
+            self._soon = asyncio.get_running_loop().create_task(self.renew())
+
+    async def renew(self) -> None:
+        """Heartbeats (and resyncs of what may disagree): one round trip, or two when the
+        store turns out to have lost this proxy."""
+        async with self._renewing:
+            started = time.perf_counter()
+            try:
+                # A resync may be large: it may take longer than one admission.
+                async with asyncio.timeout(max(self.options.timeout_seconds,
+                                               self.options.renew_seconds / 2)):
+                    added, missing = await self._renew_once()
+                    if missing:
+                        # Redis came back empty (or found this proxy dead): register every
+                        # lease of those namespaces again, now.
+                        self._dirty.update({k: ns for k, ns in self._namespaces.items()
+                                            if ns in missing})
+                        more, _ = await self._renew_once()
+                        added += more
+            except _ERRORS as exc:
+                self._down(exc)
+                return
+            metrics.LIMITS_STORE_SECONDS.labels("renew").observe(time.perf_counter() - started)
+            if added:
+                metrics.LIMITS_STORE_REREGISTERED.inc(added)
+            self.renewals += 1
+            self._up(added)
+
+    async def _renew_once(self) -> tuple[int, set[str]]:
+        """One pipeline: per namespace, the heartbeat with the resyncs and expiry refreshes
+        due. Returns the members added and the namespaces where this proxy was missing."""
+        dirty, self._dirty = self._dirty, {}
+        self._syncing = set(dirty)
+        try:
+            calls = await self._renewal_calls(dirty)
+            replies = await self._send(calls)
+            if any(isinstance(r, NoScriptError) for r in replies):
+                # Redis lost its script cache (a restart): load it, then once more.
+                await self._redis.script_load(RENEW)
+                replies = await self._send(calls)
+            _raise_first_error(replies)
+            added, missing = 0, set()
+            for (namespace, _, _), reply in zip(calls, replies, strict=True):
+                if int(reply[0]):
+                    missing.add(namespace)
+                added += int(reply[1])
+        except BaseException:
+            self._dirty.update(dirty)  # still to do
+            raise
+        finally:
+            self._syncing = set()
+            self._dirty.update(self._changed_while_syncing)
+            self._changed_while_syncing = {}
+        now = time.monotonic()
+        for namespace, keys, _ in calls:
+            self._heartbeats.add(namespace)
+            for key in keys[1:]:
+                self._refreshed_at[key] = now
+        return added, missing
+
+    async def _send(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for _, keys, args in calls:
+            # EVALSHA as a plain pipeline command: redis-py's script objects would first
+            # ask whether the script is loaded, a second round trip.
+            pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _renewal_calls(self, dirty: dict[str, str]
+                             ) -> list[tuple[str, list[str], list[Any]]]:
+        """(namespace, keys, args) of each RENEW call: one per namespace this proxy holds
+        leases in or must resync, more when its resyncs exceed SYNC_CHUNK members.
+
+        A large resync yields to the event loop between chunks; a counter changed after
+        its members were read is in _syncing, so it is resynced again afterwards."""
+        due = time.monotonic() - REFRESH_SECONDS
+        work: dict[str, list[tuple[str, bytes | str, int]]] = defaultdict(list)
+        for key, namespace in self._namespaces.items():
+            if key not in dirty and self._refreshed_at.get(key, 0.0) < due:
+                work[namespace].append((key, "=", 0))  # refresh its expiry only
+            else:
+                work.setdefault(namespace, [])
+        joined = 0
+        for key, namespace in dirty.items():
+            members = list(self._members.get(key, ()))
+            joined += len(members)
+            if joined > SYNC_CHUNK:
+                joined = 0
+                await asyncio.sleep(0)
+            for start in range(0, max(len(members), 1), SYNC_CHUNK):
+                part = members[start:start + SYNC_CHUNK]
+                # An empty part still clears what the store holds of this proxy there.
+                work[namespace].append((key, b"\n".join(part) or b"\n", len(part)))
+        calls = []
+        for namespace, items in work.items():
+            keys, args, size = [proxies_key(namespace)], [], 0
+            for key, members, n in items:
+                if size and size + n > SYNC_CHUNK:
+                    calls.append(self._call(namespace, keys, args))
+                    keys, args, size = [proxies_key(namespace)], [], 0
+                keys.append(key)
+                args.append(members)
+                size += n
+            calls.append(self._call(namespace, keys, args))
+        if not calls:  # nothing held: a heartbeat in no namespace, to see that it answers
+            calls.append(self._call("", [proxies_key("")], []))
+        return calls
+
+    def _call(self, namespace: str, keys: list[str], args: list[Any]
+              ) -> tuple[str, list[str], list[Any]]:
+        return namespace, keys, [self.proxy_id, self._lease_ms, COUNTER_TTL_MS, *args]
+
+    # -- outages ---------------------------------------------------------------------
+    def _down(self, exc: BaseException) -> None:
+        if self._outage is not None:
+            return
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._outage = _Outage(time.monotonic(), error)
+        metrics.LIMITS_STORE_UP.set(0)
+        metrics.LIMITS_STORE_OUTAGES.inc()
+        log.warning("limits store unavailable", extra={
+            "store": self.options.location, "error": error, "failure_mode": self.failure,
+            "meanwhile": "connection limits count per proxy" if self.failure == "open"
+            else "handshakes on routes with connection limits get 503"})
+
+    def _up(self, reregistered: int) -> None:
+        metrics.LIMITS_STORE_UP.set(1)
+        if self._outage is None:
+            if reregistered:
+                log.warning("limits store had lost leases; registered them again",
+                            extra={"store": self.options.location, "leases": reregistered})
+            return
+        outage, self._outage = self._outage, None
+        log.info("limits store available again", extra={
+            "store": self.options.location,
+            "outage_seconds": round(time.monotonic() - outage.since, 3),
+            "leases": len(self._held), "reregistered": reregistered})
+
+    async def close(self) -> None:
+        """On stop, once the sessions have ended: send the last releases and remove this
+        proxy's heartbeats (whatever it still holds stops counting at once), briefly."""
+        if self._soon is not None:
+            self._soon.cancel()
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing], timeout=self.options.timeout_seconds * 4)
+            self._flushing.cancel()
+        if self._outage is None and self._heartbeats:
+            pipe = self._redis.pipeline(transaction=False)
+            for namespace in self._heartbeats:
+                pipe.zrem(proxies_key(namespace), self.proxy_id)
+            try:
+                async with asyncio.timeout(self.options.timeout_seconds * 4):
+                    await pipe.execute()
+            except _ERRORS:
+                pass  # they expire with the lease time
+        await self._redis.aclose()
+
+
+def _client(options: StoreOptions) -> redis.Redis:
+    kwargs: dict[str, Any] = parse_url(options.url)
+    if options.password:
+        kwargs["password"] = options.password  # the file's, over the URL's
+    pool = redis.BlockingConnectionPool(
+        **kwargs,
+        socket_timeout=options.timeout_seconds * 4,
+        socket_connect_timeout=options.timeout_seconds * 4,
+        # One immediate retry: a pooled connection found dead after a Redis restart.
+        retry=Retry(NoBackoff(), 1),
+        # Each admission holds a connection for one round trip; beyond this many at once
+        # they wait for one (within the timeout) rather than open more.
+        max_connections=64,
+        timeout=None,
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
