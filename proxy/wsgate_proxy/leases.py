@@ -543,7 +543,7 @@ class LeaseStore:
             return
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._outage = _Outage(time.monotonic(), error)
-        metrics.LIMITS_STORE_UP.set(0)
+        metrics.LIMITS_STORE_UP.labels(self.options.location).set(0)
         metrics.LIMITS_STORE_OUTAGES.inc()
         log.warning("limits store unavailable", extra={
             "store": self.options.location, "error": error, "failure_mode": self.failure,
@@ -551,7 +551,7 @@ class LeaseStore:
             else "handshakes on routes with connection limits get 503"})
 
     def _up(self, reregistered: int) -> None:
-        metrics.LIMITS_STORE_UP.set(1)
+        metrics.LIMITS_STORE_UP.labels(self.options.location).set(1)
         if self._outage is None:
             if reregistered:
                 log.warning("limits store had lost leases; registered them again",

@@ -50,6 +50,7 @@ LIMITS_STORE_UP = Gauge(
     "wsgate_limits_store_up",
     "1 while the shared limits store (Redis) answers, 0 during an outage (connection "
     "limits then count per proxy, or refuse with 503: --limits-redis-failure).",
+    ["store"],
 )
 LIMITS_STORE_OUTAGES = Counter(
     "wsgate_limits_store_outages_total", "Times the shared limits store became unavailable."

@@ -19,6 +19,7 @@ from . import metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import Endpoint, GatewayConfig, Route
+from .leases import LeaseStore
 from .passwords import PasswordVerifier
 from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
@@ -64,8 +65,10 @@ class LimitReached(Exception):
 
 
 class Runtime:
-    def __init__(self) -> None:
+    def __init__(self, shared: LeaseStore | None = None) -> None:
         self.active: ActiveConfig | None = None
+        # Connection counts shared with the other proxies (--limits-redis-url), if any.
+        self.shared = shared
         self.sessions: set[Session] = set()
         self.draining = False  # stopping: not ready, not accepting, letting sessions end
         # Kept across configs: what the balancers read.

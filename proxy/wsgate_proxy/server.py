@@ -14,6 +14,7 @@ from aiohttp import web
 from .admin import admin_app
 from .config import GatewayConfig
 from .gateway import Gateway
+from .leases import LeaseStore, StoreOptions
 from .relay import GOING_AWAY
 from .runtime import Runtime
 from .state import StateDir
@@ -39,13 +40,16 @@ class ProxyOptions:
     state_dir: Path | None = None
     # wss:// with the certificates of the routes' tls.secretName, chosen by SNI.
     tls_listen: tuple[str, int] | None = None
+    # Connection limits counted across the proxies sharing this Redis; None: per proxy.
+    limits_store: StoreOptions | None = None
 
 
 async def serve(
     options: ProxyOptions, stop: asyncio.Event, config_source: ConfigSource | None = None
 ) -> None:
     """Serve until ``stop`` is set, then close live sessions with 1001 and stop."""
-    runtime = Runtime()
+    store = LeaseStore(options.limits_store) if options.limits_store is not None else None
+    runtime = Runtime(store)
     state = StateDir(options.state_dir) if options.state_dir else None
 
     def apply(config: GatewayConfig) -> bool:
@@ -79,6 +83,8 @@ async def serve(
         if config_source is not None:
             tasks.append(asyncio.create_task(config_source(apply)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
+        if store is not None:
+            tasks.append(asyncio.create_task(store.run()))
         await stop.wait()
     finally:
         log.info("stopping", extra={"sessions": len(runtime.sessions),
@@ -97,6 +103,8 @@ async def serve(
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
+        if store is not None:
+            await store.close()
 
 
 def _address(runner: web.BaseRunner) -> str:

@@ -225,18 +225,19 @@ async def test_an_outage_is_reported_once_and_recovery_registers_what_happened_m
             await store.admit(counters)
         assert time.monotonic() - started < 0.01  # not even tried while down
     assert not store.up
-    assert _sample("wsgate_limits_store_up") == 0
+    store_label = redis_server.url.split("?")[0]
+    assert _sample("wsgate_limits_store_up", store=store_label) == 0
     assert _sample("wsgate_limits_store_outages_total") == outages + 1
     down = [r for r in caplog.records if r.getMessage() == "limits store unavailable"]
     assert len(down) == 1
-    assert down[0].store == redis_server.url.split("?")[0]
+    assert down[0].store == store_label
 
     redis_server.resume()
     await eventually(lambda: _at_least(store, "up", True), timeout=5)
     await eventually(lambda: _equal(peek.zcard(counters[0].key), 2), timeout=3)
     members = set(await peek.zrange(counters[0].key, 0, -1))
     assert members == {kept.member, info.value.lease.member}
-    assert _sample("wsgate_limits_store_up") == 1
+    assert _sample("wsgate_limits_store_up", store=store_label) == 1
     assert [r.getMessage() for r in caplog.records].count("limits store available again") == 1
 
 
