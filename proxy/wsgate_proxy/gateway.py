@@ -30,9 +30,10 @@ from .first_message import (
     AuthMessageError,
     FirstMessageReader,
 )
+from .limits import Admission, LimitReached
 from .relay import BAD_GATEWAY, TRY_AGAIN_LATER, Session, close_frame
 from .routing import BadPath, Match, normalize_path, quote_path
-from .runtime import LimitReached, Runtime
+from .runtime import Runtime
 from .upstream import (
     UpstreamError,
     UpstreamProtocol,
@@ -110,20 +111,20 @@ class Gateway:
         candidates = active.balancers[route.key].candidates(_hash_key(route, request, authed))
         if not candidates:
             return self._no_endpoints(route)
-        consumer_key = authed.identity.consumer.key if authed.identity else None
+        consumer = authed.identity.consumer if authed.identity else None
         try:
-            self.runtime.admit(route, consumer_key)
+            admission = await self.runtime.limits.admit(route, consumer)
         except LimitReached as exc:
-            return self._refused(route, exc.status, "rate_limited", exc.message)
+            return self._refused(route, exc.status, exc.outcome, exc.message)
         started = False
         try:
             response, started = await self._proxy(
-                request, match, path, authed, candidates, protocols, raw_query
+                request, match, path, authed, candidates, protocols, raw_query, admission
             )
             return response
         finally:
             if not started:  # a session releases its admission when it ends
-                self.runtime.release(route.key, consumer_key)
+                self.runtime.limits.release(admission)
 
     async def _proxy(
         self,
@@ -134,6 +135,7 @@ class Gateway:
         candidates: list[Endpoint],
         protocols: list[str],
         raw_query: str,
+        admission: Admission,
     ) -> tuple[web.StreamResponse, bool]:
         """The answer to the client, and whether a session started."""
         route = match.route
@@ -170,7 +172,7 @@ class Gateway:
         if response_101 is None:
             return web.Response(status=499), False
         session = self._start_session(request, route, path, authed, endpoint, transport,
-                                      protocol)
+                                      protocol, admission)
         request.protocol.set_parser(session)  # type: ignore[arg-type]
         session.start()
         await self._until_done(session)
@@ -230,12 +232,12 @@ class Gateway:
                 return refuse(AUTH_FAILED, exc.message, "unauthorized")
             return refuse(AUTH_FORBIDDEN, exc.message, "forbidden")
 
-        consumer_key = authed.identity.consumer.key if authed.identity else None
+        consumer = authed.identity.consumer if authed.identity else None
         candidates = active.balancers[route.key].candidates(_hash_key(route, request, authed))
         try:
-            self.runtime.admit(route, consumer_key)
+            admission = await self.runtime.limits.admit(route, consumer)
         except LimitReached as exc:
-            return refuse(TRY_AGAIN_LATER, exc.message, "rate_limited")
+            return refuse(TRY_AGAIN_LATER, exc.message, exc.outcome)
         key = base64.b64encode(os.urandom(16)).decode()
         upstream_headers = [
             (name, value) for name, value in _upstream_headers(
@@ -246,14 +248,14 @@ class Gateway:
                                          upstream_headers)
         connected, errors = await self._dial(route, candidates, upstream_request, key)
         if connected is None:
-            self.runtime.release(route.key, consumer_key)
+            self.runtime.limits.release(admission)
             outcome = "no_upstream" if not candidates else "upstream_error"
             log.info("no upstream", extra={"route": route.key, "errors": errors})
             return refuse(BAD_GATEWAY, "no upstream accepted the session", outcome)
         transport, protocol, _response, endpoint = connected
         client.write(AUTH_OK)
         session = self._start_session(request, route, path, authed, endpoint, transport,
-                                      protocol)
+                                      protocol, admission)
         reader.attach(session)
         session.start()
         await self._until_done(session)
@@ -292,6 +294,7 @@ class Gateway:
         endpoint: Endpoint,
         transport: asyncio.Transport,
         protocol: UpstreamProtocol,
+        admission: Admission,
     ) -> Session:
         client = request.transport
         assert client is not None
@@ -313,7 +316,7 @@ class Gateway:
             session.consumer_key = identity.consumer.key
             session.username = identity.consumer.username
             session.credential_fingerprint = identity.fingerprint
-        self.runtime.session_started(session, route)
+        self.runtime.session_started(session, route, admission)
         metrics.HANDSHAKES.labels(route.key, "ok").inc()
         return session
 

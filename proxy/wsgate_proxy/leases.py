@@ -165,6 +165,9 @@ def proxies_key(namespace: str) -> str:
     return _key(namespace, "proxies")
 
 
+CounterKind = Literal["route", "route-consumer", "consumer"]
+
+
 @dataclass(frozen=True, slots=True)
 class Counter:
     """One limit's count in the store: its key, and how many leases it may hold."""
@@ -172,18 +175,20 @@ class Counter:
     namespace: str
     key: str
     limit: int
+    kind: CounterKind
 
     @classmethod
     def route(cls, namespace: str, route: str, limit: int) -> Counter:
-        return cls(namespace, _key(namespace, "route", route), limit)
+        return cls(namespace, _key(namespace, "route", route), limit, "route")
 
     @classmethod
     def route_consumer(cls, namespace: str, route: str, consumer: str, limit: int) -> Counter:
-        return cls(namespace, _key(namespace, "route-consumer", route, consumer), limit)
+        return cls(namespace, _key(namespace, "route-consumer", route, consumer), limit,
+                   "route-consumer")
 
     @classmethod
     def consumer(cls, namespace: str, consumer: str, limit: int) -> Counter:
-        return cls(namespace, _key(namespace, "consumer", consumer), limit)
+        return cls(namespace, _key(namespace, "consumer", consumer), limit, "consumer")
 
 
 @dataclass(eq=False, slots=True)

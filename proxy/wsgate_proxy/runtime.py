@@ -20,6 +20,7 @@ from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import Endpoint, GatewayConfig, Route
 from .leases import LeaseStore
+from .limits import Admission, ConnectionLimits
 from .passwords import PasswordVerifier
 from .relay import GOING_AWAY, POLICY_VIOLATION, Session
 from .routing import Router
@@ -55,20 +56,11 @@ class ActiveConfig:
         self.applied_at = time.time()
 
 
-class LimitReached(Exception):
-    """A handshake refused by a connection limit of its route."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class Runtime:
     def __init__(self, shared: LeaseStore | None = None) -> None:
         self.active: ActiveConfig | None = None
-        # Connection counts shared with the other proxies (--limits-redis-url), if any.
-        self.shared = shared
+        # Connection limits, counted here or (--limits-redis-url) across the proxies.
+        self.limits = ConnectionLimits(shared)
         self.sessions: set[Session] = set()
         self.draining = False  # stopping: not ready, not accepting, letting sessions end
         # Kept across configs: what the balancers read.
@@ -78,9 +70,8 @@ class Runtime:
         self.certificates = CertificateStore()
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
-        # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
-        self._per_route: Counter[str] = Counter()
-        self._per_consumer: Counter[tuple[str, str]] = Counter()
+        # What each live session counts against, given back when it ends.
+        self._admissions: dict[Session, Admission] = {}
         # Sessions whose route has an idle timeout:
         # session -> (timeout, bytes moved when last looked at, since when unchanged).
         self._idle_watch: dict[Session, tuple[float, int, float]] = {}
@@ -151,27 +142,6 @@ class Runtime:
                                                session.credential_fingerprint)
         return consumer is not None and allows(route, consumer)
 
-    # -- limits --------------------------------------------------------------------
-    def admit(self, route: Route, consumer_key: str | None) -> None:
-        """Count a handshake against the route's limits, or refuse it (503, 429)."""
-        limits = route.limits
-        if limits.max_connections and self._per_route[route.key] >= limits.max_connections:
-            raise LimitReached(503, f"route {route.key} is at its limit of "
-                                    f"{limits.max_connections} connections; retry later")
-        per_consumer = limits.max_connections_per_consumer
-        if per_consumer and consumer_key is not None:
-            if self._per_consumer[(route.key, consumer_key)] >= per_consumer:
-                raise LimitReached(429, f"this consumer already holds {per_consumer} "
-                                        f"connections on route {route.key}, its limit")
-            self._per_consumer[(route.key, consumer_key)] += 1
-        self._per_route[route.key] += 1
-
-    def release(self, route_key: str, consumer_key: str | None) -> None:
-        """Give back what admit() counted (a failed handshake, or a session's end)."""
-        _decrement(self._per_route, route_key)
-        if consumer_key is not None:
-            _decrement(self._per_consumer, (route_key, consumer_key))
-
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
         if timeout:
@@ -191,8 +161,9 @@ class Runtime:
                 session.close(GOING_AWAY, "idle timeout")
 
     # -- sessions ----------------------------------------------------------------
-    def session_started(self, session: Session, route: Route) -> None:
+    def session_started(self, session: Session, route: Route, admission: Admission) -> None:
         self.sessions.add(session)
+        self._admissions[session] = admission
         self._flushed[session] = (0, 0, 0, 0)
         self.endpoint_sessions[session.endpoint] += 1
         self._watch_idle(session, route)
@@ -206,7 +177,7 @@ class Runtime:
         del self._flushed[session]
         self._idle_watch.pop(session, None)
         _decrement(self.endpoint_sessions, session.endpoint)
-        self.release(session.route_key, session.consumer_key)
+        self.limits.release(self._admissions.pop(session))
         metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").dec()
         metrics.SESSIONS_CLOSED.labels(
             session.route_key, session.closed_by or "", str(session.close_code or ""),
@@ -252,6 +223,7 @@ class Runtime:
             "certificates": [{"name": c.key, "hosts": list(c.hosts)}
                              for c in config.certificates],
             "sessions": len(self.sessions),
+            **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
 
 
