@@ -35,6 +35,7 @@ closed because of the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import secrets
@@ -46,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import redis.asyncio as redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from . import metrics
@@ -60,6 +61,8 @@ FailureMode = Literal["open", "closed"]
 
 # How often a store found unavailable is tried again (at most: the renewal interval).
 RETRY_SECONDS = 1.0
+# How long a release waits for others (or for an admission to ride along with).
+RELEASE_WINDOW_SECONDS = 0.005
 # Members per resync script call: each call holds Redis for about a millisecond.
 SYNC_CHUNK = 2000
 # A counter no proxy touches for this long goes away (its leases are long dead). Live
@@ -69,11 +72,11 @@ REFRESH_SECONDS = 3600.0
 
 _ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError)
 
-# Redis's clock in ms; `alive`: the live proxies of a namespace (KEYS[1]), dead ones
-# dropped, this one's heartbeat renewed (`missing`: it was not there: the store lost it,
-# or found it dead); `count`: a counter's members of live proxies, after removing any
-# other member. Proxy ids are fixed-length lowercase hex, so a proxy's members are the
-# lexical range [id/, id0) and sorted ids give sorted, disjoint ranges.
+# Redis's clock in ms; `heartbeat` (renewals) and `live` (admissions): the live proxies
+# of a namespace (KEYS[1]), and whether this one was missing (the store lost it, or found
+# it dead); `count`: a counter's members of live proxies, after removing any other
+# member. Proxy ids are fixed-length lowercase hex, so a proxy's members are the lexical
+# range [id/, id0) and sorted ids give sorted, disjoint ranges.
 # replicate_commands makes a script that reads TIME and then writes replicate by its
 # effects on Redis < 7 (7 always does).
 _COMMON = """
@@ -81,14 +84,29 @@ if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local function expire_with_last(proxies)
+  local last = redis.call('ZRANGE', proxies, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', proxies, math.ceil(tonumber(last[2])) + 1) end
+end
+
+-- renew this proxy's heartbeat, drop dead ones; the live ids
 local function heartbeat(proxies, id, lease_ms)
   redis.call('ZREMRANGEBYSCORE', proxies, '-inf', '(' .. now)
   local missing = redis.call('ZADD', proxies, now + lease_ms, id)
-  local last = redis.call('ZRANGE', proxies, -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', proxies, math.ceil(tonumber(last[2])) + 1)
-  local alive = redis.call('ZRANGE', proxies, 0, -1)
-  table.sort(alive)
-  return alive, missing
+  expire_with_last(proxies)
+  return redis.call('ZRANGE', proxies, 0, -1), missing
+end
+
+-- the live ids, without renewing (an admission); this proxy's added when missing
+local function live(proxies, id, lease_ms)
+  local alive = redis.call('ZRANGEBYSCORE', proxies, now, '+inf')
+  for _, other in ipairs(alive) do
+    if other == id then return alive, 0 end
+  end
+  redis.call('ZADD', proxies, now + lease_ms, id)
+  expire_with_last(proxies)
+  alive[#alive + 1] = id
+  return alive, 1
 end
 
 local function count(key, alive)
@@ -98,8 +116,10 @@ local function count(key, alive)
   end
   if redis.call('ZCARD', key) > n then
     -- members of dead proxies: remove everything outside the live proxies' ranges
+    local sorted = {unpack(alive)}
+    table.sort(sorted)
     local low = '-'
-    for _, id in ipairs(alive) do
+    for _, id in ipairs(sorted) do
       redis.call('ZREMRANGEBYLEX', key, low, '(' .. id .. '/')
       low = '[' .. id .. '0'
     end
@@ -114,7 +134,7 @@ end
 # (the member added to every counter), or {i, n, missing}: counter i (from 1) holds n
 # leases of live proxies, at or over its limit; nothing added.
 ADMIT = _COMMON + """
-local alive, missing = heartbeat(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+local alive, missing = live(KEYS[1], ARGV[1], tonumber(ARGV[2]))
 for i = 2, #KEYS do
   local n = count(KEYS[i], alive)
   if n >= tonumber(ARGV[3 + i]) then return {i - 1, n, missing} end
@@ -153,6 +173,10 @@ for i = 2, #KEYS do
 end
 return {missing, added}
 """
+
+
+ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()
+RENEW_SHA = hashlib.sha1(RENEW.encode()).hexdigest()
 
 
 def _key(namespace: str, *parts: str) -> str:
@@ -257,6 +281,14 @@ def read_password(path: Path) -> str:
     return password
 
 
+@dataclass(slots=True)
+class _Admission:
+    lease: Lease
+    keys: list[str]
+    args: list[Any]
+    reply: asyncio.Future[Any]
+
+
 @dataclass
 class _Outage:
     since: float
@@ -264,13 +296,11 @@ class _Outage:
 
 
 class LeaseStore:
-    def __init__(self, options: StoreOptions, client: redis.Redis | None = None) -> None:
+    def __init__(self, options: StoreOptions) -> None:
         self.options = options
         self.failure: FailureMode = options.failure
         self._lease_ms = str(round(options.lease_seconds * 1000))
-        self._redis = client or _client(options)
-        self._admit = self._redis.register_script(ADMIT)
-        self._renew = self._redis.register_script(RENEW)
+        self._redis = _Connections(options)
         # Fixed-length hex (see _COMMON), random: a restarted pod never takes over its
         # predecessor's leases. The log line at start ties it to the host (the pod).
         self.proxy_id = secrets.token_hex(8)
@@ -286,6 +316,8 @@ class LeaseStore:
         # Counters in a resync in flight, and those changed meanwhile (resynced again).
         self._syncing: set[str] = set()
         self._changed_while_syncing: dict[str, str] = {}
+        self._queued: list[_Admission] = []  # admissions of this turn, not sent yet
+        self._sending: set[asyncio.Task[None]] = set()
         self._releases: dict[str, list[bytes]] = {}  # key -> members, sent this turn
         self._release_namespaces: dict[str, str] = {}
         self._flushing: asyncio.Task[None] | None = None
@@ -322,10 +354,14 @@ class LeaseStore:
         keys = [proxies_key(namespace), *(c.key for c in counters)]
         args = [self.proxy_id, self._lease_ms, COUNTER_TTL_MS, lease.member,
                 *(c.limit for c in counters)]
+        call = _Admission(lease, keys, args, asyncio.get_running_loop().create_future())
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._queued.append(call)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.options.timeout_seconds):
-                reply = await self._admit(keys=keys, args=args)
+                reply = await call.reply
             index, count, missing = int(reply[0]), int(reply[1]), int(reply[2])
             if not 0 <= index <= len(counters):
                 raise ValueError(f"unexpected reply {reply!r}")
@@ -347,6 +383,56 @@ class LeaseStore:
             raise Full(counters[index - 1], count)
         self._keep(lease)
         return lease
+
+    def _send_queued(self) -> None:
+        """Send the admissions of this event-loop turn in one pipeline (several batches
+        may be in flight at once, each on its own connection)."""
+        batch, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._send_admissions(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_admissions(self, batch: list[_Admission]) -> None:
+        # Releases waiting to be sent ride along: one round trip for both.
+        releases, namespaces = self._take_releases()
+        try:
+            async with asyncio.timeout(self.options.timeout_seconds * 4):
+                replies = await self._redis.roundtrip(releases + [
+                    ("EVALSHA", ADMIT_SHA, len(c.keys), *c.keys, *c.args) for c in batch])
+                self._released(namespaces, replies[:len(releases)])
+                replies = replies[len(releases):]
+                if any(isinstance(r, NoScriptError) for r in replies):
+                    # Redis lost its script cache (a restart): load it, send those again.
+                    await self._redis.roundtrip([("SCRIPT", "LOAD", ADMIT)])
+                    again = [c for c, r in zip(batch, replies, strict=True)
+                             if isinstance(r, NoScriptError)]
+                    resent = iter(await self._pipeline(again))
+                    replies = [next(resent) if isinstance(r, NoScriptError) else r
+                               for r in replies]
+        except BaseException as exc:
+            self._dirty.update(namespaces)
+            for call in batch:
+                self._mark_dirty(call.lease.counters)
+                if not call.reply.done():
+                    call.reply.set_exception(exc if isinstance(exc, Exception)
+                                             else ConnectionError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            if not call.reply.done():
+                if isinstance(reply, Exception):
+                    call.reply.set_exception(reply)
+                else:
+                    call.reply.set_result(reply)
+            elif isinstance(reply, list) and reply and reply[0] == 0:
+                # Admitted after its handshake stopped waiting (timed out, or gone): give
+                # the place back.
+                self._remove(call.lease)
+
+    async def _pipeline(self, batch: list[_Admission]) -> list[Any]:
+        return await self._redis.roundtrip(
+            [("EVALSHA", ADMIT_SHA, len(c.keys), *c.keys, *c.args) for c in batch])
 
     def hold(self, lease: Lease) -> None:
         """Keep a lease admitted without the store: registered at the next renewal that
@@ -372,6 +458,10 @@ class LeaseStore:
                 del self._members[counter.key], self._namespaces[counter.key]
                 self._refreshed_at.pop(counter.key, None)
         metrics.LIMITS_STORE_LEASES.set(len(self._held))
+        self._remove(lease)
+
+    def _remove(self, lease: Lease) -> None:
+        """Remove a lease's member from Redis (batched per event-loop turn)."""
         self._note_change(lease.counters)
         if self._outage is not None:
             self._mark_dirty(lease.counters)
@@ -383,28 +473,32 @@ class LeaseStore:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        """Send the releases of this event-loop turn (and those that came meanwhile)."""
-        await asyncio.sleep(0)
+        """Send the releases not yet sent along with an admission, a moment after the
+        first (so that a burst of session ends makes one round trip)."""
+        await asyncio.sleep(RELEASE_WINDOW_SECONDS)
         while self._releases:
-            batch, self._releases = self._releases, {}
-            namespaces, self._release_namespaces = self._release_namespaces, {}
+            commands, namespaces = self._take_releases()
             if self._outage is not None:
                 self._dirty.update(namespaces)
                 return
-            pipe = self._redis.pipeline(transaction=False)
-            for key, members in batch.items():
-                pipe.zrem(key, *members)
             try:
                 async with asyncio.timeout(self.options.timeout_seconds * 4):
-                    replies = await pipe.execute(raise_on_error=False)
-                _raise_first_error(replies)
+                    replies = await self._redis.roundtrip(commands)
+                self._released(namespaces, replies)
             except _ERRORS as exc:
                 self._dirty.update(namespaces)
                 self._down(exc)
-            else:
-                for key in batch:
-                    if key in self._syncing:
-                        self._changed_while_syncing[key] = namespaces[key]
+
+    def _take_releases(self) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
+        batch, self._releases = self._releases, {}
+        namespaces, self._release_namespaces = self._release_namespaces, {}
+        return [("ZREM", key, *members) for key, members in batch.items()], namespaces
+
+    def _released(self, namespaces: dict[str, str], replies: list[Any]) -> None:
+        _raise_first_error(replies)
+        for key, namespace in namespaces.items():
+            if key in self._syncing:
+                self._changed_while_syncing[key] = namespace
 
     def _mark_dirty(self, counters: Iterable[Counter]) -> None:
         for counter in counters:
@@ -468,7 +562,7 @@ class LeaseStore:
             replies = await self._send(calls)
             if any(isinstance(r, NoScriptError) for r in replies):
                 # Redis lost its script cache (a restart): load it, then once more.
-                await self._redis.script_load(RENEW)
+                await self._redis.roundtrip([("SCRIPT", "LOAD", RENEW)])
                 replies = await self._send(calls)
             _raise_first_error(replies)
             added, missing = 0, set()
@@ -491,12 +585,8 @@ class LeaseStore:
         return added, missing
 
     async def _send(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for _, keys, args in calls:
-            # EVALSHA as a plain pipeline command: redis-py's script objects would first
-            # ask whether the script is loaded, a second round trip.
-            pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+        return await self._redis.roundtrip(
+            [("EVALSHA", RENEW_SHA, len(keys), *keys, *args) for _, keys, args in calls])
 
     async def _renewal_calls(self, dirty: dict[str, str]
                              ) -> list[tuple[str, list[str], list[Any]]]:
@@ -577,33 +667,73 @@ class LeaseStore:
             await asyncio.wait([self._flushing], timeout=self.options.timeout_seconds * 4)
             self._flushing.cancel()
         if self._outage is None and self._heartbeats:
-            pipe = self._redis.pipeline(transaction=False)
-            for namespace in self._heartbeats:
-                pipe.zrem(proxies_key(namespace), self.proxy_id)
             try:
                 async with asyncio.timeout(self.options.timeout_seconds * 4):
-                    await pipe.execute()
+                    await self._redis.roundtrip([("ZREM", proxies_key(ns), self.proxy_id)
+                                                 for ns in self._heartbeats])
             except _ERRORS:
                 pass  # they expire with the lease time
-        await self._redis.aclose()
+        for task in list(self._sending):
+            task.cancel()
+        await self._redis.close()
 
 
-def _client(options: StoreOptions) -> redis.Redis:
-    kwargs: dict[str, Any] = parse_url(options.url)
-    if options.password:
-        kwargs["password"] = options.password  # the file's, over the URL's
-    pool = redis.BlockingConnectionPool(
-        **kwargs,
-        socket_timeout=options.timeout_seconds * 4,
-        socket_connect_timeout=options.timeout_seconds * 4,
-        # One immediate retry: a pooled connection found dead after a Redis restart.
-        retry=Retry(NoBackoff(), 1),
-        # Each admission holds a connection for one round trip; beyond this many at once
-        # they wait for one (within the timeout) rather than open more.
-        max_connections=64,
-        timeout=None,
-    )
-    return redis.Redis.from_pool(pool)
+class _Connections:
+    """Connections to Redis, and the one thing done with them: send a batch of commands
+    in one write and read their replies (a pipeline without redis-py's per-command
+    machinery, which costs more than the round trip on a busy proxy)."""
+
+    IDLE = 16  # connections kept open between batches; more are opened when needed
+
+    def __init__(self, options: StoreOptions) -> None:
+        kwargs: dict[str, Any] = parse_url(options.url)
+        self._class = kwargs.pop("connection_class", Connection)
+        if options.password:
+            kwargs["password"] = options.password  # the file's, over the URL's
+        self._kwargs = {**kwargs, "socket_timeout": options.timeout_seconds * 4,
+                        "socket_connect_timeout": options.timeout_seconds * 4,
+                        "retry": Retry(NoBackoff(), 0)}
+        self._idle: list[AbstractConnection] = []
+
+    async def roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's reply, or the error Redis answered it with (as an exception
+        object). A pooled connection that turns out dead (Redis restarted) is replaced
+        once; any other failure raises."""
+        if not self._idle:
+            return await self._on(self._new(), commands)
+        try:
+            return await self._on(self._idle.pop(), commands)
+        except (RedisConnectionError, OSError):
+            return await self._on(self._new(), commands)
+
+    def _new(self) -> AbstractConnection:
+        return self._class(**self._kwargs)
+
+    async def _on(self, connection: AbstractConnection, commands: list[tuple[Any, ...]]
+                  ) -> list[Any]:
+        try:
+            await connection.connect()
+            await connection.send_packed_command(connection.pack_commands(commands),
+                                                 check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        if len(self._idle) < self.IDLE:
+            self._idle.append(connection)
+        else:
+            await connection.disconnect()
+        return replies
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
 
 
 def _raise_first_error(replies: list[Any]) -> None:
