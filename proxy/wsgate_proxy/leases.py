@@ -10,7 +10,7 @@ deadline in Redis's own clock (no proxy clock is trusted), in a per-namespace se
   members of live proxies in each counter, and either refuses (naming the first counter
   at its limit) or adds the member to every counter, atomically. Members of dead proxies
   are never counted, and are removed when a script finds them.
-- Renewal is one pipelined round trip per proxy per interval: one heartbeat per
+- Renewal is one round trip per proxy per interval: one heartbeat per
   namespace the proxy holds leases in, whatever the number of sessions, so a session
   open for a week keeps counting at no cost per session. A proxy killed with SIGKILL
   stops renewing, and its sessions stop counting when its deadline (the lease time)
@@ -65,6 +65,8 @@ RETRY_SECONDS = 1.0
 RELEASE_WINDOW_SECONDS = 0.005
 # Members per resync script call: each call holds Redis for about a millisecond.
 SYNC_CHUNK = 2000
+# At most this much resync per round trip.
+SEND_BYTES = 256 * 1024
 # A counter no proxy touches for this long goes away (its leases are long dead). Live
 # proxies refresh the counters they hold at least every REFRESH_SECONDS.
 COUNTER_TTL_MS = 24 * 3600 * 1000
@@ -532,17 +534,14 @@ class LeaseStore:
         async with self._renewing:
             started = time.perf_counter()
             try:
-                # A resync may be large: it may take longer than one admission.
-                async with asyncio.timeout(max(self.options.timeout_seconds,
-                                               self.options.renew_seconds / 2)):
-                    added, missing = await self._renew_once()
-                    if missing:
-                        # Redis came back empty (or found this proxy dead): register every
-                        # lease of those namespaces again, now.
-                        self._dirty.update({k: ns for k, ns in self._namespaces.items()
-                                            if ns in missing})
-                        more, _ = await self._renew_once()
-                        added += more
+                added, missing = await self._renew_once()
+                if missing:
+                    # Redis came back empty (or found this proxy dead): register every
+                    # lease of those namespaces again, now.
+                    self._dirty.update({k: ns for k, ns in self._namespaces.items()
+                                        if ns in missing})
+                    more, _ = await self._renew_once()
+                    added += more
             except _ERRORS as exc:
                 self._down(exc)
                 return
@@ -553,8 +552,9 @@ class LeaseStore:
             self._up(added)
 
     async def _renew_once(self) -> tuple[int, set[str]]:
-        """One pipeline: per namespace, the heartbeat with the resyncs and expiry refreshes
-        due. Returns the members added and the namespaces where this proxy was missing."""
+        """Per namespace, the heartbeat with the resyncs and expiry refreshes due, in one
+        round trip (unless a resync is large). Returns the members added and the
+        namespaces where this proxy was missing."""
         dirty, self._dirty = self._dirty, {}
         self._syncing = set(dirty)
         try:
@@ -562,7 +562,7 @@ class LeaseStore:
             replies = await self._send(calls)
             if any(isinstance(r, NoScriptError) for r in replies):
                 # Redis lost its script cache (a restart): load it, then once more.
-                await self._redis.roundtrip([("SCRIPT", "LOAD", RENEW)])
+                await self._bounded([("SCRIPT", "LOAD", RENEW)])
                 replies = await self._send(calls)
             _raise_first_error(replies)
             added, missing = 0, set()
@@ -585,8 +585,24 @@ class LeaseStore:
         return added, missing
 
     async def _send(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        return await self._redis.roundtrip(
-            [("EVALSHA", RENEW_SHA, len(keys), *keys, *args) for _, keys, args in calls])
+        """The calls in one round trip; a large resync in several of at most SEND_BYTES,
+        so that packing them never holds the event loop long."""
+        replies: list[Any] = []
+        group: list[tuple[Any, ...]] = []
+        size = 0
+        for _, keys, args in calls:
+            weight = sum(len(a) for a in args if isinstance(a, bytes))
+            if group and size + weight > SEND_BYTES:
+                replies += await self._bounded(group)
+                group, size = [], 0
+            group.append(("EVALSHA", RENEW_SHA, len(keys), *keys, *args))
+            size += weight
+        return replies + await self._bounded(group)
+
+    async def _bounded(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        # A renewal's round trip may carry a resync: it may take longer than an admission.
+        async with asyncio.timeout(max(self.options.timeout_seconds * 4, 1.0)):
+            return await self._redis.roundtrip(commands)
 
     async def _renewal_calls(self, dirty: dict[str, str]
                              ) -> list[tuple[str, list[str], list[Any]]]:

@@ -250,7 +250,7 @@ async def test_a_store_that_never_answers_bounds_every_call(stores):
         assert time.monotonic() - started < 0.2 + 0.3
         started = time.monotonic()
         await store.renew()  # bounded too, and the store stays down
-        assert time.monotonic() - started < 0.5 + 0.3
+        assert time.monotonic() - started < 1.0 + 0.3  # a round trip of a renewal: 1 s
         assert not store.up
         assert silent.connections >= 1
 
