@@ -74,8 +74,8 @@ REFRESH_SECONDS = 3600.0
 
 _ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError)
 
-# Redis's clock in ms; `heartbeat` (renewals) and `live` (admissions): the live proxies
-# of a namespace (KEYS[1]), and whether this one was missing (the store lost it, or found
+# Redis's clock in ms; `heartbeat`: renew this proxy's in a namespace (KEYS[1]), drop
+# dead ones; the live ids and whether this one was missing (the store lost it, or found
 # it dead); `count`: a counter's members of live proxies, after removing any other
 # member. Proxy ids are fixed-length lowercase hex, so a proxy's members are the lexical
 # range [id/, id0) and sorted ids give sorted, disjoint ranges.
@@ -97,18 +97,6 @@ local function heartbeat(proxies, id, lease_ms)
   local missing = redis.call('ZADD', proxies, now + lease_ms, id)
   expire_with_last(proxies)
   return redis.call('ZRANGE', proxies, 0, -1), missing
-end
-
--- the live ids, without renewing (an admission); this proxy's added when missing
-local function live(proxies, id, lease_ms)
-  local alive = redis.call('ZRANGEBYSCORE', proxies, now, '+inf')
-  for _, other in ipairs(alive) do
-    if other == id then return alive, 0 end
-  end
-  redis.call('ZADD', proxies, now + lease_ms, id)
-  expire_with_last(proxies)
-  alive[#alive + 1] = id
-  return alive, 1
 end
 
 local function count(key, alive)
@@ -134,16 +122,32 @@ end
 # KEYS[1]: the namespace's proxies; KEYS[2..]: counters. ARGV: proxy id, lease ms, counter
 # ttl ms, the member, then each counter's limit. Returns {0, 0, missing} when admitted
 # (the member added to every counter), or {i, n, missing}: counter i (from 1) holds n
-# leases of live proxies, at or over its limit; nothing added.
+# leases of live proxies, at or over its limit; nothing added. `missing`: this proxy's
+# heartbeat was not there (it is now); an admission does not otherwise renew it.
 ADMIT = _COMMON + """
-local alive, missing = live(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+local missing = 0
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not mine or tonumber(mine) < now then
+  missing = 1
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  expire_with_last(KEYS[1])
+end
+local sizes, alive = {}, nil
 for i = 2, #KEYS do
-  local n = count(KEYS[i], alive)
-  if n >= tonumber(ARGV[3 + i]) then return {i - 1, n, missing} end
+  local limit = tonumber(ARGV[3 + i])
+  sizes[i] = redis.call('ZCARD', KEYS[i])
+  -- Under its limit counting every member, a counter is under it counting live ones:
+  -- only a counter at its limit needs the live proxies (and loses its dead members).
+  if sizes[i] >= limit then
+    alive = alive or redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+    local n = count(KEYS[i], alive)
+    if n >= limit then return {i - 1, n, missing} end
+    sizes[i] = 0
+  end
 end
 for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], 0, ARGV[4])
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  if sizes[i] == 0 then redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 end
 return {0, 0, missing}
 """
@@ -171,6 +175,7 @@ for i = 2, #KEYS do
     end
     if #batch > 0 then added = added + redis.call('ZADD', key, unpack(batch)) end
   end
+  count(key, alive)  -- drops dead proxies' members
   redis.call('PEXPIRE', key, ARGV[3])
 end
 return {missing, added}
