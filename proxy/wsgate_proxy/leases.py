@@ -711,7 +711,9 @@ class _Connections:
         self._class = kwargs.pop("connection_class", Connection)
         if options.password:
             kwargs["password"] = options.password  # the file's, over the URL's
-        self._kwargs = {**kwargs, "socket_timeout": options.timeout_seconds * 4,
+        # Every round trip is bounded by its caller (asyncio.timeout), so reads carry no
+        # timeout of their own: one timer per read costs more than the read.
+        self._kwargs = {**kwargs, "socket_timeout": None,
                         "socket_connect_timeout": options.timeout_seconds * 4,
                         "retry": Retry(NoBackoff(), 0)}
         self._idle: list[AbstractConnection] = []
