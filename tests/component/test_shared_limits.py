@@ -197,6 +197,10 @@ async def test_redis_stopped_with_failure_open_falls_back_to_per_proxy_counts(
         metrics = await proxies.admin(i).metrics()
         assert metric_value(metrics, "wsgate_limits_store_up") == 0
         assert len(proxies.log_events(i, "limits store unavailable")) == 1  # one per outage
+        status, summary = await proxies.admin(i).request("GET", "/config")
+        assert summary["limitsStore"]["available"] is False
+        assert summary["limitsStore"]["failureMode"] == "open"
+        assert summary["limitsStore"]["leases"] == 2
     for ws in live:  # live sessions untouched
         await ws.send("still")
         assert await ws.recv() == "still"
