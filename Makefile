@@ -39,8 +39,10 @@ crds: venv
 	$(BIN)/python -m wsgate_operator.crds crds
 	$(BIN)/python docs/reference.py
 
-# A kind cluster (reused if WSGATE_KIND_CLUSTER names one), the image, the chart and
-# the quickstart; then the same client-visible scenarios as the operator tier.
+# A kind cluster (reused if WSGATE_KIND_CLUSTER names one), the image (tagged per build),
+# the chart (2 s drain) and the quickstart; then the same client-visible scenarios as the
+# operator tier. Without kind, Docker (and its engine), kubectl or Helm it fails at once
+# (exit status 2), naming what is missing; `make test` skips tests/e2e instead.
 e2e: venv
 	bash tests/e2e/setup.sh
 	WSGATE_E2E=1 $(BIN)/python -m pytest tests/e2e

@@ -100,7 +100,8 @@ async def propagation(args: argparse.Namespace) -> dict[str, list[float]]:
                                       proxy_namespace=PROXY_NAMESPACE, proxy_admin_port=port,
                                       admin_token=TOKEN)
             url = f"ws://127.0.0.1:{proxy.port}/r0"
-            async with OperatorThread(options), aiohttp.ClientSession() as http:
+            # No asyncio debug mode (the tests' guard): it would slow what is measured.
+            async with OperatorThread(options, debug=False), aiohttp.ClientSession() as http:
                 started = time.perf_counter()
                 await until_status(http, url, "key-0", 101, interval=0.1)
                 print(f"  initial sync of {args.routes} routes and {args.consumers} consumers: "

@@ -3,6 +3,11 @@
 Fed by the kopf handlers; read by the reconciler as a ClusterView. It knows when the
 initial lists have arrived: ``expect`` takes the objects listed at start, and
 ``complete`` is set once each of them has been delivered (or deleted).
+
+It belongs to the event loop: the handlers that feed it are coroutines, and only the
+loop touches its dicts and its Event. A view is safe to hand to another thread (the
+compiler runs in one): its lists are new, and a body, once stored, is never changed;
+an event stores a new body in its place.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ class ClusterCache:
         self.complete = asyncio.Event()
 
     def put(self, kind: str, body: dict[str, Any], fingerprint: str) -> bool:
-        """Store an object; True when it changed in a way the build cares about."""
+        """Store an object (a body of its own, never changed afterwards); True when it
+        changed in a way the build cares about."""
         key = _key(kind, body)
         self._objects[kind][key] = body
         self._arrived(key)

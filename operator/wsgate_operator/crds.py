@@ -54,12 +54,21 @@ ROUTE_STATUS: Schema = {
         "observedGeneration": _GENERATION,
         "conditions": _conditions(
             "Accepted: the spec is valid and compiled. ResolvedRefs: the backend Service and "
-            "port (and TLS Secrets) were found. Programmed: every ready proxy runs a config "
-            "that includes this generation."),
+            "port (and TLS Secrets) were found. Programmed: every running proxy pod runs a "
+            "config that includes this generation."),
         "endpoints": {"type": "integer", "description": "Ready endpoints of the backend."},
         "proxies": {
-            "type": "object", "description": "Proxies running this generation, of all ready.",
-            "properties": {"synced": {"type": "integer"}, "total": {"type": "integer"}},
+            "type": "object",
+            "description": "The proxy pods the operator pushes to (those running, with an IP), "
+                           "and how many of them run this generation.",
+            "properties": {
+                "synced": {"type": "integer",
+                           "description": "Running proxy pods whose config includes this "
+                                          "generation of the route."},
+                "total": {"type": "integer",
+                          "description": "Running proxy pods (phase Running, with an IP) "
+                                         "that match the operator's proxy selector."},
+            },
         },
     },
 }
@@ -106,12 +115,18 @@ def _convert(node: Any, defs: dict[str, Schema]) -> Any:
     node.pop("title", None)
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
-    if isinstance(node.get("exclusiveMinimum"), (int, float)):  # JSON Schema -> OpenAPI v3
-        node["minimum"] = node.pop("exclusiveMinimum")
-        node["exclusiveMinimum"] = True
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        # JSON Schema's numeric exclusive bound becomes OpenAPI v3's bound plus a boolean.
+        # A node is converted twice when an optional field's variant is merged back into
+        # it, and a bool is an int in Python: only a number is a bound to convert.
+        if _is_number(node.get(flag)):
+            node[bound] = node.pop(flag)
+            node[flag] = True
     if "default" in node:
         default = _without_nulls(node["default"])
-        if default is None or default == {}:
+        # An empty default says nothing the absence of the field does not: leaving it out
+        # keeps stored objects lean and `kubectl get` columns empty rather than `[]`.
+        if default is None or default == {} or default == []:
             del node["default"]
         else:
             node["default"] = default
@@ -126,14 +141,39 @@ def _convert(node: Any, defs: dict[str, Schema]) -> Any:
     return {**first, **node}
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _without_nulls(value: Any) -> Any:
+    """A default without null or empty-list members (absent means the same)."""
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None and v != []}
     return value
 
 
+# What every Kubernetes object's top-level fields mean, as `kubectl explain` shows them.
+_CONVENTIONS = "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"
+_API_VERSION: Schema = {
+    "type": "string",
+    "description": "APIVersion defines the versioned schema of this representation of an "
+                   "object. Servers should convert recognized schemas to the latest internal "
+                   f"value, and may reject unrecognized values. More info: {_CONVENTIONS}"
+                   "#resources"}
+_KIND: Schema = {
+    "type": "string",
+    "description": "Kind is a string value representing the REST resource this object "
+                   "represents. Servers may infer this from the endpoint the client submits "
+                   f"requests to. Cannot be updated. In CamelCase. More info: {_CONVENTIONS}"
+                   "#types-kinds"}
+_METADATA: Schema = {
+    "type": "object",
+    "description": f"Standard object's metadata. More info: {_CONVENTIONS}#metadata"}
+
+
 def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: Schema,
-         described: str, columns: list[dict[str, Any]]) -> dict[str, Any]:
+         described: str, spec_described: str, columns: list[dict[str, Any]]
+         ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -157,10 +197,11 @@ def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: Sche
                     "description": described,
                     "required": ["spec"],
                     "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": structural(spec),
+                        "apiVersion": _API_VERSION,
+                        "kind": _KIND,
+                        "metadata": _METADATA,
+                        "spec": {"description": spec_described, **{
+                            k: v for k, v in structural(spec).items() if k != "description"}},
                         "status": status,
                     },
                 }},
@@ -169,31 +210,45 @@ def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: Sche
     }
 
 
-def _ready(condition: str) -> dict[str, Any]:
+def _ready(condition: str, described: str) -> dict[str, Any]:
     return {"name": "Ready", "type": "string",
-            "jsonPath": f'.status.conditions[?(@.type=="{condition}")].status'}
+            "jsonPath": f'.status.conditions[?(@.type=="{condition}")].status',
+            "description": f"{described} (the {condition} condition)"}
 
 
-_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
+        "description": "Time since the object was created."}
 
 CRDS: dict[str, dict[str, Any]] = {
     "wsroutes.yaml": _crd(
         "WsRoute", "wsroutes", "wsr", WsRouteSpec, ROUTE_STATUS,
         "A WsRoute says which WebSocket handshakes (hosts, paths) go to which backend "
         "Service, how they authenticate, and with what limits.",
-        [{"name": "Hosts", "type": "string", "jsonPath": ".spec.hosts"},
-         {"name": "Paths", "type": "string", "jsonPath": ".spec.paths[*].value"},
-         {"name": "Backend", "type": "string", "jsonPath": ".spec.backend.service.name"},
-         {"name": "Endpoints", "type": "integer", "jsonPath": ".status.endpoints"},
-         _ready("Programmed"), _AGE],
+        "Which handshakes the route takes, where it sends them, how they authenticate.",
+        # The API server shows the first value a column's JSONPath finds: a list column
+        # is the list itself (JSON; none when the route has no hosts), and Path is the
+        # first path (`kubectl get -o yaml` shows them all).
+        [{"name": "Hosts", "type": "string", "jsonPath": ".spec.hosts",
+          "description": "The host names the route serves; none: every host."},
+         {"name": "Path", "type": "string", "jsonPath": ".spec.paths[*].value",
+          "description": "The route's first path."},
+         {"name": "Backend", "type": "string", "jsonPath": ".spec.backend.service.name",
+          "description": "The backend Service."},
+         {"name": "Endpoints", "type": "integer", "jsonPath": ".status.endpoints",
+          "description": "Ready endpoints of the backend Service."},
+         _ready("Programmed", "Whether every running proxy pod runs this generation"),
+         _AGE],
     ),
     "wsconsumers.yaml": _crd(
         "WsConsumer", "wsconsumers", "wsc", WsConsumerSpec, CONSUMER_STATUS,
         "A WsConsumer is an identity that WebSocket clients authenticate as, with its "
         "credentials in labelled Secrets.",
-        [{"name": "Username", "type": "string", "jsonPath": ".status.username"},
-         {"name": "Credentials", "type": "integer", "jsonPath": ".status.credentials"},
-         _ready("Ready"), _AGE],
+        "Who the consumer is to upstreams, and where its credentials are.",
+        [{"name": "Username", "type": "string", "jsonPath": ".status.username",
+          "description": "The name upstreams see (X-Consumer-Username)."},
+         {"name": "Credentials", "type": "integer", "jsonPath": ".status.credentials",
+          "description": "Usable credentials."},
+         _ready("Ready", "Whether the consumer can authenticate"), _AGE],
     ),
 }
 

@@ -87,8 +87,11 @@ def _handler(kind: str, *resource: str, when: Any) -> None:
     def passes(body: kopf.Body, **_: Any) -> bool:
         return bool(when(body))
 
+    # A coroutine, so kopf runs it on the event loop: the cache and the reconciler's
+    # asyncio.Events belong to the loop (kopf runs a plain function in a worker thread).
     @kopf.on.event(*resource, when=passes, id=f"{kind}-changed")
-    def changed(memo: kopf.Memo, event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def changed(memo: kopf.Memo, event: dict[str, Any], body: kopf.Body,
+                      **_: Any) -> None:
         cache: ClusterCache = memo.cache
         if event.get("type") == "DELETED":
             relevant = cache.remove(kind, body)

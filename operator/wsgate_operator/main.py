@@ -21,9 +21,11 @@ async def run_operator(
     *,
     liveness: str | None = None,
     ready: threading.Event | asyncio.Event | None = None,
+    memo: kopf.Memo | None = None,
 ) -> None:
     """Run the operator until ``stop`` is set. ``liveness`` is kopf's probe endpoint
-    (e.g. http://0.0.0.0:8080/healthz)."""
+    (e.g. http://0.0.0.0:8080/healthz); ``memo`` receives the operator's parts
+    (``cache``, ``reconciler``, ``pusher``) once it has started."""
     for f in dataclasses.fields(OperatorOptions):
         setattr(OPTIONS, f.name, getattr(options, f.name))
     from . import handlers  # noqa: F401  (registers the handlers, once)
@@ -40,6 +42,7 @@ async def run_operator(
         liveness_endpoint=liveness,
         stop_flag=stop,
         ready_flag=ready,
+        memo=memo,
     )
 
 

@@ -87,7 +87,8 @@ class Pusher:
             self._bring_up_to_date(name)
 
     def set_targets(self, targets: list[ProxyTarget]) -> None:
-        """The ready proxy pods now; a new, recreated or restarted pod is pushed to at once."""
+        """The running proxy pods (with an IP) now; a new, recreated or restarted pod is
+        pushed to at once."""
         current = {t.name: t for t in targets}
         changed = False
         for name in list(self._targets):
@@ -120,6 +121,12 @@ class Pusher:
 
     def running(self) -> dict[str, str]:
         return dict(self._running)
+
+    async def wait_idle(self) -> None:
+        """Until no proxy is being brought up to date: each was asked what it runs and
+        pushed to if it had to be (a proxy that keeps failing keeps this waiting)."""
+        while busy := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.wait(busy)
 
     # -- work --------------------------------------------------------------------------
     def _bring_up_to_date(self, name: str) -> None:

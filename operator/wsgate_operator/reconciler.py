@@ -36,7 +36,8 @@ OBJECTS = Gauge("wsgate_operator_objects", "Objects in the operator's view, by k
 
 @dataclass
 class ClusterView:
-    """What the reconciler reads: the compiler's input and the ready proxy pods."""
+    """What the reconciler reads: the compiler's input and the proxy pods to push to
+    (running, with an IP)."""
 
     snapshot: Snapshot
     proxies: list[ProxyTarget] = field(default_factory=list)
@@ -71,7 +72,11 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._objects_changed = False
         self.compiled: Compiled | None = None
+        # Sequence numbers, as Contour's tests wait on: compiles done (each with its
+        # statuses queued), and status writes queued in all.
         self.builds = 0
+        self.statuses_queued = 0
+        self._built = asyncio.Event()
         # What was last queued per object, so a status is not written twice while the
         # watch has not yet brought our own write back.
         self._written: dict[tuple[str, str], Status] = {}
@@ -80,6 +85,13 @@ class Reconciler:
         self._pending: dict[tuple[str, str], tuple[K8sObject, Status, list[Event]]] = {}
         self._pending_ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+
+    async def wait_for_build(self, after: int) -> int:
+        """Wait until more than ``after`` builds are done; the count then."""
+        while self.builds <= after:
+            built = self._built
+            await built.wait()
+        return self.builds
 
     def objects_changed(self) -> None:
         self._objects_changed = True
@@ -130,13 +142,15 @@ class Reconciler:
     async def build(self) -> None:
         view = self._read()
         self.pusher.set_targets(view.proxies)
-        if self._objects_changed or self.compiled is None:
+        compiling = self._objects_changed or self.compiled is None
+        if compiling:
             self._objects_changed = False
             started = time.perf_counter()
-            # The compiler is pure Python: in a thread, the event loop keeps serving.
+            # The compiler is pure Python: in a thread, the event loop keeps serving. It
+            # shares nothing the loop changes meanwhile: the view's lists are its own, and
+            # the cache replaces an object's body on every event, never edits it.
             self.compiled = await asyncio.to_thread(compile_snapshot, view.snapshot)
             COMPILE_SECONDS.observe(time.perf_counter() - started)
-            self.builds += 1
             for kind, objects in (("WsRoute", view.snapshot.routes),
                                   ("WsConsumer", view.snapshot.consumers),
                                   ("Secret", view.snapshot.secrets),
@@ -148,6 +162,10 @@ class Reconciler:
                                         "seconds": round(time.perf_counter() - started, 4)})
             self.pusher.set_config(self.compiled.config)
         await self._write_statuses(view.snapshot, self.compiled)
+        if compiling:
+            self.builds += 1
+            self._built.set()
+            self._built = asyncio.Event()
 
     async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
         """Compute every status; queue those that changed (with their Events)."""
@@ -172,6 +190,7 @@ class Reconciler:
                 events = self._pending[key][2] + events
             self._pending[key] = (obj, status, events)
             self._written[key] = status
+            self.statuses_queued += 1
         for key in set(self._written) - seen:
             del self._written[key]
             self._pending.pop(key, None)

@@ -19,7 +19,8 @@ Status = dict[str, Any]
 
 @dataclass(frozen=True)
 class ProxySync:
-    """How many ready proxies run a config including a route's current generation."""
+    """Of the proxy pods the operator pushes to (phase Running, with an IP: not
+    necessarily ready), how many run a config including a route's current generation."""
 
     synced: int
     total: int
@@ -95,14 +96,16 @@ def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) 
         programmed = cond("Programmed", False, "InvalidSpec", "not compiled: the spec is not valid")
     elif sync.total == 0:
         programmed = cond("Programmed", False, "NoProxies",
-                          "no ready proxy pod matches the operator's proxy selector")
+                          "no running proxy pod with an IP matches the operator's proxy "
+                          "selector")
     elif sync.synced < sync.total:
         programmed = cond("Programmed", False, "Pending",
-                          f"{sync.synced} of {sync.total} ready proxies run this generation")
+                          f"{sync.synced} of {sync.total} running proxy pods run this "
+                          "generation")
     else:
         programmed = cond("Programmed", True, "Programmed",
-                          f"all {sync.total} ready prox{'ies' if sync.total != 1 else 'y'} "
-                          "run this generation")
+                          "the running proxy pod runs this generation" if sync.total == 1 else
+                          f"all {sync.total} running proxy pods run this generation")
     return {
         "observedGeneration": cond.generation,
         "conditions": [accepted, resolved, programmed],

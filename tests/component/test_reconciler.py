@@ -7,6 +7,7 @@ test changes, and statuses and events are recorded where the API would take them
 from __future__ import annotations
 
 import asyncio
+import copy
 import socket
 
 import pytest
@@ -21,6 +22,7 @@ from tests.support import (
     objects_for,
     route_of,
 )
+from wsgate_operator.cache import ClusterCache
 from wsgate_operator.compiler import Snapshot
 from wsgate_operator.pusher import PUSHES, ProxyTarget, Pusher
 from wsgate_operator.reconciler import ClusterView, Reconciler
@@ -31,9 +33,16 @@ class RecordingWriter:
         self.objects = objects
         self.statuses = {}
         self.events = []
+        self.writes = 0
 
     async def write_status(self, obj, status):
-        obj["status"] = status  # as the watch would bring it back
+        self.writes += 1
+        # As the watch would bring it back: a new body in the object's place (the one
+        # the build read may be in the compiler's thread).
+        key = (obj["kind"], obj["metadata"]["name"])
+        for i, current in enumerate(self.objects):
+            if (current["kind"], current["metadata"]["name"]) == key:
+                self.objects[i] = {**current, "status": status}
         self.statuses[(obj["kind"], obj["metadata"]["name"])] = status
 
     async def post_event(self, obj, event):
@@ -121,9 +130,13 @@ async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream)
         await eventually(lambda: _all_run(op, proxies))
         assert op.reconciler.builds - builds == 1
         assert PUSHES.labels("ok")._value.get() - pushes == 2
-        # Unchanged content is not pushed again.
+        # Unchanged content is not pushed again: once the rebuild is done, the pusher
+        # has the same version and nothing to do.
+        builds, version = op.reconciler.builds, op.reconciler.compiled.config.version
         op.reconciler.objects_changed()
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(op.reconciler.wait_for_build(builds), 5)
+        assert op.reconciler.compiled.config.version == version
+        await asyncio.wait_for(op.pusher.wait_idle(), 5)
         assert PUSHES.labels("ok")._value.get() - pushes == 2
 
 
@@ -154,7 +167,7 @@ async def test_a_proxy_that_was_down_catches_up(start_proxy, upstream):
         async def pending():
             programmed = condition(op.status("WsRoute", "echo"), "Programmed")
             assert (programmed["reason"], programmed["message"]) == (
-                "Pending", "0 of 1 ready proxies run this generation")
+                "Pending", "0 of 1 running proxy pods run this generation")
 
         await eventually(pending)
         proxy = start_proxy("--admin-listen", f"127.0.0.1:{port}")  # comes up later
@@ -214,8 +227,53 @@ async def test_invalid_and_unresolved_objects_are_reported_and_the_rest_flows(pr
                            additional_headers={"apikey": "jane-key"}) as ws:
             await ws.send("fine")
             assert await ws.recv() == "fine"
-        # And statuses are written once: a rebuild with nothing new writes nothing.
-        written = dict(op.writer.statuses)
+        # And statuses are written once: a rebuild with nothing new queues no write.
+        await eventually(lambda: _all_written(op))
+        written, queued = dict(op.writer.statuses), op.reconciler.statuses_queued
+        builds = op.reconciler.builds
         op.reconciler.objects_changed()
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(op.reconciler.wait_for_build(builds), 5)
+        assert op.reconciler.statuses_queued == queued
         assert op.writer.statuses == written
+
+
+async def _all_written(op):
+    assert op.writer.writes == op.reconciler.statuses_queued
+
+
+async def test_events_during_a_compile_never_reach_it():
+    # The compiler runs in a thread while the loop goes on feeding the cache: the build
+    # compiles the view it read, whole, and the next build sees what came meanwhile.
+    cache = ClusterCache(lambda _body: None)
+    kinds = {"WsRoute": "wsroutes", "WsConsumer": "wsconsumers", "Secret": "secrets",
+             "Service": "services", "EndpointSlice": "endpointslices"}
+    objects = objects_for(1)
+    for i in range(1500):
+        objects += consumer_objects(f"c{i}", f"key-{i}")
+    for n, obj in enumerate(objects):
+        cache.put(kinds[obj["kind"]], copy.deepcopy(obj), str(n))
+    cache.expect(set())
+    writer = RecordingWriter(objects)
+    pusher = Pusher(TOKEN, on_change=lambda: None)
+    reconciler = Reconciler(cache.view, pusher, writer)
+    build = asyncio.create_task(reconciler.build())
+    await asyncio.sleep(0)  # the build reads its view, and awaits the compiler's thread
+    changes = 0
+    while not build.done():  # events, delivered on the loop while the compile runs
+        for obj in consumer_objects(f"c{changes}", f"key-{changes}"):
+            cache.remove(kinds[obj["kind"]], obj)
+        for obj in consumer_objects(f"new{changes}", "another-key"):
+            cache.put(kinds[obj["kind"]], obj, f"new{changes}")
+        changes += 1
+        await asyncio.sleep(0)
+    await build
+    assert changes > 10
+    assert reconciler.builds == 1
+    names = {c.name for c in reconciler.compiled.config.consumers}
+    assert names == {"john"} | {f"c{i}" for i in range(1500)}  # the view it started with
+    reconciler.objects_changed()
+    await reconciler.build()
+    names = {c.name for c in reconciler.compiled.config.consumers}
+    assert names == {"john"} | {f"c{i}" for i in range(changes, 1500)} | {
+        f"new{i}" for i in range(changes)}
+    await pusher.close()

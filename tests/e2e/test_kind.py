@@ -14,9 +14,12 @@ import pytest
 from tests import scenarios
 from tests.support import consumer_objects
 
-MISSING = [tool for tool in ("kind", "docker", "kubectl") if shutil.which(tool) is None]
+# What `make e2e` needs (tests/e2e/setup.sh checks the same, and stops naming them).
+TOOLS = ("kind", "docker", "kubectl", "helm")
+MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
 pytestmark = [
-    pytest.mark.skipif(bool(MISSING), reason=f"kind e2e needs {', '.join(MISSING)} on PATH"),
+    pytest.mark.skipif(bool(MISSING), reason=f"kind e2e needs {', '.join(MISSING)} on PATH "
+                                             "(`make e2e` stops naming them)"),
     pytest.mark.skipif(not MISSING and os.environ.get("WSGATE_E2E") != "1",
                        reason="kind e2e runs through `make e2e` (which sets up the cluster)"),
 ]

@@ -12,10 +12,12 @@ re-reads the whole request history on every request).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import re
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,55 @@ import kmock
 import yaml
 from kmock._internal import rendering  # the scaffold's parsed request (pinned kmock)
 
-from tests.kube.store import ApiError, Kind, Obj, Store, field_matches, selector_matches
+from tests.kube.store import (
+    CRD_KEY,
+    ApiError,
+    Kind,
+    Obj,
+    Store,
+    field_matches,
+    selector_matches,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Access:
+    """A request as RBAC authorizes it: API group, resource (/subresource), verb and
+    namespace ("" for cluster-wide requests)."""
+
+    group: str
+    resource: str
+    verb: str
+    namespace: str
+
+    @classmethod
+    def of(cls, method: str, path: str, query: Mapping[str, str]) -> Access | None:
+        """None for non-resource requests (discovery, /version, /openapi)."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            group, rest = "", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, rest = parts[1], parts[3:]
+        else:
+            return None
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        elif len(rest) == 2 and rest[0] == "namespaces":  # a namespace itself
+            rest = ["namespaces", rest[1]]
+        if not rest:
+            return None
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+        named = len(rest) >= 2
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if named else "deletecollection"}.get(method.upper())
+        if verb is None:
+            verb = "watch" if query.get("watch") in ("true", "1") else (
+                "get" if named else "list")
+        return cls(group, resource, verb, namespace)
 
 
 @attrs.define(kw_only=True)
@@ -38,6 +85,8 @@ class ApiServer(kmock.KubernetesScaffold):
     printer_columns: dict[tuple[str, str, str], list[dict[str, Any]]] = attrs.field(factory=dict)
     _written: asyncio.Event = attrs.field(factory=asyncio.Event)
     watches: int = 0
+    # Every request served over HTTP, as RBAC sees it (tests/operator/test_rbac.py).
+    requests: deque[Access] = attrs.field(factory=lambda: deque(maxlen=100_000))
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -50,7 +99,17 @@ class ApiServer(kmock.KubernetesScaffold):
                     bool(info.namespaced), "status" in set(info.subresources))
 
     # -- set-up ---------------------------------------------------------------------------
-    def add_crd(self, crd: Obj) -> None:
+    def add_crds(self, directory: Path = ROOT / "crds") -> None:
+        """Create every CRD in the directory's files, through the same admission as a
+        POST (strict field validation, as `kubectl apply` asks): an invalid one raises."""
+        crd_kind = self.kinds[CRD_KEY]
+        for path in sorted(directory.glob("*.yaml")):
+            for crd in yaml.safe_load_all(path.read_text()):
+                if crd:
+                    self._register_crd(self.store.create(crd_kind, "", crd, "Strict"))
+
+    def _register_crd(self, crd: Obj) -> None:
+        """Serve the resource a CRD defines (after the store admitted the CRD)."""
         spec = crd["spec"]
         names = spec["names"]
         for version in spec["versions"]:
@@ -69,12 +128,6 @@ class ApiServer(kmock.KubernetesScaffold):
             self.printer_columns[key] = version.get("additionalPrinterColumns") or []
         self.store.schemas.add_crd(crd)
 
-    def add_crds(self, directory: Path = ROOT / "crds") -> None:
-        for path in sorted(directory.glob("*.yaml")):
-            for crd in yaml.safe_load_all(path.read_text()):
-                if crd:
-                    self.add_crd(crd)
-
     def kind(self, api_version: str, kind: str) -> Kind:
         group, _, version = api_version.rpartition("/")
         return next(k for k in self.kinds.values()
@@ -88,9 +141,9 @@ class ApiServer(kmock.KubernetesScaffold):
         try:
             self.store.get(kind, namespace, meta["name"])
         except ApiError:
-            result = self.store.create(kind, namespace, obj)
+            result = self.store.create(kind, namespace, obj, "Strict")
         else:
-            result = self.store.replace(kind, namespace, meta["name"], obj, None)
+            result = self.store.replace(kind, namespace, meta["name"], obj, None, "Strict")
         if "status" in obj and kind.status_subresource:
             # As a controller (the kubelet, for a Pod) would: through /status.
             result = self.store.replace(kind, namespace, meta["name"],
@@ -119,6 +172,9 @@ class ApiServer(kmock.KubernetesScaffold):
 
     # -- HTTP --------------------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        access = Access.of(raw_request.method, raw_request.path, raw_request.query)
+        if access is not None:
+            self.requests.append(access)
         # kmock's path parser fails on the namespaces themselves: serve them before it.
         match = _NAMESPACE_PATH.match(raw_request.path)
         if match:
@@ -185,17 +241,18 @@ class ApiServer(kmock.KubernetesScaffold):
                 return aiohttp.web.json_response(self._table(kind, [obj]))
             return aiohttp.web.json_response(obj)
         body = self._body(request)
+        # What the request asks of unknown fields; the API server's default is Warn.
+        strictness = params.get("fieldValidation") or "Warn"
         if method == "POST":
-            if kind.kind == "CustomResourceDefinition":
-                self.add_crd(body)
-            result, status = self.store.create(kind, namespace, body), 201
+            result, status = self.store.create(kind, namespace, body, strictness), 201
         elif method == "PUT":
             result, status = self.store.replace(kind, namespace or "", request.name, body,
-                                                request.subresource), 200
+                                                request.subresource, strictness), 200
         elif method == "PATCH":
             content_type = request.headers.get("Content-Type", "application/merge-patch+json")
             result, status = self.store.patch(kind, namespace or "", request.name, body,
-                                              content_type, request.subresource), 200
+                                              content_type, request.subresource,
+                                              strictness), 200
         elif method == "DELETE" and request.name is not None:
             result, status = self.store.delete(kind, namespace or "", request.name), 200
         elif method == "DELETE":
@@ -206,6 +263,8 @@ class ApiServer(kmock.KubernetesScaffold):
             result, status = {"apiVersion": "v1", "kind": "Status", "status": "Success"}, 200
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+        if kind.key == CRD_KEY and method in ("POST", "PUT", "PATCH"):
+            self._register_crd(result)  # admitted: its resource is served from now on
         self._notify()
         return aiohttp.web.json_response(result, status=status)
 
@@ -295,22 +354,57 @@ class ApiServer(kmock.KubernetesScaffold):
         rows = []
         for obj in items:
             cells: list[Any] = [obj["metadata"]["name"]]
-            for column in columns:
-                values = jsonpath(obj, column["jsonPath"])
-                if column["type"] == "date" and values:
-                    cells.append(_age(values[0]))
-                elif column["type"] == "integer" and values:
-                    cells.append(values[0])
-                else:
-                    cells.append(",".join(
-                        json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                        for v in values))
+            cells += [_cell(column["type"], jsonpath(obj, column["jsonPath"]))
+                      for column in columns]
             rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata",
                                                     "apiVersion": "meta.k8s.io/v1",
                                                     "metadata": obj["metadata"]}})
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
                 "metadata": {"resourceVersion": str(self.store.revision)},
                 "columnDefinitions": definitions, "rows": rows}
+
+
+async def create_from_files(api: ApiServer, url: str, *files: Path) -> list[Obj]:
+    """Create every object in these YAML files over HTTP, as `kubectl create -f` does
+    (JSON, strict field validation); raise ApiError with the API's answer on refusal."""
+    created = []
+    async with aiohttp.ClientSession(url) as http:
+        for path in files:
+            for obj in (d for d in yaml.safe_load_all(path.read_text()) if d):
+                kind = api.kind(obj["apiVersion"], obj["kind"])
+                prefix = f"/apis/{kind.group}" if kind.group else "/api"
+                namespace = (obj.get("metadata") or {}).get("namespace") or "default"
+                where = f"/namespaces/{namespace}" if kind.namespaced else ""
+                async with http.post(f"{prefix}/{kind.version}{where}/{kind.plural}",
+                                     params={"fieldValidation": "Strict"}, json=obj) as answer:
+                    body = await answer.json()
+                    if answer.status != 201:
+                        raise ApiError(answer.status, body.get("reason", ""),
+                                       f"{path.name}: {body.get('message')}",
+                                       (body.get("details") or {}).get("causes"))
+                    created.append(body)
+    return created
+
+
+def _cell(column_type: str, values: list[Any]) -> Any:
+    """A printer column's cell as the API server computes it: the first value the
+    JSONPath finds (none: null), a list or map as JSON, a scalar as text."""
+    if not values or values[0] is None:
+        return None
+    value = values[0]
+    if column_type == "string":
+        if isinstance(value, (list, dict)):
+            return json.dumps(value, separators=(",", ":"))
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if column_type == "date":
+        return _age(value) if isinstance(value, str) else None
+    if column_type == "integer" and isinstance(value, (int, float)):
+        return int(value)
+    if column_type == "number" and isinstance(value, (int, float)):
+        return float(value)
+    if column_type == "boolean" and isinstance(value, bool):
+        return value
+    return None
 
 
 async def _send(response: aiohttp.web.StreamResponse, event: Obj) -> None:

@@ -14,12 +14,13 @@ import jsonschema
 Schema = dict[str, Any]
 
 
-def _to_json_schema(node: Any) -> Any:
+def to_json_schema(node: Any) -> Any:
+    """An OpenAPI v3 structural schema as JSON Schema draft 4, for jsonschema."""
     if isinstance(node, list):
-        return [_to_json_schema(n) for n in node]
+        return [to_json_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    out = {k: to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
@@ -46,6 +47,27 @@ def _prune_and_default(value: Any, schema: Schema) -> Any:
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         value = [_prune_and_default(v, schema["items"]) for v in value]
     return value
+
+
+def pruned_fields(value: Any, schema: Schema, path: str = "") -> list[str]:
+    """The fields of a value that the schema does not know (pruning would drop them)."""
+    found: list[str] = []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else key
+            if properties is not None and key in properties:
+                found += pruned_fields(item, properties[key], here)
+            elif isinstance(extra, dict):
+                found += pruned_fields(item, extra, here)
+            elif properties is not None and not schema.get(
+                    "x-kubernetes-preserve-unknown-fields"):
+                found.append(here)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += pruned_fields(item, schema["items"], f"{path}[{i}]")
+    return found
 
 
 def _path(parts: Any) -> str:
@@ -79,7 +101,12 @@ def _cel_errors(value: Any, schema: Schema, path: list[Any]) -> list[tuple[str, 
 class CrdSchema:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self._validator = jsonschema.Draft4Validator(_to_json_schema(schema))
+        self._validator = jsonschema.Draft4Validator(to_json_schema(schema))
+
+    def unknown_fields(self, obj: dict[str, Any]) -> list[str]:
+        """Fields the schema does not know: pruned, or refused under strict validation."""
+        return [f for f in pruned_fields(obj, self.schema)
+                if f.split(".")[0].split("[")[0] != "metadata"]
 
     def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         metadata = obj.get("metadata")
@@ -109,3 +136,8 @@ class SchemaSet:
 
     def get(self, key: tuple[str, str, str]) -> CrdSchema | None:
         return self._schemas.get(key)
+
+    def remove_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            self._schemas.pop((spec["group"], version["name"], spec["names"]["plural"]), None)

@@ -5,7 +5,11 @@ gets the next resourceVersion and goes into an event log that watches replay fro
 (410 Gone when asked for more than the log holds). Writes honour optimistic
 concurrency (409 on a stale resourceVersion), keep `.status` and the rest apart for
 resources with a status subresource, and custom resources are validated against
-their CRD's schema, with its defaults applied and unknown fields pruned.
+their CRD's schema, with its defaults applied and unknown fields pruned; built-in
+objects (CustomResourceDefinitions among them) against the Kubernetes schemas and the
+API server's rules for CRDs (tests/kube/validation.py). Unknown fields are refused when
+the request asks for strict field validation (``fieldValidation=Strict``, what
+``kubectl apply`` sends by default) and dropped otherwise, as the API server does.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kube import validation
 from tests.kube.patches import PatchError, apply_patch
 from tests.kube.schemas import SchemaSet
 
 Obj = dict[str, Any]
 ResourceKey = tuple[str, str, str]  # group, version, plural
 EVENT_LOG_SIZE = 50_000
+CRD_KEY = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 class ApiError(Exception):
@@ -163,7 +169,8 @@ class Store:
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
 
-    def create(self, kind: Kind, namespace: str | None, body: Obj) -> Obj:
+    def create(self, kind: Kind, namespace: str | None, body: Obj,
+               field_validation: str = "Warn") -> Obj:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
@@ -173,15 +180,17 @@ class Store:
         ns = (namespace or meta.get("namespace") or "default") if kind.namespaced else ""
         if kind.namespaced:
             meta["namespace"] = ns
-        key = (kind.key, ns, meta["name"])
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists",
-                           f'{kind.plural}.{kind.group or "core"} "{meta["name"]}" already exists')
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
         if kind.status_subresource:
             obj.pop("status", None)  # created without: the status is the controller's to write
-        obj = _fold_string_data(self._validated(kind, obj))
+        # Decoded and validated before it is stored, as the API server does: a bad body
+        # is a 400 or 422 even when the name is taken.
+        obj = _fold_string_data(self._validated(kind, obj, field_validation))
+        key = (kind.key, ns, meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists",
+                           f'{kind.plural}.{kind.group or "core"} "{meta["name"]}" already exists')
         meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         meta.pop("resourceVersion", None)
@@ -191,21 +200,22 @@ class Store:
         return copy.deepcopy(obj)
 
     def replace(self, kind: Kind, namespace: str, name: str, body: Obj,
-                subresource: str | None) -> Obj:
+                subresource: str | None, field_validation: str = "Warn") -> Obj:
         current = self.get(kind, namespace, name)
         self._check_version(body, current)
         new = copy.deepcopy(body)
         new["metadata"] = {**current["metadata"], **{
             k: v for k, v in (new.get("metadata") or {}).items()
             if k in ("labels", "annotations", "finalizers", "ownerReferences")}}
-        return self._commit(kind, current, new, subresource)
+        return self._commit(kind, current, new, subresource, field_validation)
 
     def patch(self, kind: Kind, namespace: str, name: str, patch: Any, content_type: str,
-              subresource: str | None) -> Obj:
+              subresource: str | None, field_validation: str = "Warn") -> Obj:
         key = (kind.key, namespace, name)
         if key not in self.objects:
             if content_type.startswith("application/apply-patch"):
-                return self.create(kind, namespace, patch)  # server-side apply creates
+                # server-side apply creates
+                return self.create(kind, namespace, patch, field_validation)
             raise ApiError(404, "NotFound", f'{kind.plural} "{name}" not found')
         current = self.get(kind, namespace, name)
         if isinstance(patch, dict):
@@ -214,9 +224,10 @@ class Store:
             new = apply_patch(current, patch, content_type)
         except PatchError as exc:
             raise ApiError(422, "Invalid", str(exc)) from None
-        return self._commit(kind, current, new, subresource)
+        return self._commit(kind, current, new, subresource, field_validation)
 
-    def _commit(self, kind: Kind, current: Obj, new: Obj, subresource: str | None) -> Obj:
+    def _commit(self, kind: Kind, current: Obj, new: Obj, subresource: str | None,
+                field_validation: str = "Warn") -> Obj:
         if kind.status_subresource:
             if subresource == "status":  # only .status changes through /status
                 new = {**current, "status": new.get("status")}
@@ -231,7 +242,7 @@ class Store:
                       "deletionTimestamp"):
             if fixed in current["metadata"]:
                 meta[fixed] = current["metadata"][fixed]
-        new = _fold_string_data(self._validated(kind, new))
+        new = _fold_string_data(self._validated(kind, new, field_validation))
         if _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -271,18 +282,59 @@ class Store:
                            "the object has been modified; please apply your changes to the "
                            "latest version and try again")
 
-    def _validated(self, kind: Kind, obj: Obj) -> Obj:
+    def _validated(self, kind: Kind, obj: Obj, field_validation: str) -> Obj:
         schema = self.schemas.get(kind.key)
+        name = (obj.get("metadata") or {}).get("name", "")
         if schema is None:
-            return obj
+            return self._validated_builtin(kind, obj, field_validation)
+        unknown = schema.unknown_fields(obj)
+        if unknown and field_validation == "Strict":
+            raise _undecodable(kind, "strict decoding error: " + ", ".join(
+                f'unknown field "{f}"' for f in unknown))
         obj, errors = schema.admit(obj)
         if errors:
-            name = (obj.get("metadata") or {}).get("name", "")
-            causes = [{"reason": "FieldValueInvalid", "field": path, "message": message}
-                      for path, message in errors]
-            summary = ", ".join(f"{path}: {message}" for path, message in errors)
-            raise ApiError(422, "Invalid", f'{kind.kind} "{name}" is invalid: {summary}', causes)
+            raise _invalid(kind, name, errors)
         return obj
+
+    def _validated_builtin(self, kind: Kind, obj: Obj, field_validation: str) -> Obj:
+        """The Kubernetes schemas (and, for a CRD, the API server's rules for it)."""
+        findings = validation.kubernetes_findings(obj)
+        if kind.key == CRD_KEY:
+            findings += validation.crd_findings(obj)
+        undecodable = [f for f in findings if f.kind == "decode"]
+        if undecodable:
+            raise _undecodable(kind, "; ".join(f.message for f in undecodable))
+        unknown = [f for f in findings if f.kind == "unknown"]
+        if unknown and field_validation == "Strict":
+            raise _undecodable(kind, "strict decoding error: " + ", ".join(
+                f.message for f in unknown))
+        invalid = [(f.field, f.message) for f in findings if f.kind == "invalid"]
+        if invalid:
+            raise _invalid(kind, (obj.get("metadata") or {}).get("name", ""), invalid)
+        for finding in unknown:  # not strict: dropped, as decoding into Go types does
+            _drop(obj, finding.parts)
+        return obj
+
+
+def _invalid(kind: Kind, name: str, errors: list[tuple[str, str]]) -> ApiError:
+    """422, worded as the API server words it."""
+    causes = [{"reason": "FieldValueInvalid", "field": path, "message": message}
+              for path, message in errors]
+    summary = ", ".join(f"{path}: {message}" for path, message in errors)
+    if len(errors) > 1:
+        summary = f"[{summary}]"
+    return ApiError(422, "Invalid", f'{kind.kind} "{name}" is invalid: {summary}', causes)
+
+
+def _undecodable(kind: Kind, why: str) -> ApiError:
+    return ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be '
+                                       f"handled as a {kind.kind}: {why}")
+
+
+def _drop(obj: Any, parts: tuple[Any, ...]) -> None:
+    for part in parts[:-1]:
+        obj = obj[part]
+    obj.pop(parts[-1], None)
 
 
 def _fold_string_data(obj: Obj) -> Obj:

@@ -8,10 +8,11 @@ import aiohttp
 import kmock
 import pytest
 
-from tests.kube.emulator import ApiServer
+from tests.kube.emulator import ApiServer, create_from_files
 from tests.kube.store import EVENT_LOG_SIZE, WatchEvent
-from tests.support import objects_for, route_of
+from tests.support import ROOT, objects_for, route_of
 
+CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 ROUTES = "/apis/wsgate.io/v1alpha1/namespaces/default/wsroutes"
 SECRETS = "/api/v1/namespaces/default/secrets"
 
@@ -19,9 +20,9 @@ SECRETS = "/api/v1/namespaces/default/secrets"
 @pytest.fixture
 async def http():
     api = ApiServer()
-    api.add_crds()
     async with api, kmock.Server(api) as server, aiohttp.ClientSession(
             str(server.url).rstrip("/")) as session:
+        await create_from_files(api, str(server.url).rstrip("/"), *CRD_FILES)
         session.api = api
         yield session
 
@@ -82,7 +83,8 @@ async def test_versions_conflicts_and_no_op_patches(http):
     _, made = await call(http, "POST", ROUTES, route())
     version = made["metadata"]["resourceVersion"]
     merge = "application/merge-patch+json"
-    status, same = await call(http, "PATCH", f"{ROUTES}/r", {"spec": {"hosts": []}}, merge)
+    status, same = await call(http, "PATCH", f"{ROUTES}/r",
+                              {"spec": {"onCredentialRevoked": "Close"}}, merge)  # the default
     assert (status, same["metadata"]["resourceVersion"]) == (200, version)  # nothing changed
     _, changed = await call(http, "PATCH", f"{ROUTES}/r", {"spec": {"hosts": ["a.test"]}}, merge)
     assert int(changed["metadata"]["resourceVersion"]) > int(version)
@@ -104,7 +106,7 @@ async def test_status_subresource_is_kept_apart(http):
                                                               "spec": {"hosts": ["x.test"]}},
                         merge)
     assert obj["status"] == {"endpoints": 2}
-    assert obj["spec"]["hosts"] == []
+    assert "hosts" not in obj["spec"]
     assert obj["metadata"]["generation"] == 1  # a status write is not a new generation
     _, obj = await call(http, "PATCH", f"{ROUTES}/r", {"status": {"endpoints": 5}}, merge)
     assert obj["status"] == {"endpoints": 2}
@@ -190,12 +192,18 @@ async def test_namespaces_core_discovery_and_tables(http):
     _, core = await call(http, "GET", "/api/v1")
     assert core["groupVersion"] == "v1"
     await call(http, "POST", ROUTES, route())
+    await call(http, "POST", ROUTES, route("two", hosts=["a.test", "b.test"],
+                                           paths=[{"value": "/a"}, {"value": "/b"}]))
     async with http.get(ROUTES, headers={"Accept": "application/json;as=Table;v=v1;"
                                                    "g=meta.k8s.io"}) as response:
         tab = await response.json()
     assert [c["name"] for c in tab["columnDefinitions"]] == [
-        "Name", "Hosts", "Paths", "Backend", "Endpoints", "Ready", "Age"]
-    assert tab["rows"][0]["cells"][:3] == ["r", "[]", "/.ws"]
+        "Name", "Hosts", "Path", "Backend", "Endpoints", "Ready", "Age"]
+    # As the API server computes cells: the first value a JSONPath finds, a list as JSON,
+    # nothing found as null (kubectl shows <none>).
+    cells = {row["cells"][0]: row["cells"][1:5] for row in tab["rows"]}
+    assert cells == {"r": [None, "/.ws", "echo", None],
+                     "two": ['["a.test","b.test"]', "/a", "echo", None]}
 
 
 def test_the_kmock_internals_the_emulator_builds_on():

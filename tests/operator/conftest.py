@@ -9,9 +9,9 @@ from typing import Any
 import kmock
 import pytest
 
-from tests.kube.emulator import ApiServer
+from tests.kube.emulator import ApiServer, create_from_files
 from tests.kube.operator import OperatorThread, write_kubeconfig
-from tests.support import TOKEN
+from tests.support import ROOT, TOKEN
 from wsgate.processes import WsgateProcess
 from wsgate_operator.options import OperatorOptions
 
@@ -22,9 +22,11 @@ PROXY_LABELS = {"app.kubernetes.io/name": "wsgate-proxy"}
 @pytest.fixture
 async def api(tmp_path, monkeypatch) -> AsyncIterator[ApiServer]:
     server = ApiServer()
-    server.add_crds()
     async with server, kmock.Server(server) as http:
         url = str(http.url).rstrip("/")
+        # crds/ installed from the files, as a user applies them: an invalid CRD fails here.
+        await create_from_files(server, url, *sorted((ROOT / "crds").glob("*.yaml")))
+        server.requests.clear()  # from here on, what the code under test asks for
         monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield server
@@ -62,12 +64,15 @@ class ProxyPods:
         self.admin_port = admin_port
         self.processes: dict[str, WsgateProcess] = {}
 
-    def start(self, name: str, index: int, *args: str, pod: bool = True) -> WsgateProcess:
+    def start(self, name: str, index: int, *args: str, pod: bool = True,
+              token: str = TOKEN) -> WsgateProcess:
+        """A proxy on 127.0.0.<index + 2>; another ``token`` than the operator's makes it
+        refuse every push."""
         address = PROXY_ADDRESSES[index]
         process = WsgateProcess(
             "proxy", "--listen", "127.0.0.1:0", "--admin-listen",
             f"{address}:{self.admin_port}", "--drain-seconds", "0", *args,
-            env={"WSGATE_ADMIN_TOKEN": TOKEN}, name=name).start()
+            env={"WSGATE_ADMIN_TOKEN": token}, name=name).start()
         self.processes[name] = process
         if pod:
             self.api.apply(self.pod(name, address))
@@ -78,7 +83,9 @@ class ProxyPods:
                 "metadata": {"name": name, "namespace": PROXY_NAMESPACE, "labels": PROXY_LABELS},
                 "spec": {"containers": [{"name": "proxy", "image": "wsgate:dev"}]},
                 "status": {"phase": "Running", "podIP": address,
-                           "containerStatuses": [{"name": "proxy", "restartCount": restarts}]}}
+                           "containerStatuses": [{
+                               "name": "proxy", "image": "wsgate:dev", "imageID": "",
+                               "ready": True, "restartCount": restarts}]}}
 
     def url(self, name: str, path: str = "/.ws") -> str:
         return f"ws://127.0.0.1:{self.processes[name].port}{path}"

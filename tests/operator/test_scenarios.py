@@ -217,10 +217,18 @@ async def test_operator_restart_keeps_traffic_and_pushes_nothing_new(
     assert await live.recv() == "operator gone"  # proxies serve their config throughout
     assert await refused_status(url, KEY) == 101
     pushes = PUSHES.labels("ok")._value.get()
-    async with OperatorThread(operator_options):
-        await asyncio.sleep(1.5)  # it converges: statuses stay, nothing needs pushing
-        await programmed(api)
-        assert PUSHES.labels("ok")._value.get() == pushes
+    async with OperatorThread(operator_options) as restarted:
+        async def converged(memo):
+            # Its first build (the whole view), then every proxy asked what it runs and
+            # pushed to only if it had to be.
+            await memo.reconciler.wait_for_build(0)
+            await memo.pusher.wait_idle()
+            return memo.pusher.running(), memo.reconciler.compiled.config.version
+
+        running, version = await restarted.on_loop(converged)
+        assert running == {"proxy-a": version}
+        assert PUSHES.labels("ok")._value.get() == pushes  # nothing needed pushing
+        await eventually(lambda: programmed(api))
     await live.send("still")
     assert await live.recv() == "still"
     await live.close()
@@ -232,20 +240,13 @@ async def test_a_failing_push_is_an_event_on_the_proxy_pod(api, proxies, operato
     proxies.start("proxy-a", 0)
     apply(*objects_for(upstream.port))
     await eventually(lambda: programmed(api), timeout=15)
-    stranger = WsgateProcess(
-        "proxy", "--listen", "127.0.0.1:0", "--admin-listen",
-        f"127.0.0.3:{proxies.admin_port}", "--drain-seconds", "0",
-        env={"WSGATE_ADMIN_TOKEN": "another-token"}, name="stranger").start()
-    try:
-        api.apply(proxies.pod("stranger", "127.0.0.3"))
+    proxies.start("stranger", 1, token="another-token")
 
-        async def reported():
-            events = [e for e in api.objects("v1", "Event", "wsgate-system")
-                      if e["involvedObject"]["name"] == "stranger"]
-            assert [(e["type"], e["reason"]) for e in events] == [("Warning", "PushFailed")]
-            assert "must share the same token" in events[0]["message"]
+    async def reported():
+        events = [e for e in api.objects("v1", "Event", "wsgate-system")
+                  if e["involvedObject"]["name"] == "stranger"]
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "PushFailed")]
+        assert "must share the same token" in events[0]["message"]
 
-        await eventually(reported, timeout=10)
-        await eventually(lambda: _synced(api, 1, 2))
-    finally:
-        stranger.stop()
+    await eventually(reported, timeout=10)
+    await eventually(lambda: _synced(api, 1, 2))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import yaml
+
+from tests.kube.validation import KUBERNETES_VERSIONS
 from tests.support import ROOT
 
 
@@ -27,3 +30,10 @@ def test_reference_covers_every_field_and_value():
     assert rows
     assert all(line.rstrip(" |").split("|")[-1].strip() for line in rows), (
         "every chart value has a comment in values.yaml")
+
+
+def test_readme_chart_and_tests_agree_on_the_supported_kubernetes_versions():
+    oldest, newest = (v.rsplit(".", 1)[0] for v in KUBERNETES_VERSIONS)
+    assert f"wsgate supports Kubernetes {oldest} to {newest}" in (ROOT / "README.md").read_text()
+    chart = yaml.safe_load((ROOT / "helm" / "wsgate" / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={KUBERNETES_VERSIONS[0]}-0"

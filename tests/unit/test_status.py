@@ -32,6 +32,24 @@ def test_no_proxies_says_so():
     assert conditions(status)["Programmed"] == ("False", "NoProxies")
 
 
+def test_programmed_messages_say_what_is_counted():
+    # The operator counts the proxy pods it pushes to: phase Running, with an IP (not
+    # readiness, which a proxy only reaches once it holds a config).
+    objects = quickstart_objects(1, 2)
+    route = route_of(objects)
+    compiled = build(objects)
+    messages = {sync: next(c["message"] for c in route_status(route, compiled, sync, "T")[
+        "conditions"] if c["type"] == "Programmed")
+        for sync in (ProxySync(0, 0), ProxySync(2, 3), ProxySync(1, 1), ProxySync(3, 3))}
+    assert messages == {
+        ProxySync(0, 0): "no running proxy pod with an IP matches the operator's proxy "
+                         "selector",
+        ProxySync(2, 3): "2 of 3 running proxy pods run this generation",
+        ProxySync(1, 1): "the running proxy pod runs this generation",
+        ProxySync(3, 3): "all 3 running proxy pods run this generation",
+    }
+
+
 def test_transition_time_kept_while_the_status_holds():
     objects = quickstart_objects(1, 2)
     route = route_of(objects)
