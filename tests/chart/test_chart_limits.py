@@ -6,21 +6,13 @@ from __future__ import annotations
 import base64
 
 import helm_python as helm
-import kubernetes_validate
 import pytest
 
-from tests.chart.test_chart import CHART, KUBE_VERSION, find, render
+from tests.chart.test_chart import CHART, COMBINATIONS, find, render
 from wsgate.cli import parser, store_options
 
-LIMITS = {
-    "url": {"limits": {"redis": {"url": "redis://redis.infra:6379/2"}}},
-    "existing-secret": {"limits": {"redis": {"existingSecret": "wsgate-redis-url",
-                                             "passwordSecret": "wsgate-redis-password",
-                                             "failure": "closed"}}},
-    "deploy": {"limits": {"redis": {"deploy": True, "leaseSeconds": 20, "renewSeconds": 5}}},
-    "deploy-no-policy": {"limits": {"redis": {"deploy": True}},
-                         "networkPolicy": {"enabled": False}},
-}
+LIMITS = {name.removeprefix("redis-"): values for name, values in COMBINATIONS.items()
+          if name.startswith("redis-")}  # also linted and validated there
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +26,6 @@ def proxy_container(objects: list[dict]) -> dict:
 
 def limits_args(container: dict) -> list[str]:
     return [a for a in container["args"] if a.startswith("--limits-")]
-
-
-@pytest.mark.parametrize("combination", sorted(LIMITS))
-def test_every_limits_combination_renders_lints_and_validates(chart, combination):
-    values = LIMITS[combination]
-    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
-    errors = [m for m in report["messages"] if m["severity"] >= 2 and "icon" not in m["error"]]
-    assert (report["errors"], errors) == ([], [])
-    for obj in render(chart, values):
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def test_without_a_redis_each_proxy_counts_its_own(chart):
@@ -67,7 +49,7 @@ def test_a_url_reaches_the_proxies_and_the_proxy_accepts_their_arguments(chart):
 
 
 def test_a_url_with_a_password_comes_from_a_secret(chart):
-    spec = find(render(chart, LIMITS["existing-secret"]), "Deployment", "proxy")["spec"][
+    spec = find(render(chart, LIMITS["secrets"]), "Deployment", "proxy")["spec"][
         "template"]["spec"]
     container = spec["containers"][0]
     assert container["env"] == [{"name": "WSGATE_LIMITS_REDIS_URL", "valueFrom": {
