@@ -330,3 +330,19 @@ def test_a_proxy_refuses_limits_options_that_cannot_work(tmp_path):
         with pytest.raises(ProcessFailed, match=words):
             proc.start(timeout=10)
         proc.stop()
+
+
+async def test_without_a_store_each_proxy_counts_its_own(serve):
+    served = await serve()  # no --limits-redis-url
+    served.find("WsConsumer", "john")["spec"]["limits"] = {"maxConnections": 1}
+    await served.push()
+    first = await session(served.url, JOHN)
+    status, body = await refusal(served.url, JOHN)
+    assert status == 429
+    assert "on this proxy" in body
+    status, summary = await served.admin.request("GET", "/config")
+    assert "limitsStore" not in summary
+    await first.close()
+    again: list = []
+    await eventually(lambda: _admitted(served.url, JOHN, again))
+    await again[0].close()
