@@ -71,8 +71,11 @@ SEND_BYTES = 256 * 1024
 # proxies refresh the counters they hold at least every REFRESH_SECONDS.
 COUNTER_TTL_MS = 24 * 3600 * 1000
 REFRESH_SECONDS = 3600.0
+REFRESHES_PER_RENEWAL = 500  # the rest wait for the next renewal
 
 _ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError)
+_ADMIT_SECONDS = metrics.LIMITS_STORE_SECONDS.labels("admit")
+_RENEW_SECONDS = metrics.LIMITS_STORE_SECONDS.labels("renew")
 
 # Redis's clock in ms; `heartbeat`: renew this proxy's in a namespace (KEYS[1]), drop
 # dead ones; the live ids and whether this one was missing (the store lost it, or found
@@ -379,7 +382,7 @@ class LeaseStore:
             raise StoreUnavailable(lease) from None
         finally:
             self._note_change(counters)
-        metrics.LIMITS_STORE_SECONDS.labels("admit").observe(time.perf_counter() - started)
+        _ADMIT_SECONDS.observe(time.perf_counter() - started)
         self._heartbeats.add(namespace)
         if missing:
             # This proxy's heartbeat was gone (Redis restarted empty, or found this proxy
@@ -392,7 +395,7 @@ class LeaseStore:
         return lease
 
     def _send_queued(self) -> None:
-        """Send the admissions of this event-loop turn in one pipeline (several batches
+        """Send the admissions of this event-loop turn in one round trip (several batches
         may be in flight at once, each on its own connection)."""
         batch, self._queued = self._queued, []
         task = asyncio.get_running_loop().create_task(self._send_admissions(batch))
@@ -404,8 +407,7 @@ class LeaseStore:
         releases, namespaces = self._take_releases()
         try:
             async with asyncio.timeout(self.options.timeout_seconds * 4):
-                replies = await self._redis.roundtrip(releases + [
-                    ("EVALSHA", ADMIT_SHA, len(c.keys), *c.keys, *c.args) for c in batch])
+                replies = await self._redis.roundtrip(releases + _admit_commands(batch))
                 self._released(namespaces, replies[:len(releases)])
                 replies = replies[len(releases):]
                 if any(isinstance(r, NoScriptError) for r in replies):
@@ -413,7 +415,7 @@ class LeaseStore:
                     await self._redis.roundtrip([("SCRIPT", "LOAD", ADMIT)])
                     again = [c for c, r in zip(batch, replies, strict=True)
                              if isinstance(r, NoScriptError)]
-                    resent = iter(await self._pipeline(again))
+                    resent = iter(await self._redis.roundtrip(_admit_commands(again)))
                     replies = [next(resent) if isinstance(r, NoScriptError) else r
                                for r in replies]
         except BaseException as exc:
@@ -437,10 +439,6 @@ class LeaseStore:
                 # the place back.
                 self._remove(call.lease)
 
-    async def _pipeline(self, batch: list[_Admission]) -> list[Any]:
-        return await self._redis.roundtrip(
-            [("EVALSHA", ADMIT_SHA, len(c.keys), *c.keys, *c.args) for c in batch])
-
     def hold(self, lease: Lease) -> None:
         """Keep a lease admitted without the store: registered at the next renewal that
         reaches it, and counted from then on."""
@@ -449,9 +447,12 @@ class LeaseStore:
 
     def _keep(self, lease: Lease) -> None:
         self._held[lease.member] = lease
+        now = time.monotonic()
         for counter in lease.counters:
             self._members.setdefault(counter.key, {})[lease.member] = None
             self._namespaces[counter.key] = counter.namespace
+            # A counter gets its expiry when it is created; held, it is refreshed hourly.
+            self._refreshed_at.setdefault(counter.key, now)
         metrics.LIMITS_STORE_LEASES.set(len(self._held))
 
     def release(self, lease: Lease) -> None:
@@ -550,7 +551,7 @@ class LeaseStore:
             except _ERRORS as exc:
                 self._down(exc)
                 return
-            metrics.LIMITS_STORE_SECONDS.labels("renew").observe(time.perf_counter() - started)
+            _RENEW_SECONDS.observe(time.perf_counter() - started)
             if added:
                 metrics.LIMITS_STORE_REREGISTERED.inc(added)
             self.renewals += 1
@@ -618,9 +619,12 @@ class LeaseStore:
         its members were read is in _syncing, so it is resynced again afterwards."""
         due = time.monotonic() - REFRESH_SECONDS
         work: dict[str, list[tuple[str, bytes | str, int]]] = defaultdict(list)
+        refreshes = 0
         for key, namespace in self._namespaces.items():
-            if key not in dirty and self._refreshed_at.get(key, 0.0) < due:
+            if (key not in dirty and refreshes < REFRESHES_PER_RENEWAL
+                    and self._refreshed_at[key] < due):
                 work[namespace].append((key, "=", 0))  # refresh its expiry only
+                refreshes += 1
             else:
                 work.setdefault(namespace, [])
         joined = 0
@@ -757,6 +761,10 @@ class _Connections:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.disconnect()
+
+
+def _admit_commands(batch: list[_Admission]) -> list[tuple[Any, ...]]:
+    return [("EVALSHA", ADMIT_SHA, len(c.keys), *c.keys, *c.args) for c in batch]
 
 
 def _raise_first_error(replies: list[Any]) -> None:

@@ -196,7 +196,6 @@ async def test_redis_restarted_empty_gets_every_lease_back_within_one_interval(
     await store.admit(counters)
     before = _sample("wsgate_limits_store_reregistered_total")
     redis_server.restart()
-    assert await peek.zcard(counters[0].key) == 0  # lost
     started = time.monotonic()
     await eventually(lambda: _equal(peek.zcard(counters[0].key), 2), timeout=5)
     assert time.monotonic() - started < 0.5 + 1.0  # one interval (+ one retry after an error)
@@ -315,3 +314,21 @@ async def test_rediss_with_a_ca():
 def test_options_that_cannot_work_are_refused(options, words):
     with pytest.raises(ValueError, match=words):
         StoreOptions(**options)
+
+
+async def test_renewals_keep_held_counters_from_expiring_and_drop_dead_members(
+        stores, peek, monkeypatch):
+    from wsgate_proxy import leases
+
+    store = stores()
+    counters = [Counter.route("default", "echo", 100)]
+    lease = await store.admit(counters)
+    assert await peek.pttl(counters[0].key) > 23 * 3600 * 1000  # set when created
+    await peek.pexpire(counters[0].key, 5000)
+    await peek.zadd(counters[0].key, {b"fedcba9876543210/7": 0})  # a dead proxy's
+    await store.renew()
+    assert await peek.pttl(counters[0].key) <= 5000  # not due yet: refreshed hourly
+    monkeypatch.setattr(leases, "REFRESH_SECONDS", 0.0)
+    await store.renew()
+    assert await peek.pttl(counters[0].key) > 23 * 3600 * 1000
+    assert await peek.zrange(counters[0].key, 0, -1) == [lease.member]
