@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -213,3 +214,201 @@ def credential_objects(name: str, kind: str, data: dict[str, str],
          "spec": {"credentials": [{"type": kind,
                                    "secretRef": {"name": f"{name}-{kind.lower()}"}}]}},
     ]
+
+
+# --- adversity: what the adversarial tier and the robustness tests share ------------
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+
+class MemoryPeak:
+    """Samples a process's resident memory every 20 ms while in use: ``grown_kib`` is the
+    peak above what it held on entry."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_kib(self.pid))
+            await asyncio.sleep(0.02)
+
+    @property
+    def grown_kib(self) -> int:
+        return self.peak - self.start
+
+    async def __aenter__(self) -> MemoryPeak:
+        self.start = self.peak = rss_kib(self.pid)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak = max(self.peak, rss_kib(self.pid))
+
+
+class Bystander:
+    """A well-behaved client elsewhere: while in use, it keeps doing a whole handshake
+    and an echo round trip, one after another, and records the slowest (``worst``)
+    and every failure. The attack tests assert it was served promptly throughout.
+
+    It runs on a thread with an event loop of its own, so that the attack's own work
+    in the test process does not count as the proxy's delay."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None,
+                 timeout: float = 5.0) -> None:
+        self.url = url
+        self.headers = headers if headers is not None else KEY
+        self.timeout = timeout
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started: float | None = None
+
+    async def _once(self) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(self.url, additional_headers=self.headers,
+                           open_timeout=self.timeout) as ws:
+            await ws.send("bystander")
+            while await ws.recv() != "bystander":  # a greeting may come first
+                pass
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self._started = time.monotonic()
+            try:
+                await asyncio.wait_for(self._once(), self.timeout)
+            except Exception as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.times.append(time.monotonic() - self._started)
+            self._started = None
+            await asyncio.sleep(0.05)
+
+    @property
+    def worst(self) -> float:
+        return max(self.times, default=float("inf"))
+
+    def assert_served(self, within: float = 1.5) -> None:
+        assert not self.failures, f"a well-behaved client failed: {self.failures[:3]}"
+        assert self.times, "the well-behaved client never completed a round"
+        assert self.worst < within, (
+            f"a well-behaved client waited {self.worst:.2f}s for a handshake and an echo")
+
+    async def __aenter__(self) -> Bystander:
+        await self._once()  # served before the attack starts
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._thread is not None
+        self._stop.set()
+        started = self._started
+        if started is not None:  # a round still under way counts as long as it took so far
+            self.times.append(time.monotonic() - started)
+        await asyncio.to_thread(self._thread.join, self.timeout + 1)
+
+
+def handshake_head(path: str = "/.ws", host: str = "h", *extra: str,
+                   version: str = "1.1") -> bytes:
+    """A raw WebSocket handshake request head (without the blank line when ``extra``
+    ends with ``...``)."""
+    lines = [f"GET {path} HTTP/{version}", f"Host: {host}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes; return the HTTP answer's head and body (by Content-Length), or what
+    came before the proxy closed or ``timeout`` passed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    received = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                received += chunk
+                head, sep, body = received.partition(b"\r\n\r\n")
+                if sep and (b" 101 " in head.split(b"\r\n")[0] or len(body) >= _length(head)):
+                    break
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+    return received
+
+
+def _length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def status_of(answer: bytes) -> int | None:
+    """The status code of a raw HTTP answer."""
+    if not answer.startswith(b"HTTP/1."):
+        return None
+    return int(answer[9:12])
+
+
+class RawUpstream:
+    """A hostile or broken upstream on a raw socket: ``handler(reader, writer, key, head)``
+    is called with each connection once its request head is read (``key`` is the
+    request's Sec-WebSocket-Key). Counts connections and how many are still open."""
+
+    def __init__(self, handler: Callable[..., Awaitable[None]]) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.heads: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            key = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"sec-websocket-key:")), "")
+            await self.handler(reader, writer, key, head)
+            await reader.read()  # until the proxy closes its side
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def __aenter__(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+
+def switching(key: str, *extra: str) -> bytes:
+    """An upstream's 101 answer to ``key``."""
+    from wsgate_proxy.upstream import accept_for
+
+    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Accept: {accept_for(key)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -34,6 +34,21 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number above zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
+
+
 def read_token(path: Path | None) -> str | None:
     if path is not None:
         try:
@@ -70,27 +85,44 @@ def parser() -> argparse.ArgumentParser:
                        help="on SIGTERM: stop accepting, let live sessions run this long, "
                             "then close them with 1001 (default 10)")
     proxy.add_argument("--state-dir", type=Path, metavar="DIR",
-                       help="keep the last good config here and serve it at start")
-    limits = proxy.add_argument_group(
-        "shared limits", "count maxConnections and maxConnectionsPerConsumer (and a "
+                       help="keep the last good config here (mode 0600, in a 0700 "
+                            "directory) and serve it at start")
+    limits = proxy.add_argument_group("limits (README: Limits and timeouts)")
+    limits.add_argument("--head-timeout", type=positive(float), default=5.0, metavar="SECONDS",
+                        help="time from a request head's first byte to its last; then 408 "
+                             "and close (default 5)")
+    limits.add_argument("--max-head-bytes", type=positive(int), default=64 * 1024,
+                        metavar="BYTES", help="size of a whole request head; beyond, 431 and "
+                                              "close (default 65536)")
+    limits.add_argument("--keepalive-timeout", type=positive(float), default=15.0,
+                        metavar="SECONDS", help="an open connection with no request under "
+                                                "way is closed after this long (default 15)")
+    limits.add_argument("--password-queue", type=positive(int), default=32, metavar="N",
+                        help="BasicAuth password checks waiting or running at once; beyond, "
+                             "503 with Retry-After (default 32)")
+    shared = proxy.add_argument_group(
+        "shared connection limits", "count maxConnections and maxConnectionsPerConsumer (and a "
         "consumer's maxConnections) across every proxy that shares a Redis; without "
         "--limits-redis-url each proxy counts its own sessions")
-    limits.add_argument("--limits-redis-url", metavar="URL",
+    shared.add_argument("--limits-redis-url", metavar="URL",
                         help="redis://[USER[:PASSWORD]@]HOST[:PORT][/DB] or rediss://... "
                              f"(else ${REDIS_URL_ENV})")
-    limits.add_argument("--limits-redis-password-file", type=Path, metavar="FILE",
+    shared.add_argument("--limits-redis-password-file", type=Path, metavar="FILE",
                         help="the Redis password (over the URL's)")
-    limits.add_argument("--limits-redis-failure", choices=["open", "closed"], default="open",
+    shared.add_argument("--limits-redis-failure", choices=["open", "closed"], default="open",
                         help="while Redis is unavailable: open (default) counts per proxy; "
                              "closed refuses handshakes on routes with connection limits "
                              "(503). Live sessions are never closed either way")
-    limits.add_argument("--limits-lease-seconds", type=float, default=30.0, metavar="SECONDS",
+    shared.add_argument("--limits-lease-seconds", type=positive(float), default=30.0,
+                        metavar="SECONDS",
                         help="how long the sessions of a proxy that stopped renewing (killed) "
                              "keep counting (default 30)")
-    limits.add_argument("--limits-renew-seconds", type=float, default=10.0, metavar="SECONDS",
+    shared.add_argument("--limits-renew-seconds", type=positive(float), default=10.0,
+                        metavar="SECONDS",
                         help="how often a proxy renews its leases, in one round trip; at most "
                              "half the lease time (default 10)")
-    limits.add_argument("--limits-redis-timeout", type=float, default=0.25, metavar="SECONDS",
+    shared.add_argument("--limits-redis-timeout", type=positive(float), default=0.25,
+                        metavar="SECONDS",
                         help="the longest a handshake waits on Redis before the failure mode "
                              "applies (default 0.25)")
 
@@ -165,6 +197,7 @@ def operator_command(args: argparse.Namespace) -> int:
 
 
 def proxy_command(args: argparse.Namespace) -> int:
+    from wsgate_proxy.listener import HeadLimits
     from wsgate_proxy.server import ProxyOptions, serve
 
     options = ProxyOptions(
@@ -174,6 +207,9 @@ def proxy_command(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
         state_dir=args.state_dir,
         tls_listen=args.tls_listen,
+        heads=HeadLimits(timeout_seconds=args.head_timeout, max_bytes=args.max_head_bytes,
+                         keepalive_seconds=args.keepalive_timeout),
+        password_queue=args.password_queue,
         limits_store=store_options(args),
     )
     source = None
@@ -181,7 +217,7 @@ def proxy_command(args: argparse.Namespace) -> int:
         from wsgate_operator import standalone
 
         directory = args.manifests
-        source = lambda apply: standalone.watch(directory, apply)  # noqa: E731
+        source = lambda apply, report: standalone.watch(directory, apply, report)  # noqa: E731
     run(lambda stop: serve(options, stop, source))
     return 0
 

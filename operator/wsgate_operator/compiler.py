@@ -2,7 +2,10 @@
 
 A pure function, shared by the operator and standalone mode. A broken object never
 breaks the others: it is reported as a Problem on itself and left out (or compiled
-without what it lacks), and everything else flows on.
+without what it lacks), and everything else flows on. Objects of any shape may
+arrive (hand-written manifests are not checked by an API server): ``_well_formed``
+holds every object to the shape the build reads before anything else looks at it,
+so the compiler reports malformed input and never raises on it.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class Snapshot:
 
     def add(self, obj: K8sObject) -> bool:
         """File an object under its kind; False for kinds the compiler does not read."""
-        attr = SNAPSHOT_KINDS.get(str(obj.get("kind")))
+        attr = SNAPSHOT_KINDS.get(str(obj.get("kind"))) if isinstance(obj, Mapping) else None
         if attr is None:
             return False
         getattr(self, attr).append(obj)
@@ -136,6 +139,7 @@ class Compiled:
 
 def compile_snapshot(snapshot: Snapshot) -> Compiled:
     problems: list[Problem] = []
+    snapshot = _well_formed(snapshot, problems)
     secrets = _index(snapshot.secrets)
     services = _index(snapshot.services)
     slices = _slices_by_service(snapshot.endpoint_slices)
@@ -147,8 +151,12 @@ def compile_snapshot(snapshot: Snapshot) -> Compiled:
     route_endpoints: dict[ObjectRef, int] = {}
     certificates: dict[tuple[str, str], cfg.Certificate] = {}
     for ref, obj, spec in _parse_all(snapshot.routes, WsRouteSpec, problems):
-        route = _compile_route(ref, obj, spec, consumer_specs, services, slices, secrets,
-                               problems)
+        try:
+            route = _compile_route(ref, obj, spec, consumer_specs, services, slices, secrets,
+                                   problems)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            problems.append(_uncompilable(ref, exc))
+            continue
         routes.append(route)
         route_endpoints[ref] = len(route.backend.endpoints)
         if spec.tls is not None:
@@ -159,6 +167,195 @@ def compile_snapshot(snapshot: Snapshot) -> Compiled:
         problems=problems,
         route_endpoints=route_endpoints,
     )
+
+
+# --- shapes ------------------------------------------------------------------
+
+
+def _uncompilable(ref: ObjectRef, exc: Exception, where: str = "") -> Problem:
+    """The last line of defence: what ``_well_formed`` did not foresee still becomes a
+    problem on its object, never an exception out of the compiler."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return Problem(ref, where, "InvalidSpec", f"cannot be compiled: {detail}", invalid=True)
+
+
+def _well_formed(snapshot: Snapshot, problems: list[Problem]) -> Snapshot:
+    """The snapshot with every object held to the shape the build reads.
+
+    An object whose metadata is unusable (not a mapping, no name, a non-integer
+    generation, labels that are not strings) is left out with a problem on it; within
+    Secrets, Services and EndpointSlices, a malformed entry (a non-string value, a port
+    outside 1-65535, ports that are not a list) is dropped with a problem naming it,
+    and the rest of the object is kept. A second object of the same kind, namespace
+    and name is left out.
+    """
+    clean = Snapshot()
+    for attr in SNAPSHOT_KINDS.values():
+        seen: set[ObjectRef] = set()
+        for obj in getattr(snapshot, attr):
+            checked = _checked_object(obj, problems)
+            if checked is None:
+                continue
+            ref = ObjectRef.of(checked)
+            if ref in seen:
+                problems.append(Problem(ref, "metadata.name", "Duplicate",
+                                        "is defined more than once; only the first is used",
+                                        invalid=True))
+                continue
+            seen.add(ref)
+            getattr(clean, attr).append(checked)
+    return clean
+
+
+def _checked_object(obj: object, problems: list[Problem]) -> K8sObject | None:
+    if not isinstance(obj, Mapping):
+        problems.append(Problem(ObjectRef("?", DEFAULT_NAMESPACE, "?"), "", "InvalidObject",
+                                f"is not a Kubernetes object (a mapping) but {_kind_of(obj)}",
+                                invalid=True))
+        return None
+    kind = obj.get("kind")
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    ref = ObjectRef(str(kind), DEFAULT_NAMESPACE, name if isinstance(name, str) else "?")
+
+    def bad(field: str, message: str) -> None:
+        problems.append(Problem(ref, field, "InvalidObject", message, invalid=True))
+
+    if not isinstance(meta, Mapping):
+        bad("metadata", "must be a mapping with a name")
+        return None
+    if not isinstance(name, str) or not name:
+        bad("metadata.name", "must be a non-empty string")
+        return None
+    namespace = meta.get("namespace")
+    if namespace is not None and not (isinstance(namespace, str) and namespace):
+        bad("metadata.namespace", "must be a non-empty string")
+        return None
+    ref = ObjectRef.of(obj)
+    generation = meta.get("generation")
+    if generation is not None and not (_is_int(generation) and int(generation) >= 0):
+        bad("metadata.generation", f"must be a non-negative integer, not {generation!r}")
+        return None
+    labels = meta.get("labels")
+    if labels is not None and not (isinstance(labels, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        bad("metadata.labels", "must map strings to strings")
+        return None
+    fixed = {**obj, "metadata": {**meta, "labels": dict(labels or {})}}
+    if kind == "Secret":
+        return _checked_secret(fixed, bad)
+    if kind == "Service":
+        return _checked_service(fixed, bad)
+    if kind == "EndpointSlice":
+        return _checked_slice(fixed, bad)
+    return fixed
+
+
+def _checked_secret(obj: dict[str, Any], bad: Any) -> K8sObject:
+    for section, what in (("data", "a base64 string"), ("stringData", "a string")):
+        values = obj.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            bad(section, "must map keys to values")
+            obj[section] = {}
+            continue
+        kept = {}
+        for key, value in values.items():
+            if isinstance(key, str) and isinstance(value, str):
+                kept[key] = value
+            else:
+                bad(f"{section}.{key}", f"must be {what}, not {_kind_of(value)}")
+        obj[section] = kept
+    return obj
+
+
+def _checked_service(obj: dict[str, Any], bad: Any) -> K8sObject:
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        if spec is not None:
+            bad("spec", "must be a mapping")
+        return {**obj, "spec": {"ports": []}}
+    ports = spec.get("ports")
+    if ports is None:
+        ports = []
+    elif not isinstance(ports, list):
+        bad("spec.ports", f"must be a list of ports, not {_kind_of(ports)}")
+        ports = []
+    kept = []
+    for i, port in enumerate(ports):
+        if _port_problem(port, f"spec.ports[{i}]", bad, targets=True):
+            continue
+        kept.append(port)
+    return {**obj, "spec": {**spec, "ports": kept}}
+
+
+def _checked_slice(obj: dict[str, Any], bad: Any) -> K8sObject:
+    address_type = obj.get("addressType", "IPv4")
+    if not isinstance(address_type, str):
+        bad("addressType", "must be a string (IPv4, IPv6 or FQDN)")
+        address_type = "invalid"
+    ports = obj.get("ports")
+    if ports is not None and not isinstance(ports, list):
+        bad("ports", f"must be a list, not {_kind_of(ports)}")
+        ports = []
+    kept_ports = [p for i, p in enumerate(ports or [])
+                  if not _port_problem(p, f"ports[{i}]", bad, targets=False)]
+    endpoints = obj.get("endpoints")
+    if endpoints is not None and not isinstance(endpoints, list):
+        bad("endpoints", f"must be a list, not {_kind_of(endpoints)}")
+        endpoints = []
+    kept_endpoints = []
+    for i, ep in enumerate(endpoints or []):
+        where = f"endpoints[{i}]"
+        if not isinstance(ep, Mapping):
+            bad(where, "must be a mapping")
+            continue
+        addresses = ep.get("addresses")
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, str) and 0 < len(a) <= 253 for a in addresses):
+            bad(f"{where}.addresses", "must be a list of addresses")
+            continue
+        conditions = ep.get("conditions")
+        if conditions is not None and not (isinstance(conditions, Mapping) and all(
+                v is None or isinstance(v, bool) for v in conditions.values())):
+            bad(f"{where}.conditions", "must map conditions to true or false")
+            continue
+        kept_endpoints.append(ep)
+    return {**obj, "addressType": address_type, "ports": kept_ports,
+            "endpoints": kept_endpoints}
+
+
+def _port_problem(port: object, where: str, bad: Any, *, targets: bool) -> bool:
+    """Whether a Service or EndpointSlice port entry is malformed (and reported)."""
+    if not isinstance(port, Mapping):
+        bad(where, f"must be a mapping with a port, not {_kind_of(port)}")
+        return True
+    number = port.get("port")
+    if (number is not None or targets) and not (
+            _is_int(number, strings=False) and 1 <= int(number) <= 65535):  # type: ignore[arg-type]
+        bad(f"{where}.port", f"must be a port number (1-65535), not {number!r}")
+        return True
+    name = port.get("name")
+    if name is not None and not isinstance(name, str):
+        bad(f"{where}.name", "must be a string")
+        return True
+    return False
+
+
+def _is_int(value: object, *, strings: bool = True) -> bool:
+    """An integer (booleans are not), or with ``strings`` its decimal digits too."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return strings and isinstance(value, str) and value.isdigit() and value.isascii()
+
+
+def _kind_of(value: object) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "a number",
+             float: "a number", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 # --- parsing -----------------------------------------------------------------
@@ -235,8 +432,12 @@ def _compile_consumers(
                                     problems)
             if values is None:
                 continue
-            credential = _credential(ref, where, cred.type, cred.secret_ref.name, values,
-                                     problems)
+            try:
+                credential = _credential(ref, where, cred.type, cred.secret_ref.name, values,
+                                         problems)
+            except (ValueError, TypeError) as exc:
+                problems.append(_uncompilable(ref, exc, where))
+                continue
             if credential is None or _identifier(credential) in map(_identifier, found):
                 continue
             found.append(credential)

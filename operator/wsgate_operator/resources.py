@@ -226,8 +226,9 @@ class AuthSpec(_Spec):
     first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     """FirstMessage mode: how long the proxy waits for the auth message."""
     hide_credentials: bool = True
-    """Remove the credential (its header, query parameter or cookie) before forwarding.
-    A subprotocol entry is never forwarded."""
+    """Remove every place the route's methods read a credential from (the key header,
+    query parameter and cookie, Authorization, access_token) before forwarding, not only
+    the one that authenticated. A credential subprotocol entry is never forwarded."""
     allowed_consumers: AllowedConsumersSpec = AllowedConsumersSpec()
     """Which consumers of the namespace may use the route (403 for the others)."""
 

@@ -6,6 +6,7 @@ outright, so an admin port exposed by mistake cannot be used to rewrite routing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -22,6 +23,8 @@ log = logging.getLogger("wsgate.admin")
 
 # A config with tens of thousands of consumers is several MB of JSON.
 MAX_CONFIG_BYTES = 256 * 1024 * 1024
+# /readyz lists at most this many of the config source's errors.
+MAX_REPORTED_ERRORS = 20
 
 
 ApplyConfig = Callable[[GatewayConfig], bool]
@@ -91,15 +94,21 @@ class AdminApi:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         version = self.runtime.version
+        # The config source's last refusal: why there is no config, or why the one
+        # served is not the latest.
+        refused = ({"refused": self.runtime.source_errors[:MAX_REPORTED_ERRORS]}
+                   if self.runtime.source_errors else {})
         if self.runtime.draining:
             return _json(503, {"status": "draining", "version": version})
         if version is None:
-            return _json(503, {"status": "no config loaded yet"})
-        return _json(200, {"status": "ready", "version": version})
+            return _json(503, {"status": "no config loaded yet", **refused})
+        return _json(200, {"status": "ready", "version": version, **refused})
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        self.runtime.flush_counters()
-        body = generate_latest()
+        await self.runtime.flush_counters()
+        # Rendering thousands of series takes tens of milliseconds: in a thread, so the
+        # loop keeps relaying meanwhile (prometheus_client's values are thread-safe).
+        body = await asyncio.to_thread(generate_latest)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -25,6 +25,7 @@ from .credentials import (
     find_credential,
 )
 from .passwords import PasswordVerifier
+from .refusals import Forbidden, Unauthorized
 
 JWT_LEEWAY_SECONDS = 30
 
@@ -43,16 +44,6 @@ class Identity:
 class Authenticated:
     identity: Identity | None  # None on a route with auth mode None
     presented: Presented | None
-
-
-class AuthFailure(Exception):
-    """A handshake refused by authentication (401) or access control (403)."""
-
-    def __init__(self, status: int, message: str, challenges: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.challenges = challenges
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,21 +95,20 @@ class Authenticator:
         try:
             presented = find_credential(route.auth, headers, raw_query, protocols)
         except MalformedCredential as exc:
-            raise AuthFailure(401, str(exc), challenges(route)) from None
+            raise Unauthorized(str(exc), challenges=challenges(route)) from None
         if presented is None:
-            raise AuthFailure(
-                401, f"no credential presented; send {describe_sources(route)}",
-                challenges(route),
-            )
+            raise Unauthorized(f"no credential presented; send {describe_sources(route)}",
+                               challenges=challenges(route))
         return await self.check(route, presented)
 
     async def check(self, route: Route, presented: Presented) -> Authenticated:
         """Verify a presented credential and the consumer's access to the route."""
         identity = await self._verify(route, presented)
         if not allows(route, identity.consumer):
-            raise AuthFailure(
-                403, f"consumer {identity.consumer.username!r} is not allowed on this route"
-            )
+            # The HTTP answer goes to the credential's holder; a close reason (FirstMessage
+            # mode) is Forbidden's default, which names nobody.
+            raise Forbidden(f"consumer {identity.consumer.username!r} is not allowed on this "
+                            "route")
         return Authenticated(identity, presented)
 
     async def _verify(self, route: Route, presented: Presented) -> Identity:
@@ -128,19 +118,20 @@ class Authenticator:
             digest = hashlib.sha256(presented.value.encode()).hexdigest()
             identity = self._keys.get((ns, digest))
             if identity is None:
-                raise AuthFailure(401, f"the API key in {where} is not valid", challenges(route))
+                raise Unauthorized(f"the API key in {where} is not valid",
+                                   challenges=challenges(route))
             return identity
         if presented.method == "BasicAuth":
             entry = self._basic.get((ns, presented.username))
             if entry is None or not await self._passwords.verify(presented.value, entry[2]):
-                raise AuthFailure(401, "the user name or password is not valid",
-                                  challenges(route))
+                raise Unauthorized("the user name or password is not valid",
+                                   challenges=challenges(route))
             return Identity(entry[0], entry[1], entry[2])
         return self._verify_jwt(route, presented.value)
 
     def _verify_jwt(self, route: Route, token: str) -> Identity:
-        def fail(message: str) -> AuthFailure:
-            return AuthFailure(401, message, challenges(route, 'error="invalid_token"'))
+        def fail(message: str) -> Unauthorized:
+            return Unauthorized(message, challenges=challenges(route, 'error="invalid_token"'))
 
         try:
             claims = jwt.decode(token, options={"verify_signature": False})

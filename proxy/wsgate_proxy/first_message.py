@@ -4,6 +4,12 @@ For clients that can set nothing on the handshake. The proxy completes the upgra
 itself, and the client's first message must be one text frame holding a JSON object
 ``{"type": "auth", ...}`` with a credential. Until it is verified nothing is dialled
 and nothing is forwarded; the bytes after it go to the session once there is one.
+
+What the proxy holds meanwhile is bounded: the auth message itself (at most
+MAX_AUTH_MESSAGE_BYTES, refused as soon as its header declares more), and once it is
+read, reading from the client is paused until the session starts, so a client that
+streams on while the verdict or the dial is pending holds at most one socket read
+(a few hundred KiB) here, not everything it sends.
 """
 
 from __future__ import annotations
@@ -12,11 +18,10 @@ import asyncio
 import json
 from typing import Any
 
+from .frames import Opcode, ProtocolError, read_frame, text_frame
 from .relay import Session
 
 MAX_AUTH_MESSAGE_BYTES = 16 * 1024
-AUTH_FAILED = 4401
-AUTH_FORBIDDEN = 4403
 
 
 class AuthMessageError(Exception):
@@ -26,11 +31,14 @@ class AuthMessageError(Exception):
 class FirstMessageReader:
     """aiohttp's payload parser for the connection until the session takes over."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: asyncio.Transport) -> None:
+        self._client = client
         self._buffer = bytearray()
         self._message: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future())
         self._session: Session | None = None
+        self._paused = False
+        self.client_gone = False
 
     async def message(self) -> dict[str, Any]:
         return await self._message
@@ -41,6 +49,11 @@ class FirstMessageReader:
         rest, self._buffer = bytes(self._buffer), bytearray()
         if rest:
             session.feed_data(rest)
+        if self.client_gone:
+            session.feed_eof()
+        elif self._paused:
+            self._paused = False
+            self._client.resume_reading()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._session is not None:
@@ -48,64 +61,48 @@ class FirstMessageReader:
         self._buffer += data
         if not self._message.done():
             self._parse()
+        if self._message.done() and not self._paused and not self.client_gone:
+            # Whatever comes next waits in the client's socket, not here.
+            self._paused = True
+            self._client.pause_reading()
         return False, b""
 
     def feed_eof(self) -> None:
+        self.client_gone = True
         if self._session is not None:
             self._session.feed_eof()
         elif not self._message.done():
             self._message.set_exception(AuthMessageError("closed before authenticating"))
 
     def _parse(self) -> None:
-        buffer = self._buffer
-        if len(buffer) < 2:
-            return
-        b0, b1 = buffer[0], buffer[1]
-        length, header = b1 & 0x7F, 6
-        if length == 126:
-            header = 8
-        elif length == 127:
-            header = 14
-        if len(buffer) < header:
-            return
-        if length == 126:
-            length = int.from_bytes(buffer[2:4], "big")
-        elif length == 127:
-            length = int.from_bytes(buffer[2:10], "big")
         try:
-            if b0 & 0x0F == 0x08:
-                raise AuthMessageError("closed before authenticating")
-            if b0 != 0x81 or not b1 & 0x80:  # FIN + text, masked as clients must
-                raise AuthMessageError("the first message must be a text auth message")
-            if length > MAX_AUTH_MESSAGE_BYTES:
-                raise AuthMessageError(f"the auth message exceeds {MAX_AUTH_MESSAGE_BYTES} bytes")
-        except AuthMessageError as exc:
-            self._message.set_exception(exc)
+            found = read_frame(self._buffer, MAX_AUTH_MESSAGE_BYTES)
+        except ProtocolError:
+            self._fail(f"the auth message must be one text frame of at most "
+                       f"{MAX_AUTH_MESSAGE_BYTES} bytes")
             return
-        if len(buffer) < header + length:
+        if found is None:
             return
-        mask = buffer[header - 4 : header]
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buffer[header : header + length]))
-        del buffer[: header + length]
+        frame, size = found
+        del self._buffer[:size]
+        if frame.opcode == Opcode.CLOSE:
+            self._fail("closed before authenticating")
+            return
+        if frame.opcode != Opcode.TEXT or not frame.fin or not frame.masked:
+            self._fail("the first message must be a text auth message")
+            return
         try:
-            message = json.loads(payload)
+            message = json.loads(frame.payload)
             if not isinstance(message, dict) or message.get("type") != "auth":
                 raise ValueError
         except ValueError:
-            self._message.set_exception(
-                AuthMessageError('the first message must be JSON {"type": "auth", ...}'))
+            self._fail('the first message must be JSON {"type": "auth", ...}')
             return
         self._message.set_result(message)
 
-
-def text_frame(text: str) -> bytes:
-    """An unmasked text frame (server to client)."""
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    assert n < 1 << 16, "the proxy's own messages are small"
-    return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    def _fail(self, reason: str) -> None:
+        self._buffer.clear()
+        self._message.set_exception(AuthMessageError(reason))
 
 
 AUTH_OK = text_frame(json.dumps({"type": "auth", "ok": True}))

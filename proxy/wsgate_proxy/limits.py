@@ -19,16 +19,7 @@ from typing import Any
 
 from .config import Consumer, Route
 from .leases import Counter, Full, Lease, LeaseStore, StoreUnavailable
-
-
-class LimitReached(Exception):
-    """A handshake refused by a connection limit (or, failing closed, by the store)."""
-
-    def __init__(self, status: int, message: str, outcome: str = "rate_limited") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.outcome = outcome  # the wsgate_handshakes_total outcome
+from .refusals import LimitReached, LimitsUnavailable
 
 
 @dataclass(eq=False, slots=True)
@@ -60,9 +51,9 @@ class ConnectionLimits:
                 raise _fleet_refusal(route, full) from None
             except StoreUnavailable as unavailable:
                 if self.shared.failure == "closed":
-                    raise LimitReached(
-                        503, "connection limits cannot be checked now (the limits store is "
-                             "unavailable); retry later", "limits_unavailable") from None
+                    raise LimitsUnavailable(
+                        "connection limits cannot be checked now (the limits store is "
+                        "unavailable); retry later") from None
                 self._check_locally(route, consumer)
                 lease = unavailable.lease
                 self.shared.hold(lease)
@@ -84,6 +75,10 @@ class ConnectionLimits:
         if admission.lease is not None and self.shared is not None:
             self.shared.release(admission.lease)
 
+    def counted(self, route_key: str) -> int:
+        """Live sessions and admitted handshakes of a route on this proxy."""
+        return self._per_route[route_key]
+
     @staticmethod
     def _counters(route: Route, consumer: Consumer | None) -> list[Counter]:
         limits, namespace, name = route.limits, route.namespace, route.name
@@ -102,20 +97,20 @@ class ConnectionLimits:
     def _check_locally(self, route: Route, consumer: Consumer | None) -> None:
         limits = route.limits
         if limits.max_connections and self._per_route[route.key] >= limits.max_connections:
-            raise LimitReached(503, f"route {route.key} is at its limit of "
-                                    f"{limits.max_connections} connections on this proxy; "
-                                    "retry later")
+            raise LimitReached(f"route {route.key} is at its limit of "
+                               f"{limits.max_connections} connections on this proxy; retry "
+                               "later")
         if consumer is None:
             return
         per_route = limits.max_connections_per_consumer
         if per_route and self._per_route_consumer[(route.key, consumer.key)] >= per_route:
-            raise LimitReached(429, f"this consumer already holds {per_route} connections "
-                                    f"on route {route.key} on this proxy, its limit")
+            raise LimitReached(f"this consumer already holds {per_route} connections on "
+                               f"route {route.key} on this proxy, its limit", status=429)
         total = consumer.max_connections
         if total and self._per_consumer[consumer.key] >= total:
-            raise LimitReached(429, f"this consumer already holds {total} connections on "
-                                    "this proxy, its limit (spec.limits.maxConnections of "
-                                    f"WsConsumer {consumer.key})")
+            raise LimitReached(f"this consumer already holds {total} connections on this "
+                               "proxy, its limit (spec.limits.maxConnections of WsConsumer "
+                               f"{consumer.key})", status=429)
 
     def summary(self) -> dict[str, Any] | None:
         """The shared store's state, for GET /config."""
@@ -128,16 +123,16 @@ class ConnectionLimits:
 def _fleet_refusal(route: Route, full: Full) -> LimitReached:
     counter, count = full.counter, full.count
     if counter.kind == "route":
-        return LimitReached(503, f"route {route.key} is at its fleet-wide limit of "
-                                 f"{counter.limit} connections (counted across all proxies); "
-                                 "retry later")
+        return LimitReached(f"route {route.key} is at its fleet-wide limit of "
+                            f"{counter.limit} connections (counted across all proxies); "
+                            "retry later")
     if counter.kind == "consumer":
-        return LimitReached(429, f"this consumer already holds {count} connections across "
-                                 f"all routes and proxies; its fleet-wide limit is "
-                                 f"{counter.limit}")
-    return LimitReached(429, f"this consumer already holds {count} connections on route "
-                             f"{route.key} across all proxies; its fleet-wide limit is "
-                             f"{counter.limit}")
+        return LimitReached(f"this consumer already holds {count} connections across all "
+                            f"routes and proxies; its fleet-wide limit is {counter.limit}",
+                            status=429)
+    return LimitReached(f"this consumer already holds {count} connections on route "
+                        f"{route.key} across all proxies; its fleet-wide limit is "
+                        f"{counter.limit}", status=429)
 
 
 def _decrement(tally: Tally[Any], key: Hashable) -> None:

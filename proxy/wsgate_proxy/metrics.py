@@ -1,17 +1,26 @@
 """Prometheus metrics of the proxy, served on the admin port at /metrics.
 
-Labels carry route and consumer names, never credentials. Byte and message counts
-are accumulated on each session and added here periodically and when it ends, so
-the data path does no metric work per chunk.
+Every label takes its values from a small fixed set or from the config: the route
+(bounded by the config, and forgotten once a removed route's last session ended),
+an outcome, a direction, who closed, a close code *group* (a peer chooses its close
+codes: 20,000 distinct ones must not make 20,000 series), and the proxy's own close
+reasons. Nothing per consumer: consumers number in the tens of thousands and come and
+go. Byte and message counts are accumulated on each session and added here
+periodically and when it ends, so the data path does no metric work per chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
-SESSIONS_ACTIVE = Gauge(
-    "wsgate_sessions_active", "Live WebSocket sessions.", ["route", "consumer"]
-)
+from .frames import close_code_label
+
+SESSIONS_ACTIVE = Gauge("wsgate_sessions_active", "Live WebSocket sessions, by route.",
+                        ["route"])
 HANDSHAKES = Counter(
     "wsgate_handshakes_total",
     "WebSocket handshakes by route and outcome.",
@@ -27,8 +36,9 @@ MESSAGES = Counter(
 )
 SESSIONS_CLOSED = Counter(
     "wsgate_sessions_closed_total",
-    "Ended sessions by route, who closed first, the close code and, when the proxy "
-    "closed, its reason (a peer's reason is not a label: it is free text).",
+    "Ended sessions by route, who closed first (client, upstream, proxy), the close code "
+    "(named codes as they are; 3xxx, 4xxx and invalid as groups) and, when the proxy "
+    "closed, its reason (a peer's reason is free text: never a label).",
     ["route", "closed_by", "code", "reason"],
 )
 CONFIG_INFO = Gauge("wsgate_config_info", "The active config version (value 1).", ["version"])
@@ -69,3 +79,43 @@ LIMITS_STORE_SECONDS = Histogram(
     ["operation"],
     buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+
+# Every child handed out, by metric and label values (a dict lookup is cheaper than
+# ``labels()`` on each handshake), and the keys per route, so that a removed route's
+# series can be removed.
+_children: dict[tuple[Any, ...], Any] = {}
+_by_route: dict[str, set[tuple[Any, ...]]] = {}
+
+
+def child(metric: Any, route: str, *labels: str) -> Any:
+    """``metric.labels(route, *labels)``, remembered under the route."""
+    key = (metric, route, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(route, *labels)
+        _by_route.setdefault(route, set()).add(key)
+    return found
+
+
+def handshake(route: str, outcome: str) -> None:
+    child(HANDSHAKES, route, outcome).inc()
+
+
+def session_closed(route: str, closed_by: str | None, code: int | None, reason: str) -> None:
+    child(SESSIONS_CLOSED, route, closed_by or "", close_code_label(code),
+          reason if closed_by == "proxy" else "").inc()
+
+
+def routes() -> set[str]:
+    """The routes that have series."""
+    return set(_by_route)
+
+
+def forget_routes(keys: Iterable[str]) -> None:
+    """Remove every series of these routes."""
+    for route in keys:
+        for key in _by_route.pop(route, ()):
+            del _children[key]
+            metric, *values = key
+            with contextlib.suppress(KeyError):
+                metric.remove(*values)

@@ -1,172 +1,33 @@
 """The relay: bytes between client and upstream, watched frame by frame, never decoded.
 
 After the handshake the proxy forwards each chunk as it arrives. A FrameInspector
-walks the RFC 6455 frame headers in each direction to know message boundaries,
-sizes and close frames without unmasking or copying payloads. The proxy writes
-frames of its own only to end a session: an unmasked close frame to the client and
-a masked one upstream, each at a frame boundary of its stream.
+(frames.py) walks the RFC 6455 frame headers in each direction to know message
+boundaries, sizes and close frames without unmasking or copying payloads. The proxy
+writes frames of its own only to end a session: an unmasked close frame to the client
+and a masked one upstream, each at a frame boundary of its stream. A side that broke
+the protocol gets its close frame and its connection closed at once: its stream can
+no longer be read, so no close reply from it will be recognised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 
 from .config import Endpoint
+from .frames import CloseCode, FrameInspector, close_frame
 from .upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from .handshake import Handshake
 
 # How long a closing session waits for the peers' close replies before cutting TCP.
 CLOSE_GRACE_SECONDS = 5.0
-
-# Close codes the proxy sends (RFC 6455 section 7.4.1 and the IANA registry).
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-MESSAGE_TOO_BIG = 1009
-TRY_AGAIN_LATER = 1013
-BAD_GATEWAY = 1014
-ABNORMAL = 1006  # never sent: recorded when a side vanished without a close frame
-
-
-class FrameInspector:
-    """Follows frame headers through one direction of a WebSocket byte stream.
-
-    ``feed`` returns the bytes that may be forwarded: normally the chunk itself (no
-    copy). A frame header split across chunks is held back until it is whole, so
-    the inspector is at a frame boundary exactly when ``at_boundary`` says so. Once
-    ``halt`` is requested, forwarding stops at the next boundary; headers are still
-    followed after that, to see the peer's close frame.
-    """
-
-    __slots__ = ("_held", "_masked", "_skip", "_stamp", "_tokens", "close_code",
-                 "halt_requested", "halted", "max_message_bytes", "message_bytes", "messages",
-                 "rate", "violation")
-
-    def __init__(self, *, masked: bool, max_message_bytes: int = 0, rate: float = 0) -> None:
-        self._masked = masked
-        self._skip = 0  # payload bytes of the current frame still to pass
-        self._held = b""  # an incomplete header (or close frame) waiting for more bytes
-        self.max_message_bytes = max_message_bytes
-        self.message_bytes = 0  # payload bytes of the data message in progress
-        self.messages = 0  # complete data messages seen
-        self.close_code: int | None = None  # from the first close frame; 1005 when it has none
-        self.halt_requested = False
-        self.halted = False
-        # A limit the stream broke: (close code, reason); forwarding stopped before it.
-        self.violation: tuple[int, str] | None = None
-        # Messages per second, as a token bucket holding one second's worth.
-        self.rate = rate
-        self._tokens = max(rate, 1.0)
-        self._stamp = time.monotonic()
-
-    def set_limits(self, max_message_bytes: int, rate: float) -> None:
-        self.max_message_bytes = max_message_bytes
-        if rate != self.rate:
-            self.rate, self._tokens = rate, max(rate, 1.0)
-
-    @property
-    def at_boundary(self) -> bool:
-        return self._skip == 0
-
-    def feed(self, data: bytes) -> bytes:
-        if self._held:
-            data = self._held + data
-            self._held = b""
-        n = len(data)
-        pos = self._skip
-        if pos >= n:
-            self._skip = pos - n
-            return b"" if self.halted else data
-        self._skip = 0
-        cut = -1  # where forwarding stops in this chunk, if it does
-        if self.halted:
-            cut = 0
-        rate = self.rate
-        if rate:
-            now = time.monotonic()
-            self._tokens = min(max(rate, 1.0), self._tokens + (now - self._stamp) * rate)
-            self._stamp = now
-        while True:
-            # pos is a frame boundary here
-            if cut < 0 and self.halt_requested:
-                self.halted = True
-                cut = pos
-            if pos == n:
-                break
-            if n - pos < 2:
-                self._held = data[pos:]
-                break
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            header = 2 + (b1 >> 5 & 4) + (2 if length == 126 else 8 if length == 127 else 0)
-            if n - pos < header:
-                self._held = data[pos:]
-                break
-            if length == 126:
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            elif length == 127:
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            opcode = b0 & 0x0F
-            if opcode & 0x08:
-                if opcode == 0x08 and self.close_code is None:
-                    if n - pos < header + length:
-                        self._held = data[pos:]
-                        break
-                    self.close_code = self._read_close_code(data, pos, header, length, b1 & 0x80)
-            else:
-                if opcode:  # a text or binary frame starts a new message
-                    self.message_bytes = 0
-                    if rate and cut < 0:
-                        if self._tokens < 1:
-                            self._violate(POLICY_VIOLATION, "message rate exceeded")
-                            cut = pos
-                        self._tokens -= 1
-                self.message_bytes += length
-                limit = self.max_message_bytes
-                if limit and self.message_bytes > limit and cut < 0:
-                    self._violate(MESSAGE_TOO_BIG, "message too big")
-                    cut = pos
-                if b0 & 0x80:
-                    self.messages += 1
-            end = pos + header + length
-            if end > n:
-                self._skip = end - n
-                break
-            pos = end
-        if cut >= 0:
-            return data[:cut]
-        if self._held:
-            return data[: n - len(self._held)]
-        return data
-
-    def _violate(self, code: int, reason: str) -> None:
-        self.violation = (code, reason)
-        self.halted = self.halt_requested = True
-
-    @staticmethod
-    def _read_close_code(data: bytes, pos: int, header: int, length: int, masked: int) -> int:
-        if length < 2:
-            return 1005
-        start = pos + header
-        hi, lo = data[start], data[start + 1]
-        if masked:
-            hi ^= data[start - 4]
-            lo ^= data[start - 3]
-        return hi << 8 | lo
-
-
-def close_frame(code: int, reason: str, *, masked: bool) -> bytes:
-    payload = code.to_bytes(2, "big") + reason.encode()[:123]
-    if not masked:
-        return bytes((0x88, len(payload))) + payload
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x88, 0x80 | len(payload))) + mask + body
 
 
 class Session:
@@ -180,27 +41,30 @@ class Session:
 
     def __init__(
         self,
-        *,
-        route_key: str,
+        handshake: Handshake,
         endpoint: Endpoint,
+        *,
         client_transport: asyncio.Transport,
         client_protocol: BaseProtocol,
         client_writer: AbstractStreamWriter,
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
-        max_message_bytes: int = 0,
-        messages_per_second: float = 0,
     ) -> None:
-        self.route_key = route_key
+        self.handshake = handshake
         self.endpoint = endpoint
         # Who and what, for the runtime's checks when a new config arrives.
-        self.host = ""
-        self.path = ""
-        self.consumer_key: str | None = None
-        self.username: str | None = None
-        self.credential_fingerprint: str | None = None
+        route = handshake.route
+        self.route_key = route.key
+        self.host = handshake.host
+        self.path = handshake.path
+        identity = handshake.who.identity
+        self.consumer_key = identity.consumer.key if identity else None
+        self.username = identity.consumer.username if identity else None
+        self.credential_fingerprint = identity.fingerprint if identity else None
         self.started = time.monotonic()
+        max_message_bytes = route.limits.max_message_bytes or 0
+        messages_per_second = route.limits.messages_per_second or 0
         self.c2u = FrameInspector(masked=True, max_message_bytes=max_message_bytes,
                                   rate=messages_per_second)
         self.u2c = FrameInspector(masked=False, max_message_bytes=max_message_bytes)
@@ -281,7 +145,7 @@ class Session:
         if self._client_open:
             if self.u2c.close_code is None and not self._closing:
                 # The upstream vanished without a close frame: tell the client why.
-                self.close(BAD_GATEWAY, "upstream connection lost")
+                self.close(CloseCode.BAD_GATEWAY, "upstream connection lost")
             if self._closing and not self._sent_to_client:
                 self._client.abort()  # mid-frame with no way to finish it
             else:
@@ -343,10 +207,17 @@ class Session:
             self._sent_to_upstream = True
             if self._upstream_open:
                 self._upstream.write(self._proxy_frames[1])
-        if self._sent_to_client and self.c2u.close_code is not None and self._client_open:
-            self._client.close()
-        if self._sent_to_upstream and self.u2c.close_code is not None and self._upstream_open:
-            self._upstream.close()
+        c2u, u2c = self.c2u, self.u2c
+        if self._sent_to_client and self._client_open:
+            if c2u.close_code is not None:
+                self._client.close()
+            elif c2u.broken:
+                _half_close(self._client)
+        if self._sent_to_upstream and self._upstream_open:
+            if u2c.close_code is not None:
+                self._upstream.close()
+            elif u2c.broken:
+                _half_close(self._upstream)
 
     def abort(self) -> None:
         """Cut both connections now (a peer that never answered a close frame)."""
@@ -361,7 +232,7 @@ class Session:
 
     def _saw_end(self, side: str) -> None:
         if self.closed_by is None:
-            self.closed_by, self.close_code = side, ABNORMAL
+            self.closed_by, self.close_code = side, CloseCode.ABNORMAL_CLOSURE
 
     def _maybe_done(self) -> None:
         if self._client_open or self._upstream_open or self.done.done():
@@ -370,3 +241,14 @@ class Session:
             self._grace.cancel()
         self.done.set_result(None)
         self._on_end(self)
+
+
+def _half_close(transport: asyncio.Transport) -> None:
+    """End a side that broke the protocol: its close frame is sent, no close reply from
+    it can be recognised any more, so the proxy shuts its own direction down and drops
+    what still arrives until the side leaves (or the grace period cuts it). Closing at
+    once would reset a socket with unread bytes and lose the close frame."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()

@@ -2,27 +2,32 @@
 registry of live sessions.
 
 A new config is compiled into an ActiveConfig off to the side and swapped in with
-one assignment, so a handshake sees either the old config or the new one, whole.
-Sessions hold what they need of their route; a swap leaves them running.
+one assignment; a handshake takes one snapshot of it and is served from that
+snapshot alone (handshake.py). Sessions hold what they need of their route; a swap
+leaves them running, and a session that starts under an older snapshot than the
+live one is held against the live one at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
 from . import metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
-from .config import Endpoint, GatewayConfig, Route
+from .config import Consumer, Endpoint, GatewayConfig, Route
+from .frames import CloseCode
 from .leases import LeaseStore
-from .limits import Admission, ConnectionLimits
-from .passwords import PasswordVerifier
-from .relay import GOING_AWAY, POLICY_VIOLATION, Session
+from .limits import ConnectionLimits
+from .passwords import MAX_PENDING, PasswordVerifier
+from .relay import Session
 from .routing import Router
 from .tls import CertificateStore, upstream_context
 
@@ -56,8 +61,13 @@ class ActiveConfig:
         self.applied_at = time.time()
 
 
+# How many sessions a periodic counter flush handles before it lets the loop run.
+FLUSH_BATCH = 1000
+
+
 class Runtime:
-    def __init__(self, shared: LeaseStore | None = None) -> None:
+    def __init__(self, password_queue: int = MAX_PENDING,
+                 shared: LeaseStore | None = None) -> None:
         self.active: ActiveConfig | None = None
         # Connection limits, counted here or (--limits-redis-url) across the proxies.
         self.limits = ConnectionLimits(shared)
@@ -66,12 +76,12 @@ class Runtime:
         # Kept across configs: what the balancers read.
         self.endpoint_sessions: Counter[Endpoint] = Counter()
         self.health = EndpointHealth()
-        self.passwords = PasswordVerifier()
+        self.passwords = PasswordVerifier(max_pending=password_queue)
         self.certificates = CertificateStore()
+        # Why the config source's last read was refused (standalone's manifest errors).
+        self.source_errors: list[str] = []
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
-        # What each live session counts against, given back when it ends.
-        self._admissions: dict[Session, Admission] = {}
         # Sessions whose route has an idle timeout:
         # session -> (timeout, bytes moved when last looked at, since when unchanged).
         self._idle_watch: dict[Session, tuple[float, int, float]] = {}
@@ -79,6 +89,9 @@ class Runtime:
     @property
     def version(self) -> str | None:
         return self.active.config.version if self.active else None
+
+    def report_source(self, errors: list[str]) -> None:
+        self.source_errors = list(errors)
 
     def apply(self, config: GatewayConfig) -> bool:
         """Swap in a config; False when it is the version already active."""
@@ -93,6 +106,7 @@ class Runtime:
         metrics.CONFIG_INFO.labels(config.version).set(1)
         metrics.CONFIG_APPLIED.set(self.active.applied_at)
         closed = self._review_sessions(self.active)
+        self.forget_removed_routes()
         log.info(
             "config applied",
             extra={
@@ -112,25 +126,26 @@ class Runtime:
         its consumer still holds the credential it authenticated with and is still
         allowed there; everything else about the config may change around it.
         """
-        closed = 0
-        for session in list(self.sessions):
-            if session.closing:
-                continue
-            match = active.router.match(session.host, session.path)
-            if match is None or match.route.key != session.route_key:
-                session.close(GOING_AWAY, "route removed")
-                closed += 1
-                continue
-            route = match.route
-            if not self._still_authorized(active, route, session):
-                if route.on_credential_revoked == "Close":
-                    session.close(POLICY_VIOLATION, "credential revoked")
-                    closed += 1
-                continue
-            limits = route.limits
-            session.set_limits(limits.max_message_bytes or 0, limits.messages_per_second or 0)
-            self._watch_idle(session, route)
-        return closed
+        return sum(self._review(active, session) for session in list(self.sessions))
+
+    def _review(self, active: ActiveConfig, session: Session) -> bool:
+        """Hold one session against a config; True when it was closed."""
+        if session.closing:
+            return False
+        match = active.router.match(session.host, session.path)
+        if match is None or match.route.key != session.route_key:
+            session.close(CloseCode.GOING_AWAY, "route removed")
+            return True
+        route = match.route
+        if not self._still_authorized(active, route, session):
+            if route.on_credential_revoked == "Close":
+                session.close(CloseCode.POLICY_VIOLATION, "credential revoked")
+                return True
+            return False
+        limits = route.limits
+        session.set_limits(limits.max_message_bytes or 0, limits.messages_per_second or 0)
+        self._watch_idle(session, route)
+        return False
 
     @staticmethod
     def _still_authorized(active: ActiveConfig, route: Route, session: Session) -> bool:
@@ -141,6 +156,19 @@ class Runtime:
         consumer = active.authenticator.holder(session.consumer_key,
                                                session.credential_fingerprint)
         return consumer is not None and allows(route, consumer)
+
+    # -- limits --------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def admission(self, route: Route, consumer: Consumer | None) -> AsyncIterator[None]:
+        """Hold a place under the connection limits (the route's, and the consumer's on it
+        and on all routes) for the whole handshake and the session after it; every way
+        out (a refusal, a client gone, an error, the session's end) gives it back. With
+        a shared store, one round trip on a limited route (limits.py)."""
+        admission = await self.limits.admit(route, consumer)
+        try:
+            yield
+        finally:
+            self.limits.release(admission)
 
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
@@ -158,16 +186,21 @@ class Runtime:
             if moved != seen:
                 self._idle_watch[session] = (timeout, moved, now)
             elif now - since >= timeout and not session.closing:
-                session.close(GOING_AWAY, "idle timeout")
+                session.close(CloseCode.GOING_AWAY, "idle timeout")
 
     # -- sessions ----------------------------------------------------------------
-    def session_started(self, session: Session, route: Route, admission: Admission) -> None:
+    def session_started(self, session: Session) -> None:
         self.sessions.add(session)
-        self._admissions[session] = admission
         self._flushed[session] = (0, 0, 0, 0)
         self.endpoint_sessions[session.endpoint] += 1
-        self._watch_idle(session, route)
-        metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").inc()
+        metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).inc()
+        snapshot = session.handshake.active
+        if self.active is not None and self.active is not snapshot:
+            # A config arrived while this handshake was under way: the session is held
+            # against it now, as if it had been live then.
+            self._review(self.active, session)
+        else:
+            self._watch_idle(session, session.handshake.route)
 
     def session_ended(self, session: Session) -> None:
         if session not in self.sessions:
@@ -177,18 +210,19 @@ class Runtime:
         del self._flushed[session]
         self._idle_watch.pop(session, None)
         _decrement(self.endpoint_sessions, session.endpoint)
-        self.limits.release(self._admissions.pop(session))
-        metrics.SESSIONS_ACTIVE.labels(session.route_key, session.username or "").dec()
-        metrics.SESSIONS_CLOSED.labels(
-            session.route_key, session.closed_by or "", str(session.close_code or ""),
-            session.close_reason if session.closed_by == "proxy" else "",
-        ).inc()
+        metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).dec()
+        metrics.session_closed(session.route_key, session.closed_by, session.close_code,
+                               session.close_reason)
         access_log.info("session", extra=session_record(session))
 
-    def flush_counters(self) -> None:
-        """Add what live sessions relayed since the last flush to the counters."""
-        for session in self.sessions:
-            self._flush(session)
+    async def flush_counters(self) -> None:
+        """Add what live sessions relayed since the last flush to the counters, a batch
+        at a time: with tens of thousands of sessions one pass would hold the loop."""
+        for i, session in enumerate(list(self.sessions), 1):
+            if session in self._flushed:  # not ended meanwhile
+                self._flush(session)
+            if i % FLUSH_BATCH == 0:
+                await asyncio.sleep(0)
 
     def _flush(self, session: Session) -> None:
         now = (session.bytes_c2u, session.bytes_u2c, session.c2u.messages, session.u2c.messages)
@@ -197,10 +231,22 @@ class Runtime:
             return
         self._flushed[session] = now
         route = session.route_key
-        metrics.BYTES.labels(route, metrics.CLIENT_TO_UPSTREAM).inc(now[0] - before[0])
-        metrics.BYTES.labels(route, metrics.UPSTREAM_TO_CLIENT).inc(now[1] - before[1])
-        metrics.MESSAGES.labels(route, metrics.CLIENT_TO_UPSTREAM).inc(now[2] - before[2])
-        metrics.MESSAGES.labels(route, metrics.UPSTREAM_TO_CLIENT).inc(now[3] - before[3])
+        metrics.child(metrics.BYTES, route, metrics.CLIENT_TO_UPSTREAM).inc(now[0] - before[0])
+        metrics.child(metrics.BYTES, route, metrics.UPSTREAM_TO_CLIENT).inc(now[1] - before[1])
+        metrics.child(metrics.MESSAGES, route, metrics.CLIENT_TO_UPSTREAM).inc(
+            now[2] - before[2])
+        metrics.child(metrics.MESSAGES, route, metrics.UPSTREAM_TO_CLIENT).inc(
+            now[3] - before[3])
+
+    def forget_removed_routes(self) -> None:
+        """Drop the series of routes no longer in the config once nothing of theirs is
+        live (so their last sessions' counts are not lost, and series stay bounded by
+        the config, not by its history)."""
+        if self.active is None:
+            return
+        live = {route.key for route in self.active.config.routes}
+        metrics.forget_routes(key for key in metrics.routes()
+                              if key and key not in live and not self.limits.counted(key))
 
     def close_all(self, code: int, reason: str) -> None:
         for session in list(self.sessions):

@@ -4,6 +4,12 @@ The client's ``Sec-WebSocket-Key`` is passed through, so the upstream's
 ``Sec-WebSocket-Accept``, subprotocol and extensions can be returned to the client
 as they are (permessage-deflate then runs end to end, and the proxy never inflates
 a message). The handshake completes here before the client gets its 101.
+
+The upstream's answer is held to what the client could accept: a 101 with the right
+Sec-WebSocket-Accept, no bare CR or LF or other control characters in its head, and
+no subprotocol or extension the client never offered (the client would fail the
+handshake anyway). Anything else is an UpstreamError, and the connection is aborted
+before the error leaves ``open_upstream``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -22,17 +29,32 @@ from .config import Endpoint
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 16 * 1024
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters other than tab, and a CR or LF that is not part of a CRLF: a bare
+# CR or LF in a value would split a header when it is passed on to the client.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
 
 def accept_for(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or refused the handshake."""
+    """The upstream could not be reached or refused the handshake.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    ``message`` says what happened without the endpoint's address (it may be shown to
+    clients); ``str()`` names the endpoint too, for the log.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True,
+                 endpoint: Endpoint | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.retryable = retryable
+        self.endpoint = endpoint
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: {self.message}" if self.endpoint else self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +99,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 self._head.set_result(head)
             elif len(self._buffer) > MAX_RESPONSE_HEAD:
                 self._head.set_exception(
-                    UpstreamError(f"upstream's response head exceeds {MAX_RESPONSE_HEAD} bytes")
+                    UpstreamError(f"the response head exceeds {MAX_RESPONSE_HEAD} bytes")
                 )
                 assert self.transport is not None
                 self.transport.abort()
@@ -88,7 +110,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._lost, self._lost_exc = True, exc
         if not self._head.done():
             self._head.set_exception(
-                UpstreamError("upstream closed the connection during the handshake")
+                UpstreamError("closed the connection during the handshake")
             )
         if self._sink is not None:
             self._sink.upstream_lost(exc)
@@ -132,21 +154,45 @@ def build_request(target: str, headers: list[tuple[str, str]]) -> bytes:
 def parse_response_head(head: bytes) -> UpstreamResponse:
     try:
         text = head.decode("latin-1")
-        status_line, *header_lines = text.split("\r\n")
+        if _CONTROL.search(text):
+            raise ValueError(text)
+        status_line, *header_lines = text[:-4].split("\r\n")
         version, status, *_ = status_line.split(" ", 2)
-        if not version.startswith("HTTP/1."):
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not (len(status) == 3 and
+                                                          status.isdigit()):
             raise ValueError(version)
         headers: CIMultiDict[str] = CIMultiDict()
         for line in header_lines:
-            if not line:
-                continue
             name, sep, value = line.partition(":")
-            if not sep:
+            if not sep or not _TOKEN.fullmatch(name):
                 raise ValueError(line)
-            headers.add(name.strip(), value.strip())
+            headers.add(name, value.strip(" \t"))
         return UpstreamResponse(int(status), headers)
     except ValueError:
-        raise UpstreamError("upstream answered with a malformed HTTP response") from None
+        raise UpstreamError("answered with a malformed HTTP response head") from None
+
+
+def _names(values: list[str]) -> list[str]:
+    """The items of comma-separated header values (extension names without parameters)."""
+    return [item.split(";")[0].strip().lower()
+            for value in values for item in value.split(",") if item.strip()]
+
+
+def check_answer(response: UpstreamResponse, key: str, protocols: list[str],
+                 extensions: list[str]) -> None:
+    """Refuse an upstream 101 the client could not accept."""
+    if response.headers.getall("Sec-WebSocket-Accept", []) != [accept_for(key)]:
+        raise UpstreamError("answered with a wrong Sec-WebSocket-Accept")
+    chosen = response.headers.getall("Sec-WebSocket-Protocol", [])
+    if len(chosen) > 1 or (chosen and chosen[0] not in protocols):
+        raise UpstreamError(f"selected subprotocol {', '.join(chosen)!r}, which the client "
+                            "did not offer", retryable=False)
+    offered = set(_names(extensions))
+    unoffered = [e for e in _names(response.headers.getall("Sec-WebSocket-Extensions", []))
+                 if e not in offered]
+    if unoffered:
+        raise UpstreamError(f"selected extension {unoffered[0]!r}, which the client did not "
+                            "offer", retryable=False)
 
 
 async def open_upstream(
@@ -155,9 +201,11 @@ async def open_upstream(
     key: str,
     connect_timeout: float,
     tls: tuple[ssl.SSLContext, str] | None = None,
+    offered: tuple[list[str], list[str]] = ([], []),
 ) -> tuple[asyncio.Transport, UpstreamProtocol, UpstreamResponse]:
     """Connect (over TLS when ``tls`` gives a context and server name), send the
-    handshake, and return once the upstream has said 101."""
+    handshake, and return once the upstream has said 101 with an answer the client
+    can accept to its ``offered`` subprotocols and extensions."""
     loop = asyncio.get_running_loop()
     ssl_options = {"ssl": tls[0], "server_hostname": tls[1]} if tls else {}
     try:
@@ -166,30 +214,30 @@ async def open_upstream(
                 UpstreamProtocol, endpoint.address, endpoint.port, **ssl_options
             )
     except TimeoutError:
-        raise UpstreamError(
-            f"connecting to {endpoint} timed out after {connect_timeout:g}s"
-        ) from None
+        raise UpstreamError(f"connecting timed out after {connect_timeout:g}s",
+                            endpoint=endpoint) from None
     except ssl.SSLError as exc:
-        raise UpstreamError(f"TLS with {endpoint} failed: {exc.reason or exc}") from None
+        raise UpstreamError(f"TLS failed: {exc.reason or exc}", endpoint=endpoint) from None
     except OSError as exc:
-        raise UpstreamError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from None
+        raise UpstreamError(f"cannot connect: {exc.strerror or exc}",
+                            endpoint=endpoint) from None
     try:
         transport.write(request)
         async with asyncio.timeout(connect_timeout):
             head = await protocol.response_head()
         response = parse_response_head(head)
         if response.status != 101:
-            raise UpstreamError(
-                f"{endpoint} answered the upgrade with HTTP {response.status}",
-                retryable=response.status >= 500,
-            )
-        if response.headers.get("Sec-WebSocket-Accept") != accept_for(key):
-            raise UpstreamError(f"{endpoint} answered with a wrong Sec-WebSocket-Accept")
+            raise UpstreamError(f"answered the upgrade with HTTP {response.status}",
+                                retryable=response.status >= 500)
+        check_answer(response, key, *offered)
+    except UpstreamError as exc:
+        transport.abort()
+        exc.endpoint = endpoint
+        raise
     except TimeoutError:
         transport.abort()
-        raise UpstreamError(
-            f"{endpoint} did not answer the handshake within {connect_timeout:g}s"
-        ) from None
+        raise UpstreamError(f"did not answer the handshake within {connect_timeout:g}s",
+                            endpoint=endpoint) from None
     except BaseException:
         transport.abort()
         raise

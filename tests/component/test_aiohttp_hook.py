@@ -69,3 +69,14 @@ async def test_bytes_after_the_101_reach_the_parser_in_order():
         assert bytes(recorders[0].data) == b"sent with the request|sent later"
     finally:
         await runner.cleanup()
+
+
+def test_request_handler_has_the_internals_the_head_guard_reads():
+    # wsgate_proxy.listener counts request-head bytes from these; a change in aiohttp
+    # must be caught here, not by heads silently going unbounded again.
+    from aiohttp.base_protocol import BaseProtocol
+
+    slots = set(RequestHandler.__slots__) | set(BaseProtocol.__slots__)
+    needed = {"_upgraded", "_payload_parser", "_request_count", "_request_in_progress",
+              "_messages", "_force_close", "_close", "_loop"}
+    assert needed <= slots, f"aiohttp changed RequestHandler: {needed - slots} are gone"

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support import KEY, Admin, eventually, objects_for
+from tests.support import KEY, Admin, eventually, objects_for, rss_kib
 
 HANDSHAKE = (b"GET /.ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"apikey: john-key\r\n")
@@ -66,11 +66,6 @@ async def test_shutdown_closes_sessions_with_1001_on_both_sides(proxy, upstream)
 
 async def _equal(actual, expected):
     assert actual == expected
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc for memory")

@@ -4,7 +4,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.support import compile_objects, consumer_objects, quickstart_objects
-from wsgate_proxy.auth import Authenticator, AuthFailure
+from wsgate_proxy.auth import Authenticator
 from wsgate_proxy.config import GatewayConfig, KeyAuthSources, RouteAuth
 from wsgate_proxy.credentials import (
     MalformedCredential,
@@ -15,6 +15,7 @@ from wsgate_proxy.credentials import (
     strip_query,
 )
 from wsgate_proxy.passwords import PasswordVerifier
+from wsgate_proxy.refusals import AuthFailure
 
 ALL = KeyAuthSources(header="apikey", query="apikey", cookie="session", subprotocol=True)
 

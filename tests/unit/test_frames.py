@@ -1,11 +1,18 @@
-"""The frame inspector against frames serialized by the `websockets` library."""
+"""frames.py against frames serialized by the `websockets` library."""
 
 from __future__ import annotations
 
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from wsgate_proxy.relay import FrameInspector, close_frame
+from wsgate_proxy.frames import (
+    CloseCode,
+    FrameInspector,
+    ProtocolError,
+    close_code_label,
+    close_frame,
+    read_frame,
+)
 
 OP_BINARY, OP_CLOSE, OP_CONT = Opcode.BINARY, Opcode.CLOSE, Opcode.CONT
 OP_PING, OP_TEXT = Opcode.PING, Opcode.TEXT
@@ -132,3 +139,64 @@ def test_close_frames_the_proxy_writes_parse_as_close_frames(masked):
         frame = stop.value
     assert frame.opcode == OP_CLOSE
     assert Close.parse(frame.data) == Close(1008, "credential revoked")
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_control_frame_declaring_more_than_125_bytes_is_a_protocol_error(masked):
+    before = frames(Frame(OP_TEXT, b"fine"), mask=masked)
+    huge_close = bytes((0x88, (0x80 if masked else 0) | 127)) + (1 << 62).to_bytes(8, "big")
+    huge_close += b"\0\0\0\0" if masked else b""
+    inspector = FrameInspector(masked=masked)
+    # Forwarding stops before the offending header; nothing of it is held.
+    assert inspector.feed(before + huge_close + b"x" * 1000) == before
+    assert inspector.violation == (1002, "control frame longer than 125 bytes or fragmented")
+    assert inspector.broken
+    assert inspector.halted
+    assert inspector.feed(b"y" * 100_000) == b""  # the stream is not read any more
+
+
+def test_fragmented_control_frame_is_a_protocol_error():
+    ping = bytes((0x09, 0x81)) + b"\0\0\0\0" + b"p"  # FIN=0 (websockets refuses to make it)
+    inspector = FrameInspector(masked=True)
+    assert inspector.feed(ping) == b""
+    assert inspector.violation == (1002, "control frame longer than 125 bytes or fragmented")
+
+
+def test_a_control_frame_of_125_bytes_passes():
+    data = frames(Frame(OP_PING, b"p" * 125), Frame(OP_CLOSE, Close(1000, "r" * 123)
+                                                        .serialize()), mask=True)
+    inspector = FrameInspector(masked=True)
+    assert inspector.feed(data) == data
+    assert inspector.violation is None
+
+
+def test_close_reason_is_cut_at_a_character_boundary():
+    from websockets.streams import StreamReader
+
+    reason = "é" * 100  # 200 bytes of UTF-8: cut at 123 would split a character
+    reader = StreamReader()
+    reader.feed_data(close_frame(1008, reason, masked=False))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as stop:
+        frame = stop.value
+    close = Close.parse(frame.data)  # websockets checks the UTF-8
+    assert close.reason == "é" * 61
+
+
+def test_read_frame_unmasks_and_refuses_oversized_frames_from_the_header():
+    data = frames(Frame(OP_TEXT, b'{"type": "auth"}'), mask=True)
+    assert read_frame(data[:5], 100) is None  # incomplete
+    frame, size = read_frame(data + b"more", 100)
+    assert (frame.opcode, frame.fin, frame.masked, frame.payload, size) == (
+        OP_TEXT, True, True, b'{"type": "auth"}', len(data))
+    header_only = frames(Frame(OP_TEXT, b"x" * 70_000), mask=True)[:14]
+    with pytest.raises(ProtocolError):
+        read_frame(header_only, 16 * 1024)
+
+
+def test_close_code_labels_come_from_a_fixed_set():
+    labels = {close_code_label(code) for code in range(0, 70_000)}
+    assert labels == {*(str(int(c)) for c in CloseCode if c < 3000), "3xxx", "4xxx", "invalid"}
+    assert close_code_label(None) == "none"
