@@ -6,16 +6,17 @@ consumer's). The lease's deadline is its proxy's: every proxy keeps a heartbeat,
 deadline in Redis's own clock (no proxy clock is trusted), in a per-namespace set
 ``wsgate:{ns}:proxies``. A count is the number of members whose proxy is alive.
 
-- Admission is one round trip: a Lua script refreshes this proxy's heartbeat, counts the
-  members of live proxies in each counter, and either refuses (naming the first counter
-  at its limit) or adds the member to every counter, atomically. Members of dead proxies
-  are never counted, and are removed when a script finds them.
-- Renewal is one round trip per proxy per interval: one heartbeat per
-  namespace the proxy holds leases in, whatever the number of sessions, so a session
-  open for a week keeps counting at no cost per session. A proxy killed with SIGKILL
-  stops renewing, and its sessions stop counting when its deadline (the lease time)
-  passes.
-- A session's end removes its member at once (releases are batched per event-loop turn).
+- Admission is one round trip: a Lua script counts each counter (only a counter at its
+  limit needs the per-proxy count of members of live proxies) and either refuses (naming
+  the first counter at its limit) or adds the member to every counter, atomically.
+  Members of dead proxies are never counted, and are removed when a script finds them.
+  The admissions of one event-loop turn share a round trip.
+- Renewal is one round trip per proxy per interval: one heartbeat per namespace the
+  proxy holds leases in, whatever the number of sessions, so a session open for a week
+  keeps counting at no cost per session. A proxy killed with SIGKILL stops renewing,
+  and its sessions stop counting when its deadline (the lease time) passes.
+- A session's end removes its member at once: with the next admission's round trip, or
+  within 5 ms, batched.
 - When the store may disagree with what this proxy holds (a call that failed or timed
   out, releases that could not be sent, a Redis that came back empty and so reports
   this proxy's heartbeat missing), the counters concerned are *resynced*: this proxy's
