@@ -100,6 +100,7 @@ def settle(ctx: BuildContext, ref: ObjectRef, spec: WsConsumerSpec,
         keys=tuple(c for c in kept if isinstance(c, cfg.KeyCredential)),
         basic=tuple(c for c in kept if isinstance(c, cfg.BasicCredential)),
         jwt=tuple(c for c in kept if isinstance(c, cfg.JwtCredential)),
+        max_connections=spec.limits.max_connections,
     )
 
 
