@@ -2,9 +2,10 @@
 
 An event marks the view dirty; the reconciler waits until no new change came for a
 short holdoff (but no longer than a maximum since the first one, so a steady
-trickle still builds), compiles the whole view (the pure compiler), hands the
-config to the pusher, and writes every status that changed. When only what the
-proxies run changed, it recomputes statuses without compiling.
+trickle still builds), brings its compiler to the view (the compiler keeps what it
+compiled per object and compiles again only what changed and what depends on it),
+hands the config to the pusher, and writes every status that changed. When only what
+the proxies run changed, it recomputes statuses without compiling.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .compiler import Compiled, K8sObject, ObjectRef, Snapshot, compile_snapshot
+from .compiler import Compiled, K8sObject, ObjectRef, Snapshot
+from .compiler.build import Compiler
 from .kinds import COMPILED
 from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
@@ -70,6 +72,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._objects_changed = False
         self.compiled: Compiled | None = None
+        self._compiler = Compiler()
         # Sequence numbers, as Contour's tests wait on: compiles done (each with its
         # statuses queued), and status writes queued in all.
         self.builds = 0
@@ -146,21 +149,31 @@ class Reconciler:
             started = time.perf_counter()
             # The compiler is pure Python: in a thread, the event loop keeps serving. It
             # shares nothing the loop changes meanwhile: the view's lists are its own, and
-            # the cache replaces an object's body on every event, never edits it.
-            self.compiled = await asyncio.to_thread(compile_snapshot, view.snapshot)
+            # the cache replaces an object's body on every event, never edits it. Only
+            # this task touches the compiler, one build at a time.
+            try:
+                self.compiled = await asyncio.to_thread(self._compile, view.snapshot)
+            except BaseException:
+                self._compiler = Compiler()  # half updated: the next build starts afresh
+                self._objects_changed = True
+                raise
             self.metrics.compile_seconds.observe(time.perf_counter() - started)
             for kind in COMPILED:
                 self.metrics.objects.labels(kind.kind).set(
                     len(getattr(view.snapshot, str(kind.field))))
-            log.info("compiled", extra={"version": self.compiled.config.version,
+            log.info("compiled", extra={"version": self.compiled.version,
                                         "problems": len(self.compiled.problems),
                                         "seconds": round(time.perf_counter() - started, 4)})
-            self.pusher.set_config(self.compiled.config)
+            self.pusher.set_config(self.compiled)
         await self._write_statuses(view.snapshot, self.compiled)
         if compiling:
             self.builds += 1
             self._built.set()
             self._built = asyncio.Event()
+
+    def _compile(self, snapshot: Snapshot) -> Compiled:
+        self._compiler.sync(snapshot)
+        return self._compiler.result()
 
     async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
         """Compute every status; queue those that changed (with their Events)."""

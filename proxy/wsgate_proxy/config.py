@@ -9,7 +9,6 @@ needs to decide and nothing more: credentials only in the form that verifies the
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -228,9 +227,14 @@ class GatewayConfig(_Model):
         return self
 
     def content_hash(self) -> str:
-        body = self.model_dump(mode="json", exclude={"version"})
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """The version of this content (see ``version_of``)."""
+        return version_of(sum(item_digest(kind, item) for kind, field in ITEM_FIELDS.items()
+                              for item in getattr(self, field)))
+
+    def items(self) -> dict[str, dict[str, Item]]:
+        """The items by kind and key."""
+        return {kind: {item.key: item for item in getattr(self, field)}
+                for kind, field in ITEM_FIELDS.items()}
 
     @classmethod
     def build(
@@ -248,3 +252,27 @@ class GatewayConfig(_Model):
             endpoints=tuple(sorted(endpoints or [], key=lambda e: e.key)),
         )
         return unversioned.model_copy(update={"version": unversioned.content_hash()})
+
+
+Item = Route | Consumer | Certificate | ServiceEndpoints
+# The kinds of item a config holds, and the GatewayConfig field holding each.
+ITEM_FIELDS: dict[str, str] = {"route": "routes", "consumer": "consumers",
+                               "certificate": "certificates", "endpoints": "endpoints"}
+ITEM_MODELS: dict[str, type[Item]] = {"route": Route, "consumer": Consumer,
+                                      "certificate": Certificate, "endpoints": ServiceEndpoints}
+_DIGEST_MODULUS = 2 ** 256
+
+
+def item_digest(kind: str, item: Item, encoded: bytes | None = None) -> int:
+    """An item's digest: SHA-256 of its kind and canonical JSON (``encoded``, when the
+    caller has it already), as a number."""
+    body = encoded if encoded is not None else item.model_dump_json().encode()
+    return int.from_bytes(hashlib.sha256(kind.encode() + b"\n" + body).digest(), "big")
+
+
+def version_of(digest_sum: int) -> str:
+    """The version of a config from the sum of its items' digests: it identifies the
+    whole content, and a change of one item moves it at the cost of that item (the
+    sum is kept up to date, never recomputed over every item)."""
+    total = (digest_sum % _DIGEST_MODULUS).to_bytes(32, "big")
+    return hashlib.sha256(total).hexdigest()[:16]

@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator
 from typing import Any
 
-from . import metrics
+from . import config_stream, metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
-from .config import Consumer, Endpoint, GatewayConfig, Route
+from .config import (
+    ITEM_FIELDS,
+    ITEM_MODELS,
+    Consumer,
+    Endpoint,
+    GatewayConfig,
+    Item,
+    Route,
+    version_of,
+)
+from .config_stream import SLICE_SECONDS, ConfigChange
 from .frames import CloseCode
 from .leases import LeaseStore
 from .limits import ConnectionLimits
@@ -35,32 +46,119 @@ access_log = logging.getLogger("wsgate.access")
 log = logging.getLogger("wsgate.runtime")
 
 
+class ConfigMismatch(ValueError):
+    """A change that cannot be applied to the active config: it starts from another
+    version, or does not lead to the version it claims."""
+
+
 class ActiveConfig:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        previous: ActiveConfig | None,
-        endpoint_sessions: Counter[Endpoint],
-        health: EndpointHealth,
-        passwords: PasswordVerifier,
-    ) -> None:
-        self.config = config
-        self.router = Router(config.routes)
-        self.authenticator = Authenticator(config.consumers, passwords)
-        # Client contexts for wss:// backends, with the name to verify.
-        self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {
-            route.key: (upstream_context(route.backend.tls.ca_pem),
-                        route.backend.tls.server_name)
-            for route in config.routes if route.backend.tls is not None
-        }
-        self.endpoints = {e.key: e.endpoints for e in config.endpoints}
+    """A config in the form the data path reads it. Made from the one before and a
+    change, at the cost of the change: indexes are copied (dict copies, no Python loop
+    per item) and changed where the change touches them."""
+
+    def __init__(self, previous: ActiveConfig | None, change: ConfigChange,
+                 endpoint_sessions: Counter[Endpoint], health: EndpointHealth,
+                 passwords: PasswordVerifier) -> None:
+        self._previous, self._change = previous, change
+        self._endpoint_sessions, self._health, self._passwords = \
+            endpoint_sessions, health, passwords
+        self.version = change.version
+        self.applied_at = 0.0
+        # What changed, for the review of live sessions: every route (when any route
+        # changed, a session may now match another) or these consumers.
+        self.routes_changed = True
+        self.consumers_changed: set[str] = set()
+
+    def build(self) -> Iterator[None]:
+        """Build the indexes; yields between slices of work (a full config of ten
+        thousand consumers is built a slice at a time). Raises ConfigMismatch."""
+        previous, change = self._previous, self._change
+        if change.full or previous is None:
+            if not change.full:
+                raise ConfigMismatch(f"a change from {change.base} to {change.version}, and "
+                                     "no config is active: send the whole config")
+            self.items: dict[str, dict[str, Item]] = {k: {} for k in ITEM_MODELS}
+            self.digests: dict[tuple[str, str], int] = {}
+            self.digest_sum = 0
+            self.authenticator = Authenticator((), self._passwords)
+            self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {}
+            self.balancers: dict[str, Balancer] = {}
+            removed = {kind: set(keys) for kind, keys in previous.items.items()} \
+                if previous is not None else {k: set() for k in ITEM_MODELS}
+            for kind, keys in change.set.items():
+                removed[kind] -= keys.keys()
+        else:
+            if change.base != previous.version:
+                raise ConfigMismatch(f"a change from {change.base}, and this proxy runs "
+                                     f"{previous.version}: send the whole config")
+            self.items = {kind: dict(items) for kind, items in previous.items.items()}
+            self.digests = dict(previous.digests)
+            self.digest_sum = previous.digest_sum
+            self.authenticator = previous.authenticator.copy()
+            self.upstream_tls = dict(previous.upstream_tls)
+            self.balancers = dict(previous.balancers)
+            removed = change.removed
+        yield None
+        # Items: the digest sum moves by what left and what came.
+        for kind, keys in removed.items():
+            for key in keys:
+                if self.items[kind].pop(key, None) is not None:
+                    self.digest_sum -= self.digests.pop((kind, key))
+        for (kind, key), digest in change.digests.items():
+            self.digest_sum += digest - self.digests.get((kind, key), 0)
+            self.digests[(kind, key)] = digest
+            self.items[kind][key] = change.set[kind][key]
+        if version_of(self.digest_sum) != change.version:
+            raise ConfigMismatch(f"the change does not lead to version {change.version} "
+                                 f"(it leads to {version_of(self.digest_sum)}): send the "
+                                 "whole config")
+        yield None
+        # Consumers.
+        changed_consumers = removed["consumer"] | change.set["consumer"].keys()
+        started = time.perf_counter()
+        for key in removed["consumer"]:
+            self.authenticator.remove(key)
+        for consumer in change.set["consumer"].values():
+            self.authenticator.add(consumer)
+            if time.perf_counter() - started > SLICE_SECONDS:
+                yield None
+                started = time.perf_counter()
+        self.consumers_changed = changed_consumers
+        # Routes: the router again when any changed (their order decides contested paths);
+        # a route's balancer and upstream TLS when it or its endpoints changed.
+        routes = self.items["route"]
+        changed_routes = removed["route"] | change.set["route"].keys()
+        self.routes_changed = bool(changed_routes) or previous is None
+        self.router = Router(tuple(routes[k] for k in sorted(routes))) \
+            if self.routes_changed else previous.router
+        self.endpoints = {key: e.endpoints for key, e in self.items["endpoints"].items()}
+        changed_endpoints = removed["endpoints"] | change.set["endpoints"].keys()
+        if changed_endpoints:
+            changed_routes |= {key for key, route in routes.items()
+                               if route.endpoints_key in changed_endpoints}
         old = previous.balancers if previous is not None else {}
-        self.balancers: dict[str, Balancer] = {
-            route.key: balancer_for(route, self.endpoints.get(route.endpoints_key, ()),
-                                    old.get(route.key), endpoint_sessions, health)
-            for route in config.routes
-        }
+        for key in changed_routes:
+            self.upstream_tls.pop(key, None)
+            self.balancers.pop(key, None)
+            route = routes.get(key)
+            if route is None:
+                continue
+            if route.backend.tls is not None:
+                self.upstream_tls[key] = (upstream_context(route.backend.tls.ca_pem),
+                                          route.backend.tls.server_name)
+            self.balancers[key] = balancer_for(
+                route, self.endpoints.get(route.endpoints_key, ()), old.get(key),
+                self._endpoint_sessions, self._health)
+        self.certificates_changed = bool(removed["certificate"] or change.set["certificate"])
         self.applied_at = time.time()
+        del self._previous, self._change
+
+    @functools.cached_property
+    def config(self) -> GatewayConfig:
+        """The whole config, in canonical order (for GET /config and the saved state)."""
+        return GatewayConfig.model_construct(version=self.version, **{
+            field: tuple(self.items[kind][k] for k in sorted(self.items[kind]))
+            for kind, field in ITEM_FIELDS.items()})
 
 
 # How many sessions a periodic counter flush handles before it lets the loop run.
@@ -90,36 +188,64 @@ class Runtime:
 
     @property
     def version(self) -> str | None:
-        return self.active.config.version if self.active else None
+        return self.active.version if self.active else None
 
     def report_source(self, errors: list[str]) -> None:
         self.source_errors = list(errors)
 
     def apply(self, config: GatewayConfig) -> bool:
-        """Swap in a config; False when it is the version already active."""
-        if self.active is not None and self.active.config.version == config.version:
+        """Swap in a whole config at once; False when it is the version already active."""
+        if self.active is not None and self.active.version == config.version:
             return False
+        active = self._prepare(config_stream.from_items(config.version, config.items()))
+        for _ in active.build():
+            pass
+        self._swap(active)
+        return True
+
+    async def apply_change(self, change: ConfigChange) -> bool:
+        """Swap in a change (a delta, or a whole config) built a slice at a time: the
+        loop serves sessions between slices, and handshakes see the old config until
+        the one swap. False when it is the version already active. Raises
+        ConfigMismatch."""
+        if self.active is not None and self.active.version == change.version:
+            return False
+        active = self._prepare(change)
+        for _ in active.build():
+            await asyncio.sleep(0)
+        if self.active is not None and self.active.version == change.version:
+            return False  # another push got there first
+        if self.active is not None and not change.full and self.active.version != change.base:
+            raise ConfigMismatch(f"this proxy moved to {self.active.version} meanwhile")
+        self._swap(active)
+        return True
+
+    def _prepare(self, change: ConfigChange) -> ActiveConfig:
+        return ActiveConfig(self.active, change, self.endpoint_sessions, self.health,
+                            self.passwords)
+
+    def _swap(self, active: ActiveConfig) -> None:
         previous = self.active
-        self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health,
-                                   self.passwords)
-        self.certificates.update(config.certificates)
+        self.active = active
+        if active.certificates_changed:
+            self.certificates.update(tuple(active.items["certificate"][k]
+                                           for k in sorted(active.items["certificate"])))
         if previous is not None:
-            metrics.CONFIG_INFO.remove(previous.config.version)
-        metrics.CONFIG_INFO.labels(config.version).set(1)
-        metrics.CONFIG_APPLIED.set(self.active.applied_at)
-        closed = self._review_sessions(self.active)
+            metrics.CONFIG_INFO.remove(previous.version)
+        metrics.CONFIG_INFO.labels(active.version).set(1)
+        metrics.CONFIG_APPLIED.set(active.applied_at)
+        closed = self._review_sessions(active)
         self.forget_removed_routes()
         log.info(
             "config applied",
             extra={
-                "version": config.version,
-                "previous": previous.config.version if previous else None,
-                "routes": len(config.routes),
-                "consumers": len(config.consumers),
+                "version": active.version,
+                "previous": previous.version if previous else None,
+                "routes": len(active.items["route"]),
+                "consumers": len(active.items["consumer"]),
                 "sessions_closed": closed,
             },
         )
-        return True
 
     def _review_sessions(self, active: ActiveConfig) -> int:
         """Hold every live session against the new config; close those it no longer allows.
@@ -128,7 +254,12 @@ class Runtime:
         its consumer still holds the credential it authenticated with and is still
         allowed there; everything else about the config may change around it.
         """
-        return sum(self._review(active, session) for session in list(self.sessions))
+        if active.routes_changed:
+            sessions = list(self.sessions)
+        else:  # only the sessions of consumers that changed can be affected
+            changed = active.consumers_changed
+            sessions = [s for s in self.sessions if s.consumer_key in changed] if changed else []
+        return sum(self._review(active, session) for session in sessions)
 
     def _review(self, active: ActiveConfig, session: Session) -> bool:
         """Hold one session against a config; True when it was closed."""
@@ -246,7 +377,7 @@ class Runtime:
         the config, not by its history)."""
         if self.active is None:
             return
-        live = {route.key for route in self.active.config.routes}
+        live = self.active.items["route"]
         metrics.forget_routes(key for key in metrics.routes()
                               if key and key not in live and not self.limits.counted(key))
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .admin import admin_app
 from .config import GatewayConfig
+from .config_stream import ConfigChange
 from .frames import CloseCode
 from .gateway import Gateway
 from .leases import LeaseStore, StoreOptions
@@ -66,18 +67,23 @@ async def serve(
     runtime = Runtime(password_queue=options.password_queue, shared=store)
     state = StateDir(options.state_dir) if options.state_dir else None
 
-    def apply(config: GatewayConfig) -> bool:
-        changed = runtime.apply(config)
-        if changed and state is not None:
-            state.save_soon(config)
+    def keep(changed: bool) -> bool:
+        if changed and state is not None and runtime.active is not None:
+            state.save_soon(runtime.active)
         return changed
+
+    def apply(config: GatewayConfig) -> bool:
+        return keep(runtime.apply(config))
+
+    async def apply_change(change: ConfigChange) -> bool:
+        return keep(await runtime.apply_change(change))
 
     if state is not None and (saved := state.load()) is not None:
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # The low-level server: every request goes to the gateway, no router in between.
     proxy_runner = web.ServerRunner(Listener(gateway.handle, options.heads, access_log=None))
-    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply),
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_change),
                                  access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()

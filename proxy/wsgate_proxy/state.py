@@ -11,15 +11,22 @@ never holds the event loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from .config import GatewayConfig
+from .config import ITEM_FIELDS, GatewayConfig
+
+
+class HasConfig(Protocol):
+    @property
+    def config(self) -> GatewayConfig: ...
 
 log = logging.getLogger("wsgate.state")
 
@@ -33,9 +40,10 @@ class StateDir:
         os.chmod(directory, 0o700)  # an existing directory too: it holds secrets
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="wsgate-state")
 
-    def save_soon(self, config: GatewayConfig) -> None:
-        """Save on the writer thread; saves happen in the order they were asked for."""
-        self._writer.submit(self.save, config)
+    def save_soon(self, active: HasConfig) -> None:
+        """Save an active config on the writer thread; saves happen in the order they
+        were asked for. The whole config is put together there too."""
+        self._writer.submit(lambda: self.save(active.config))
 
     def close(self) -> None:
         """Wait for the saves asked for so far."""
@@ -69,7 +77,16 @@ class StateDir:
             # mkstemp creates the file 0600 and with a name of its own.
             fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=directory)
             with os.fdopen(fd, "wb") as file:
-                file.write(config.model_dump_json().encode())
+                # Item by item: one call serialising ten thousand consumers would hold
+                # the interpreter (and the event loop) for its whole length.
+                file.write(f'{{"version":{json.dumps(config.version)}'.encode())
+                for field in ITEM_FIELDS.values():
+                    file.write(f',"{field}":['.encode())
+                    for i, item in enumerate(getattr(config, field)):
+                        file.write(b"," if i else b"")
+                        file.write(item.model_dump_json().encode())
+                    file.write(b"]")
+                file.write(b"}")
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self.path)

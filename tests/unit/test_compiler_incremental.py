@@ -233,6 +233,7 @@ _SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": meta("echo", "def
           _set(_slice("s1", "other")), _set(_slice("s1", "echo"))])
 def test_every_step_equals_a_fresh_compile(batches):
     compiler = Compiler()
+    synced = Compiler()  # fed whole snapshots, as the operator's reconciler feeds it
     objects: dict[ObjectRef, dict[str, Any]] = {}
     before = compiler.result()
     before_statuses: dict[ObjectRef, dict[str, Any]] = {}
@@ -246,11 +247,16 @@ def test_every_step_equals_a_fresh_compile(batches):
                 objects[ref] = obj
         compiler.update(changes)
         result = compiler.result()
+        synced.sync(Snapshot.of(objects.values()))
+        from_snapshot = synced.result()
         fresh = compile_snapshot(Snapshot.of(objects.values()))
         assert result.items == fresh.items
         assert result.problems_by_ref == fresh.problems_by_ref
         assert result.route_endpoints == fresh.route_endpoints
-        assert result.config.version == fresh.config.version
+        assert result.version == fresh.version == fresh.config.content_hash()
+        assert (from_snapshot.items, from_snapshot.problems_by_ref) == (
+            fresh.items, fresh.problems_by_ref)
+        assert from_snapshot.changed_items == result.changed_items
         now = statuses(result, objects)
         assert now == statuses(fresh, objects)
         # What changed is reported: the items exactly, and every object whose status moved.

@@ -75,6 +75,10 @@ class Compiler:
         # The config, item by item.
         self.items: dict[str, dict[str, BaseModel]] = {
             "route": {}, "consumer": {}, "certificate": {}, "endpoints": {}}
+        # Each item's canonical JSON and digest, and the sum of the digests: the version
+        # moves by what changed (config.version_of), nothing is serialised twice.
+        self.encoded: dict[ItemKey, tuple[bytes, int]] = {}
+        self._digest_sum = 0
         # Since the last result: the items that changed, the objects whose result did.
         self._changed_items: set[ItemKey] = set()
         self._changed_refs: set[ObjectRef] = set()
@@ -82,7 +86,17 @@ class Compiler:
     # -- input -----------------------------------------------------------------------
     def load(self, snapshot: Snapshot) -> Compiler:
         """Every object of a snapshot, as given (duplicates and non-objects reported)."""
+        self.sync(snapshot)
+        return self
+
+    def sync(self, snapshot: Snapshot) -> None:
+        """Bring the compiler to a snapshot: what differs from the objects it holds is
+        an update (an object body is compared by identity first: the operator's cache
+        stores a new body on every change and never edits one), what is missing is
+        deleted. Duplicates and non-objects are reported."""
         changes: dict[ObjectRef, K8sObject | None] = {}
+        seen: set[ObjectRef] = set()
+        loose: dict[ObjectRef, list[Problem]] = {}
         for kind, attr in SNAPSHOT_KINDS.items():
             for obj in getattr(snapshot, attr):
                 ref = _key_of(kind, obj)
@@ -91,16 +105,22 @@ class Compiler:
                     checked_object(obj, stray)
                     for problems in stray.problems.values():
                         for problem in problems:
-                            self._loose.setdefault(problem.ref, []).append(problem)
+                            loose.setdefault(problem.ref, []).append(problem)
                     continue
-                if ref in changes:
-                    self._loose.setdefault(ref, []).append(Problem(
+                if ref in seen:
+                    loose.setdefault(ref, []).append(Problem(
                         ref, "metadata.name", "Duplicate",
                         "is defined more than once; only the first is used", invalid=True))
                     continue
-                changes[ref] = obj
+                seen.add(ref)
+                if self._inputs.get(ref) is not obj:
+                    changes[ref] = obj
+        for ref in self._inputs.keys() - seen:
+            changes[ref] = None
+        self._changed_refs |= {ref for ref in self._loose.keys() | loose.keys()
+                               if self._loose.get(ref) != loose.get(ref)}
+        self._loose = loose
         self.update(changes)
-        return self
 
     def update(self, changes: Changes) -> None:
         """Objects created or changed (their new body) or deleted (None), compiled with
@@ -317,10 +337,16 @@ class Compiler:
         items = self.items[kind]
         if items.get(key) == item:
             return False
+        _, digest_before = self.encoded.pop((kind, key), (b"", 0))
+        self._digest_sum -= digest_before
         if item is None:
             del items[key]
         else:
             items[key] = item
+            encoded = item.model_dump_json().encode()
+            digest = cfg.item_digest(kind, item, encoded)  # type: ignore[arg-type]
+            self.encoded[(kind, key)] = (encoded, digest)
+            self._digest_sum += digest
         self._changed_items.add((kind, key))
         return True
 
@@ -337,6 +363,8 @@ class Compiler:
             for ref, r in self._routes.items()}
         compiled = Compiled(
             items={kind: dict(items) for kind, items in self.items.items()},
+            version=cfg.version_of(self._digest_sum),
+            encoded=dict(self.encoded),
             problems_by_ref=dict(sorted(problems.items())),
             route_endpoints=route_endpoints,
             changed_items=frozenset(self._changed_items),

@@ -19,6 +19,10 @@ ItemKey = tuple[str, str]
 class Compiled:
     # The config's items by kind and key (a build's own copy: later builds never change it).
     items: dict[str, dict[str, Any]]
+    # The version of the whole config (config.version_of), and each item's canonical
+    # JSON and digest, as pushes carry them.
+    version: str = ""
+    encoded: dict[ItemKey, tuple[bytes, int]] = field(default_factory=dict)
     problems_by_ref: dict[ObjectRef, list[Problem]] = field(default_factory=dict)
     # Ready endpoints per compiled route, for status and summaries.
     route_endpoints: dict[ObjectRef, int] = field(default_factory=dict)
@@ -30,10 +34,10 @@ class Compiled:
     @functools.cached_property
     def config(self) -> cfg.GatewayConfig:
         """The whole config, versioned (built on first use: the operator's own paths read
-        the items)."""
-        return cfg.GatewayConfig.build(
-            list(self.items["route"].values()), list(self.items["consumer"].values()),
-            list(self.items["certificate"].values()), list(self.items["endpoints"].values()))
+        the items and the encoded items)."""
+        return cfg.GatewayConfig.model_construct(version=self.version, **{
+            field: tuple(self.items[kind][k] for k in sorted(self.items[kind]))
+            for kind, field in cfg.ITEM_FIELDS.items()})
 
     @property
     def problems(self) -> list[Problem]:
