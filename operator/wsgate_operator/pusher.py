@@ -91,6 +91,7 @@ class Pusher:
         self._on_failure = on_failure or (lambda _target, _reason: None)
         self._failing: set[str] = set()
         self._whole: set[str] = set()  # proxies whose next push is the whole config
+        self._asked: set[str] = set()  # proxies asked what they run (or pushed to)
         self._config: Compiled | None = None
         self._full_body: bytes | None = None  # the current config whole, made when needed
         # The versions built, oldest first, each with the items changed from the one
@@ -160,6 +161,7 @@ class Pusher:
             self._on_change()
 
     def _forget(self, name: str) -> None:
+        self._asked.discard(name)
         self._failing.discard(name)
         self._whole.discard(name)
         self._targets.pop(name, None)
@@ -175,6 +177,10 @@ class Pusher:
             if (route_key, generation) in self._included.get(self._running.get(name, ""), ())
         )
         return ProxySync(synced=synced, total=len(self._targets))
+
+    def knows_every_proxy(self) -> bool:
+        """Whether every proxy has been asked what it runs (or pushed to) at least once."""
+        return self._targets.keys() <= self._asked
 
     def running(self) -> dict[str, str]:
         return dict(self._running)
@@ -200,8 +206,10 @@ class Pusher:
             # A proxy first seen (or a restarted operator) may run the current config
             # already: ask before pushing, so a restart pushes nothing it need not.
             version = await self._ask_version(target)
-            if version and name in self._targets:
-                self._running[name] = version
+            if name in self._targets:
+                self._asked.add(name)
+                if version:
+                    self._running[name] = version
                 self._on_change()
         while True:
             target, config = self._targets.get(name), self._config

@@ -23,7 +23,7 @@ from .compiler.build import Compiler
 from .kinds import COMPILED
 from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
-from .status import Event, Status, consumer_status, route_status, transitions
+from .status import Event, Status, consumer_status, generation_of, route_status, transitions
 
 log = logging.getLogger("wsgate.reconciler")
 
@@ -73,6 +73,7 @@ class Reconciler:
         self._objects_changed = False
         self.compiled: Compiled | None = None
         self._compiler = Compiler()
+        self._status_all = True  # the next status pass computes every object's
         # Sequence numbers, as Contour's tests wait on: compiles done (each with its
         # statuses queued), and status writes queued in all.
         self.builds = 0
@@ -165,7 +166,12 @@ class Reconciler:
                                         "problems": len(self.compiled.problems),
                                         "seconds": round(time.perf_counter() - started, 4)})
             self.pusher.set_config(self.compiled)
-        await self._write_statuses(view.snapshot, self.compiled)
+        # Consumers' statuses follow what each build changed (every one after a failed
+        # status pass: a write that failed is written again).
+        changed = self.compiled.changed_refs if compiling else frozenset()
+        if self._status_all:
+            self._status_all, changed = False, None
+        await self._write_statuses(view.snapshot, self.compiled, changed)
         if compiling:
             self.builds += 1
             self._built.set()
@@ -175,21 +181,31 @@ class Reconciler:
         self._compiler.sync(snapshot)
         return self._compiler.result()
 
-    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
-        """Compute every status; queue those that changed (with their Events)."""
+    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled,
+                              changed: frozenset[ObjectRef] | None) -> None:
+        """Compute the statuses that may have moved; queue those that changed (with
+        their Events). A consumer's status follows its compile (``changed``: the objects
+        whose result changed; None: every object); a route's also follows what the
+        proxies run, and waits until the pusher knows what each proxy runs (a restarted
+        operator would otherwise write Programmed=False until it had asked them)."""
         now = _now()
+        routes_known = self.pusher.knows_every_proxy()
         computed = []
+        present: set[tuple[str, str]] = set()
         for obj in snapshot.routes:
             ref = ObjectRef.of(obj)
-            generation = int((obj.get("metadata") or {}).get("generation") or 0)
-            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation)
-            computed.append((obj, route_status(obj, compiled, sync, now)))
-        computed += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
-        seen = set()
-        for obj, status in computed:
+            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            if not routes_known:
+                continue
+            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
+            computed.append((ref, obj, route_status(obj, compiled, sync, now)))
+        for obj in snapshot.consumers:
             ref = ObjectRef.of(obj)
+            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            if changed is None or ref in changed:
+                computed.append((ref, obj, consumer_status(obj, compiled, now)))
+        for ref, obj, status in computed:
             key = (ref.kind, f"{ref.namespace}/{ref.name}")
-            seen.add(key)
             current = obj.get("status") or None
             if status == current or status == self._written.get(key):
                 continue
@@ -199,7 +215,7 @@ class Reconciler:
             self._pending[key] = (obj, status, events)
             self._written[key] = status
             self.statuses_queued += 1
-        for key in set(self._written) - seen:
+        for key in self._written.keys() - present:
             del self._written[key]
             self._pending.pop(key, None)
         if self._pending:
@@ -219,6 +235,7 @@ class Reconciler:
                     log.exception("status not written; the next build retries",
                                   extra={"object": str(ref)})
                     self._written.pop((ref.kind, f"{ref.namespace}/{ref.name}"), None)
+                    self._status_all = True
 
         while True:
             await self._pending_ready.wait()

@@ -135,7 +135,8 @@ class Compiler:
                     continue
                 del self._inputs[ref]
             else:
-                if before is not None and before == obj:
+                if before is not None and _same_input(before, obj):
+                    self._inputs[ref] = obj  # a status written, a resourceVersion moved
                     continue
                 self._inputs[ref] = obj
             if ref.kind == "WsConsumer":
@@ -373,6 +374,30 @@ class Compiler:
         self._changed_items = set()
         self._changed_refs = set()
         return compiled
+
+
+# What changes on every write and that no compile reads.
+_UNREAD = ("status",)
+_UNREAD_METADATA = ("resourceVersion", "managedFields")
+
+
+def _same_input(before: K8sObject, after: K8sObject) -> bool:
+    """Whether two bodies of an object compile alike: they differ at most in what no
+    compile reads (its status, as our own status writes bring it back)."""
+    if before == after:
+        return True
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return False
+    meta_before, meta_after = before.get("metadata"), after.get("metadata")
+    if isinstance(meta_before, Mapping) and isinstance(meta_after, Mapping):
+        if {k: v for k, v in meta_before.items() if k not in _UNREAD_METADATA} != \
+                {k: v for k, v in meta_after.items() if k not in _UNREAD_METADATA}:
+            return False
+    elif meta_before != meta_after:
+        return False
+    skipped = ("metadata", *_UNREAD)
+    return {k: v for k, v in before.items() if k not in skipped} == \
+        {k: v for k, v in after.items() if k not in skipped}
 
 
 def _key_of(kind: str, obj: object) -> ObjectRef | None:
