@@ -236,23 +236,6 @@ class GatewayConfig(_Model):
         return {kind: {item.key: item for item in getattr(self, field)}
                 for kind, field in ITEM_FIELDS.items()}
 
-    @classmethod
-    def build(
-        cls,
-        routes: list[Route],
-        consumers: list[Consumer],
-        certificates: list[Certificate] | None = None,
-        endpoints: list[ServiceEndpoints] | None = None,
-    ) -> GatewayConfig:
-        """A config in canonical order, its version set to its content hash."""
-        unversioned = cls(
-            routes=tuple(sorted(routes, key=lambda r: r.key)),
-            consumers=tuple(sorted(consumers, key=lambda c: c.key)),
-            certificates=tuple(sorted(certificates or [], key=lambda c: c.key)),
-            endpoints=tuple(sorted(endpoints or [], key=lambda e: e.key)),
-        )
-        return unversioned.model_copy(update={"version": unversioned.content_hash()})
-
 
 Item = Route | Consumer | Certificate | ServiceEndpoints
 # The kinds of item a config holds, and the GatewayConfig field holding each.

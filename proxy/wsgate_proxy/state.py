@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -39,11 +40,24 @@ class StateDir:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)  # an existing directory too: it holds secrets
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="wsgate-state")
+        # The config to save next; a burst of changes makes one save of the latest.
+        self._next: HasConfig | None = None
+        self._lock = threading.Lock()
 
     def save_soon(self, active: HasConfig) -> None:
-        """Save an active config on the writer thread; saves happen in the order they
-        were asked for. The whole config is put together there too."""
-        self._writer.submit(lambda: self.save(active.config))
+        """Save an active config on the writer thread (the whole config is put together
+        there too). Saves happen in order; one asked for while another waits replaces
+        it."""
+        with self._lock:
+            waiting, self._next = self._next is not None, active
+        if not waiting:
+            self._writer.submit(self._save_next)
+
+    def _save_next(self) -> None:
+        with self._lock:
+            active, self._next = self._next, None
+        if active is not None:
+            self.save(active.config)
 
     def close(self) -> None:
         """Wait for the saves asked for so far."""

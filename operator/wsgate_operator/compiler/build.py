@@ -23,7 +23,7 @@ then duplicates settled across each namespace), routes, endpoints, certificates.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -38,7 +38,7 @@ from .context import BuildContext, NamespacedName, labels_of
 from .objects import DEFAULT_NAMESPACE, SNAPSHOT_KINDS, K8sObject, ObjectRef, Problem, Snapshot
 from .routes import compile_route
 from .secrets import ServingCertificate, merge_certificates, serving_certificate
-from .shapes import checked_object, parse_spec, uncompilable
+from .shapes import SpecT, checked_object, parse_spec, uncompilable
 
 # A credential identifier within a namespace: (namespace, type, identifier).
 Owner = tuple[str, str, str]
@@ -213,10 +213,9 @@ class Compiler:
             self.ctx.forget(ref)
         else:
             with self.ctx.compiling(ref):
-                checked = checked_object(obj, self.ctx)
-                spec = parse_spec(self.ctx, ref, checked, WsConsumerSpec) \
-                    if checked is not None else None
-                if spec is not None and checked is not None:
+                parsed = self._parse(ref, obj, WsConsumerSpec)
+                if parsed is not None:
+                    checked, spec = parsed
                     self.ctx.add_consumer(ref, checked, spec)
                     self._consumer_specs[ref] = spec
                     found = consumer_processor.credentials(self.ctx, ref, spec)
@@ -242,6 +241,14 @@ class Compiler:
         if held_after:
             self._held[ref] = held_after
         return held_before | held_after
+
+    def _parse(self, ref: ObjectRef, obj: K8sObject, model: type[SpecT]
+               ) -> tuple[K8sObject, SpecT] | None:
+        """An object held to its shape and its spec parsed (problems reported on it);
+        None when either fails."""
+        checked = checked_object(obj, self.ctx)
+        spec = parse_spec(self.ctx, ref, checked, model) if checked is not None else None
+        return (checked, spec) if checked is not None and spec is not None else None
 
     def _labels(self, ref: ObjectRef) -> dict[str, str] | None:
         """A parsed consumer's labels (None when it has no valid spec, or is gone)."""
@@ -270,10 +277,9 @@ class Compiler:
             self.ctx.forget(ref)
         else:
             with self.ctx.compiling(ref):
-                checked = checked_object(obj, self.ctx)
-                spec = parse_spec(self.ctx, ref, checked, WsRouteSpec) \
-                    if checked is not None else None
-                if spec is not None and checked is not None:
+                parsed = self._parse(ref, obj, WsRouteSpec)
+                if parsed is not None:
+                    checked, spec = parsed
                     self._route_specs[ref] = spec
                     try:
                         route = compile_route(self.ctx, ref, checked, spec)
@@ -416,6 +422,3 @@ def compile_snapshot(snapshot: Snapshot) -> Compiled:
     """Every object of the snapshot, compiled afresh."""
     return Compiler().load(snapshot).result()
 
-
-def compile_objects(objects: Iterable[K8sObject]) -> Compiled:
-    return compile_snapshot(Snapshot.of(objects))
