@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import ssl
 import time
@@ -227,6 +228,13 @@ class Runtime:
     def _swap(self, active: ActiveConfig) -> None:
         previous = self.active
         self.active = active
+        if previous is None:
+            # The first config (and, standalone, the compiler's state) lives as long as
+            # the process: out of the collector's sight, a full collection no longer
+            # walks ten thousand consumers' objects while the loop waits (hundreds of
+            # ms on a busy machine). Once only, before any session exists (nothing can
+            # be served without a config), so nothing a session leaves is frozen.
+            gc.freeze()
         if active.certificates_changed:
             self.certificates.update(tuple(active.items["certificate"][k]
                                            for k in sorted(active.items["certificate"])))
