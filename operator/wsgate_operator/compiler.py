@@ -662,7 +662,7 @@ def _compile_route(
             key_auth=cfg.KeyAuthSources(**spec.auth.key_auth.model_dump()),
             hide_credentials=spec.auth.hide_credentials,
             allowed_consumers=allowed_names,
-            jwt_audience=spec.auth.jwt.audience,
+            jwt=cfg.JwtOptions(audience=spec.auth.jwt.audience),
             first_message_timeout_seconds=spec.auth.first_message_timeout_seconds,
         ),
         allowed_origins=tuple(spec.allowed_origins),

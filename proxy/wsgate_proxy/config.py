@@ -69,7 +69,55 @@ class KeyAuthSources(_Model):
     subprotocol: bool = True
 
 
-AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
+AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT", "External"]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)]
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$", max_length=256)]
+
+
+class ExternalAuth(_Model):
+    """The application's own auth endpoint, asked about each handshake (forward auth)."""
+
+    url: Url
+    request_headers: tuple[HeaderName, ...] = ("Cookie", "Authorization")
+    response_headers: tuple[HeaderName, ...] = ()
+    identity_header: HeaderName | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    cache_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    ca_pem: str | None = None  # https with a private CA; None: the system's roots
+
+
+class ClaimRequirement(_Model):
+    """A claim that must equal one of ``values`` or, for an array or a space-separated
+    string (``scope``), contain one of them."""
+
+    name: Annotated[str, Field(min_length=1)]
+    values: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class ClaimHeader(_Model):
+    claim: Annotated[str, Field(min_length=1)]
+    header: HeaderName
+
+
+class JwtProvider(_Model):
+    """An OpenID Connect provider whose tokens a route accepts, verified by its JWKS."""
+
+    issuer: Url
+    jwks_uri: Url | None = None  # None: discovered from <issuer>/.well-known/openid-configuration
+    audiences: tuple[str, ...] = ()  # a token's aud must include one; empty: the route's audience
+    required_claims: tuple[ClaimRequirement, ...] = ()
+    claims_to_headers: tuple[ClaimHeader, ...] = ()
+    identity_claim: Annotated[str, Field(min_length=1)] = "sub"
+    ca_pem: str | None = None
+
+
+class JwtOptions(_Model):
+    audience: str | None = None  # when set, a token's aud must include it
+    providers: tuple[JwtProvider, ...] = ()
+    # Leeway for exp, nbf and iat, and after exp before a live session is closed.
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=600)] = 30
+    cookie: str = ""  # a cookie that may carry the token; empty: none
 
 
 class RouteAuth(_Model):
@@ -78,7 +126,8 @@ class RouteAuth(_Model):
     mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
     methods: tuple[AuthMethod, ...] = ("KeyAuth",)
     key_auth: KeyAuthSources = KeyAuthSources()
-    jwt_audience: str | None = None  # when set, a token's aud must include it
+    jwt: JwtOptions = JwtOptions()
+    external: ExternalAuth | None = None
     first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     hide_credentials: bool = True
     # Consumers allowed on the route, as names within the route's namespace;
@@ -89,6 +138,10 @@ class RouteAuth(_Model):
     def _methods_match_mode(self) -> RouteAuth:
         if self.mode != "None" and not self.methods:
             raise ValueError(f"auth mode {self.mode} needs at least one method")
+        if ("External" in self.methods) != (self.external is not None):
+            raise ValueError("method External and the external settings go together")
+        if self.mode == "FirstMessage" and "External" in self.methods:
+            raise ValueError("External reads the handshake's headers: it needs mode Handshake")
         return self
 
 
@@ -114,6 +167,7 @@ class Route(_Model):
     allowed_origins: tuple[str, ...] = ()
     limits: Limits = Limits()
     on_credential_revoked: Literal["Close", "Keep"] = "Close"
+    on_credential_expired: Literal["Close", "Keep"] = "Close"
 
     @property
     def key(self) -> str:

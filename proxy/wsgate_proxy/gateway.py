@@ -3,7 +3,14 @@
 Every refusal is a ``Refusal`` (refusals.py), answered in one place: before any
 upgrade as an HTTP status with a plain-text body that says what to change; in
 FirstMessage mode, where the credential only comes after the upgrade, as a close
-frame (4401/4403, 1013, 1014) with a short reason.
+frame (4401/4403, 1013, 1014) with a short reason. An External auth server's own
+401/403 reaches the client as the auth server gave it.
+
+In FirstMessage mode a client may send another auth message at any time during the
+session, of the same shape as the first, to extend the session with a new credential
+(a fresh JWT before the old one expires); it is answered ``{"type": "auth", "ok":
+true, "expiresAt": ...}`` or ``{"type": "auth", "ok": false, "error": ...}``, and never
+reaches the upstream.
 
 What a handshake takes it gives back on every way out: its place under the route's
 limits is held by ``Runtime.admission`` around everything from the dial to the end of
@@ -19,13 +26,15 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 
 from . import metrics
 from .config import Endpoint
 from .credentials import from_auth_message
-from .first_message import AUTH_OK, AuthMessageError, FirstMessageReader
+from .external_auth import Inbound
+from .first_message import AuthMessageError, FirstMessageReader, auth_answer
 from .forwarding import (
     forwarded_subprotocols,
     is_credential_entry,
@@ -54,6 +63,8 @@ Connected = tuple[asyncio.Transport, UpstreamProtocol, UpstreamResponse, Endpoin
 class Gateway:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # FirstMessage sessions whose mid-session auth message is being checked.
+        self._reauthenticating: dict[Session, asyncio.Task[None]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -72,8 +83,10 @@ class Gateway:
                              handshake: Handshake) -> web.StreamResponse:
         """Handshake mode: the credential is in the request; refusals are HTTP answers."""
         route = handshake.route
+        inbound = Inbound(handshake.host, request.raw_path, request.remote or "",
+                          request.secure, request.headers.get("X-Forwarded-For"))
         who = await handshake.active.authenticator.authenticate(
-            route, request.headers, handshake.raw_query, list(handshake.protocols))
+            route, request.headers, handshake.raw_query, list(handshake.protocols), inbound)
         handshake = handshake.authenticated(who)
         candidates = self._candidates(handshake, request)
         key = request.headers["Sec-WebSocket-Key"]
@@ -158,8 +171,9 @@ class Gateway:
                 if reader.client_gone or client is None or client.is_closing():
                     transport.abort()  # left during the dial: nothing to relay
                     return
-                client.write(AUTH_OK)
-                session = self._start_session(request, handshake, connected)
+                client.write(auth_answer(True, valid_until=who.valid_until))
+                session = self._start_session(request, handshake, connected,
+                                              on_auth_message=self._reauthenticate)
                 reader.attach(session)
             except BaseException:
                 transport.abort()
@@ -210,7 +224,7 @@ class Gateway:
                          + "; ".join(_distinct(e.message for e in errors)))
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
-                       connected: Connected) -> Session:
+                       connected: Connected, on_auth_message: Any = None) -> Session:
         transport, protocol, _response, endpoint = connected
         client = request.transport
         assert client is not None
@@ -222,11 +236,50 @@ class Gateway:
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
+            on_auth_message=on_auth_message,
         )
         self.runtime.session_started(session)
         metrics.handshake(handshake.route.key, "ok")
         session.start()
         return session
+
+    def _reauthenticate(self, session: Session, message: dict[str, Any]) -> None:
+        """A FirstMessage session's client sent another auth message: check it off the
+        relay's path (one at a time per session) and answer in-band."""
+        if session in self._reauthenticating:
+            session.send_to_client(auth_answer(False, error="an auth message is already "
+                                                            "being checked"))
+            return
+        task = asyncio.ensure_future(self._check_reauth(session, message))
+        self._reauthenticating[session] = task
+        task.add_done_callback(lambda _: self._reauthenticating.pop(session, None))
+
+    async def _check_reauth(self, session: Session, message: dict[str, Any]) -> None:
+        active = self.runtime.active
+        route = self.runtime.live_route(session)
+        if active is None or route is None:
+            return  # the route is gone: the config review closes the session
+        presented = from_auth_message(route.auth, message)
+        if presented is None:
+            session.send_to_client(auth_answer(
+                False, error="the auth message carries no credential this route accepts"))
+            return
+        try:
+            who = await active.authenticator.check(route, presented)
+        except Refusal as refusal:
+            session.send_to_client(auth_answer(False, error=refusal.reason))
+            return
+        identity = who.identity
+        if identity is None or identity.key != session.consumer_key:
+            session.send_to_client(auth_answer(
+                False, error="the credential is not the session's: open a new session for "
+                             "another identity"))
+            return
+        if session.closing:
+            return
+        session.credential_fingerprint = identity.fingerprint
+        self.runtime.lifetimes.renew(session, who.valid_until)
+        session.send_to_client(auth_answer(True, valid_until=who.valid_until))
 
     def _count(self, route_key: str | None, refusal: Refusal) -> None:
         metrics.handshake(route_key or "", refusal.outcome)
@@ -236,6 +289,9 @@ class Gateway:
 
     def _refused(self, route_key: str | None, refusal: Refusal) -> web.Response:
         self._count(route_key, refusal)
+        if refusal.body is not None:  # an auth server's own answer, passed on
+            return web.Response(status=refusal.status, body=refusal.body,
+                                headers=list(refusal.headers) or None)
         return web.Response(status=refusal.status, text=refusal.message + "\n",
                             headers=list(refusal.headers) or None)
 

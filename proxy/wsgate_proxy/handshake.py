@@ -65,7 +65,7 @@ class Handshake:
     @property
     def consumer_key(self) -> str | None:
         identity = self.who.identity
-        return identity.consumer.key if identity is not None else None
+        return identity.key if identity is not None else None
 
 
 def read_handshake(request: web.BaseRequest, active: ActiveConfig | None) -> Handshake:
