@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from wsgate_proxy import config as cfg
 from wsgate_proxy.passwords import hash_password
 
-from .resources import CREDENTIAL_LABEL, WsConsumerSpec, WsRouteSpec
+from .resources import CREDENTIAL_LABEL, SecretRef, WsConsumerSpec, WsRouteSpec
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_NAMESPACE = "default"
@@ -656,19 +656,69 @@ def _compile_route(
             connect_timeout_seconds=backend.connect_timeout_seconds,
             retries=backend.retries,
         ),
-        auth=cfg.RouteAuth(
-            mode=spec.auth.mode,
-            methods=tuple(spec.auth.methods),
-            key_auth=cfg.KeyAuthSources(**spec.auth.key_auth.model_dump()),
-            hide_credentials=spec.auth.hide_credentials,
-            allowed_consumers=allowed_names,
-            jwt=cfg.JwtOptions(audience=spec.auth.jwt.audience),
-            first_message_timeout_seconds=spec.auth.first_message_timeout_seconds,
-        ),
+        auth=_route_auth(ref, spec, allowed_names, secrets, problems),
         allowed_origins=tuple(spec.allowed_origins),
         limits=cfg.Limits(**spec.limits.model_dump()),
         on_credential_revoked=spec.on_credential_revoked,
+        on_credential_expired=spec.on_credential_expired,
     )
+
+
+def _route_auth(
+    ref: ObjectRef,
+    spec: WsRouteSpec,
+    allowed_names: tuple[str, ...] | None,
+    secrets: dict[tuple[str, str], K8sObject],
+    problems: list[Problem],
+) -> cfg.RouteAuth:
+    """spec.auth, with the CA Secrets of the External auth server and the identity
+    providers read (a CA that is named but missing trusts nothing: those calls fail)."""
+    auth = spec.auth
+    external = None
+    if auth.external is not None:
+        e = auth.external
+        external = cfg.ExternalAuth(
+            url=e.url, request_headers=tuple(e.request_headers),
+            response_headers=tuple(e.response_headers), identity_header=e.identity_header,
+            timeout_seconds=e.timeout_seconds, cache_seconds=e.cache_seconds,
+            recheck_seconds=e.recheck_seconds,
+            ca_pem=_ca(ref, "spec.auth.external.caSecretRef", e.ca_secret_ref, secrets, problems),
+        )
+    providers = tuple(
+        cfg.JwtProvider(
+            issuer=p.issuer, jwks_uri=p.jwks_uri, audiences=tuple(p.audiences),
+            required_claims=tuple(cfg.ClaimRequirement(name=c.name, values=tuple(c.values))
+                                  for c in p.required_claims),
+            claims_to_headers=tuple(cfg.ClaimHeader(claim=c.claim, header=c.header)
+                                    for c in p.claims_to_headers),
+            identity_claim=p.identity_claim,
+            ca_pem=_ca(ref, f"spec.auth.jwt.providers[{i}].caSecretRef", p.ca_secret_ref,
+                       secrets, problems),
+        )
+        for i, p in enumerate(auth.jwt.providers)
+    )
+    return cfg.RouteAuth(
+        mode=auth.mode,
+        methods=tuple(auth.methods),
+        key_auth=cfg.KeyAuthSources(**auth.key_auth.model_dump()),
+        hide_credentials=auth.hide_credentials,
+        allowed_consumers=allowed_names,
+        jwt=cfg.JwtOptions(audience=auth.jwt.audience, providers=providers,
+                           clock_skew_seconds=auth.jwt.clock_skew_seconds,
+                           cookie=auth.jwt.cookie),
+        external=external,
+        first_message_timeout_seconds=auth.first_message_timeout_seconds,
+    )
+
+
+def _ca(ref: ObjectRef, where: str, secret_ref: SecretRef | None,
+        secrets: dict[tuple[str, str], K8sObject], problems: list[Problem]) -> str | None:
+    """The 'ca.crt' of a referenced Secret; None when none is named; a CA nothing is
+    signed by when the Secret is missing or unusable (and a problem says so)."""
+    if secret_ref is None:
+        return None
+    values = _pem_values(ref, where, secret_ref.name, ("ca.crt",), secrets, problems)
+    return _UNUSABLE_CA if values is None else values["ca.crt"]
 
 
 def _add_certificate(
@@ -703,13 +753,7 @@ def _upstream_tls(
     if tls is None:
         return None
     server_name = tls.server_name or f"{spec.backend.service.name}.{ref.namespace}.svc"
-    ca = None
-    if tls.ca_secret_ref is not None:
-        values = _pem_values(ref, "spec.backend.tls.caSecretRef", tls.ca_secret_ref.name,
-                             ("ca.crt",), secrets, problems)
-        if values is None:
-            return cfg.UpstreamTls(server_name=server_name, ca_pem=_UNUSABLE_CA)
-        ca = values["ca.crt"]
+    ca = _ca(ref, "spec.backend.tls.caSecretRef", tls.ca_secret_ref, secrets, problems)
     return cfg.UpstreamTls(server_name=server_name, ca_pem=ca)
 
 

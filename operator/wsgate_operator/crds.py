@@ -54,7 +54,8 @@ ROUTE_STATUS: Schema = {
         "observedGeneration": _GENERATION,
         "conditions": _conditions(
             "Accepted: the spec is valid and compiled. ResolvedRefs: the backend Service and "
-            "port (and TLS Secrets) were found. Programmed: every running proxy pod runs a "
+            "port (and TLS and CA Secrets: backend, External auth server, identity providers) "
+            "were found. Programmed: every running proxy pod runs a "
             "config that includes this generation."),
         "endpoints": {"type": "integer", "description": "Ready endpoints of the backend."},
         "proxies": {
