@@ -250,36 +250,40 @@ class Gateway:
             session.send_to_client(auth_answer(False, error="an auth message is already "
                                                             "being checked"))
             return
-        task = asyncio.ensure_future(self._check_reauth(session, message))
-        self._reauthenticating[session] = task
-        task.add_done_callback(lambda _: self._reauthenticating.pop(session, None))
+        self._reauthenticating[session] = asyncio.ensure_future(
+            self._check_reauth(session, message))
 
     async def _check_reauth(self, session: Session, message: dict[str, Any]) -> None:
+        try:
+            answer = await self._reauth_answer(session, message)
+        finally:
+            del self._reauthenticating[session]
+        if answer is not None:
+            session.send_to_client(answer)
+
+    async def _reauth_answer(self, session: Session, message: dict[str, Any]
+                             ) -> bytes | None:
         active = self.runtime.active
         route = self.runtime.live_route(session)
         if active is None or route is None:
-            return  # the route is gone: the config review closes the session
+            return None  # the route is gone: the config review closes the session
         presented = from_auth_message(route.auth, message)
         if presented is None:
-            session.send_to_client(auth_answer(
-                False, error="the auth message carries no credential this route accepts"))
-            return
+            return auth_answer(False, error="the auth message carries no credential this "
+                                            "route accepts")
         try:
             who = await active.authenticator.check(route, presented)
         except Refusal as refusal:
-            session.send_to_client(auth_answer(False, error=refusal.reason))
-            return
+            return auth_answer(False, error=refusal.reason)
         identity = who.identity
         if identity is None or identity.key != session.consumer_key:
-            session.send_to_client(auth_answer(
-                False, error="the credential is not the session's: open a new session for "
-                             "another identity"))
-            return
+            return auth_answer(False, error="the credential is not the session's: open a new "
+                                            "session for another identity")
         if session.closing:
-            return
+            return None
         session.credential_fingerprint = identity.fingerprint
         self.runtime.lifetimes.renew(session, who.valid_until)
-        session.send_to_client(auth_answer(True, valid_until=who.valid_until))
+        return auth_answer(True, valid_until=who.valid_until)
 
     def _count(self, route_key: str | None, refusal: Refusal) -> None:
         metrics.handshake(route_key or "", refusal.outcome)
