@@ -138,10 +138,12 @@ class KeySet:
                 if alg in k.algorithms and (kid is None or k.kid == kid)]
 
     async def first_keys(self) -> None:
-        """Before any key set arrived: wait (bounded) for the fetch in flight."""
+        """Before any key set arrived: wait (bounded) for the fetch in flight, if one is;
+        else the background task is retrying (backing off) and there is nothing to wait
+        for: a down IdP is not asked once per handshake."""
         self.start()
-        if not self.keys:
-            await self._wait(self._fetch())
+        if not self.keys and self._inflight is not None and not self._inflight.done():
+            await self._wait(self._inflight)
 
     async def refetch(self) -> bool:
         """Fetch again now because a token names a key not held; True once a fetch
@@ -156,6 +158,7 @@ class KeySet:
     # -- the background task ----------------------------------------------------------
     def start(self) -> None:
         if self._refresher is None:
+            self._fetch()  # at once: a handshake arriving now waits for this one
             self._refresher = asyncio.create_task(self._refresh())
 
     async def stop(self) -> None:

@@ -1,0 +1,106 @@
+"""External auth servers as a trust boundary: garbage, slowness, hugeness and absence.
+
+Each hostile auth server is asked by many handshakes at once; every one of them gets
+its answer within a bound (the route's timeoutSeconds, not the auth server's whims),
+the proxy's memory stays flat, and a well-behaved client on another route is served
+throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from tests.peers import AuthServerProcess
+from tests.support import (
+    Bystander,
+    MemoryPeak,
+    handshake_head,
+    metric_value,
+    raw_exchange,
+    route,
+    status_of,
+)
+
+pytestmark = pytest.mark.timeout(120)
+CONCURRENT = 100
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+def external(url: str) -> dict:
+    return {"methods": ["External"],
+            "external": {"url": url, "timeoutSeconds": 1, "identityHeader": "X-User-Id"}}
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    server = AuthServerProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("kind", "query", "status", "words"), [
+    ("slow", "sleep=30", 503, b"no answer within"),
+    ("garbage", "garbage=1", 503, b"authentication is unavailable"),
+    ("huge", "huge=1", 401, b"longer than 65536 bytes"),
+    ("absent", None, 503, b"cannot connect"),
+])
+async def test_a_hostile_auth_server_costs_a_bounded_wait(serve, hostile, kind, query,
+                                                          status, words):
+    url = hostile.url(query) if query else f"http://127.0.0.1:{closed_port()}/verify"
+    served = await serve(route("ext", "/ext", external(url)))
+    head = handshake_head("/ext", "h", "Cookie: session=whatever")
+    async with Bystander(served.url) as bystander, MemoryPeak(served.proxy.proc.pid) as memory:
+        started = time.monotonic()
+        answers = await asyncio.gather(*(raw_exchange(served.proxy.port, head, timeout=10)
+                                         for _ in range(CONCURRENT)))
+        took = time.monotonic() - started
+    statuses = [status_of(a) for a in answers]
+    print(f"FIGURES {kind} auth server: {CONCURRENT} handshakes answered {set(statuses)} in "
+          f"{took:.2f}s; proxy grew {memory.grown_kib} KiB; bystander worst "
+          f"{bystander.worst:.2f}s")
+    assert statuses == [status] * CONCURRENT
+    assert any(words in a for a in answers), answers[0][:400]
+    if status == 503:  # a slow one: some timed out, the rest waited for a call slot
+        assert all(b"Retry-After: 1" in a for a in answers)
+    # Bounded by the route's timeoutSeconds (1 s) and the concurrency bound, never by
+    # the auth server: a slow one answers nothing for 30 s.
+    assert took < 4.0
+    assert memory.grown_kib < 32 * 1024  # a 1 MiB body x100 was never buffered whole
+    bystander.assert_served()
+    if status == 503:
+        metrics = await served.admin.metrics()
+        failed = sum(metric_value(metrics, "wsgate_external_auth_total", route="default/ext",
+                                  phase="handshake", result=r)
+                     for r in ("error", "overloaded"))
+        assert failed == CONCURRENT
+
+
+async def test_a_pile_up_on_a_slow_auth_server_is_refused_at_once(serve, hostile):
+    served = await serve(route("ext", "/ext", {
+        "methods": ["External"],
+        "external": {"url": hostile.url("sleep=30"), "timeoutSeconds": 5}}))
+    head = handshake_head("/ext", "h")
+    async with Bystander(served.url) as bystander:
+        started = time.monotonic()
+        pending = [asyncio.create_task(raw_exchange(served.proxy.port, head, timeout=10))
+                   for _ in range(400)]
+        await asyncio.sleep(1.0)
+        done = [t for t in pending if t.done()]
+        refused_fast = [status_of(t.result()) for t in done]
+        answers = await asyncio.gather(*pending)
+        took = time.monotonic() - started
+    # 64 calls run, 256 wait: the rest are refused at once with 503 + Retry-After.
+    assert len(refused_fast) >= 400 - 64 - 256
+    assert set(refused_fast) == {503}
+    assert all(b"Retry-After: 1" in a for a in answers)
+    assert took < 8.0
+    bystander.assert_served()
