@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,10 +51,13 @@ class _Process:
 class AuthServerProcess(_Process):
     """``python -m tests.auth_server`` in its own process."""
 
-    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None, ca_pem: str | None = None) -> None:
         super().__init__()
         self.tls = tls
         self.port = 0
+        # What the test's own calls trust (the auth server's CA, with tls).
+        self.client_ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cadata=ca_pem) if ca_pem else True)
 
     def start(self) -> AuthServerProcess:
         self._spawn(["-m", "tests.auth_server", *(("--tls", *self.tls) if self.tls else ())],
@@ -76,17 +80,18 @@ class AuthServerProcess(_Process):
     async def login(self, user: str) -> str:
         """A session cookie for ``user``: the value of ``session``."""
         async with aiohttp.ClientSession() as http, http.post(
-                f"{self.base}/login", params={"user": user}) as response:
+                f"{self.base}/login", params={"user": user}, ssl=self.client_ssl) as response:
             return (await response.json())["session"]
 
     async def logout(self, session: str) -> None:
         async with aiohttp.ClientSession(cookies={"session": session}) as http, \
-                http.post(f"{self.base}/logout") as response:
+                http.post(f"{self.base}/logout", ssl=self.client_ssl) as response:
             assert response.status == 200
 
     async def calls(self) -> list[dict[str, list[str]]]:
         """The headers of each /verify call, by lower-case name."""
-        async with aiohttp.ClientSession() as http, http.get(f"{self.base}/_calls") as r:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{self.base}/_calls", ssl=self.client_ssl) as r:
             raw = await r.json()
         calls = []
         for headers in raw:
@@ -97,7 +102,8 @@ class AuthServerProcess(_Process):
         return calls
 
     async def reset(self) -> None:
-        async with aiohttp.ClientSession() as http, http.post(f"{self.base}/_reset"):
+        async with aiohttp.ClientSession() as http, \
+                http.post(f"{self.base}/_reset", ssl=self.client_ssl):
             pass
 
 
