@@ -108,6 +108,7 @@ class AuthServerProcess(_Process):
 
 
 def free_port() -> int:
+    """A port nothing listens on (until something binds it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

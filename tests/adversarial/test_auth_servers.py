@@ -9,12 +9,11 @@ throughout.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 
-from tests.peers import AuthServerProcess
+from tests.peers import AuthServerProcess, free_port
 from tests.support import (
     Bystander,
     MemoryPeak,
@@ -28,11 +27,6 @@ from tests.support import (
 pytestmark = pytest.mark.timeout(120)
 CONCURRENT = 100
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once it is closed
 
 
 def external(url: str) -> dict:
@@ -55,7 +49,7 @@ def hostile():
 ])
 async def test_a_hostile_auth_server_costs_a_bounded_wait(serve, hostile, kind, query,
                                                           status, words):
-    url = hostile.url(query) if query else f"http://127.0.0.1:{closed_port()}/verify"
+    url = hostile.url(query) if query else f"http://127.0.0.1:{free_port()}/verify"
     served = await serve(route("ext", "/ext", external(url)))
     head = handshake_head("/ext", "h", "Cookie: session=whatever")
     async with Bystander(served.url) as bystander, MemoryPeak(served.proxy.proc.pid) as memory:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import jwt
@@ -18,6 +17,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.peers import free_port
 from tests.support import (
     Bystander,
     MemoryPeak,
@@ -78,11 +78,6 @@ class HostileIdp:
         await self._runner.cleanup()
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def token(kid: str = "k1") -> str:
     return jwt.encode({"iss": ISSUER, "sub": "alice", "aud": "chat",
@@ -95,7 +90,7 @@ def token(kid: str = "k1") -> str:
 async def test_a_hostile_key_set_is_never_trusted_and_costs_a_bounded_wait(serve, kind,
                                                                             bound):
     async with HostileIdp() as idp:
-        jwks = (f"http://127.0.0.1:{closed_port()}/jwks" if kind == "absent"
+        jwks = (f"http://127.0.0.1:{free_port()}/jwks" if kind == "absent"
                 else f"http://127.0.0.1:{idp.port}/{kind}")
         served = await serve(route("idp", "/idp", {"methods": ["JWT"], "jwt": {"providers": [
             {"issuer": ISSUER, "jwksUri": jwks, "audiences": ["chat"]}]}}))
