@@ -113,7 +113,7 @@ class Deadlines:
 
 
 EXPIRE, RECHECK = "expire", "recheck"
-RECHECK_WORKERS = 8
+RECHECK_WORKERS = 32  # half the External client's concurrency: handshakes keep the rest
 # Each recheck comes after 80-100% of recheckSeconds, at random: sessions opened in the
 # same second (a reconnect storm) do not stay in step and ask the auth server at once.
 RECHECK_SPREAD = 0.2

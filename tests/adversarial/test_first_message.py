@@ -18,12 +18,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support import (
+    Bystander,
     MemoryPeak,
     RawUpstream,
     eventually,
     handshake_head,
     objects_for,
     receive_until_closed,
+    route,
     switching,
 )
 from wsgate_proxy.gateway import auth_message
@@ -126,3 +128,32 @@ async def test_4403_reason_names_nobody(serve, upstream):
 
 async def _equal(actual, expected):
     assert actual == expected
+
+
+async def test_a_flood_of_mid_session_auth_messages_costs_bounded_memory(serve, upstream):
+    """Auth messages sent mid-session are taken out of the stream and checked one at a
+    time: a client sending thousands gets an answer each, loses none of its data
+    messages, and the upstream never sees a credential."""
+    served = await serve(route("fm", "/fm", FIRST_MESSAGE))  # the bystander's: Handshake
+    async with Bystander(served.url) as bystander, \
+            MemoryPeak(served.proxy.proc.pid) as memory, connect(served.base + "/fm") as ws:
+        await ws.send(auth_message(apikey="john-key"))
+        assert json.loads(await ws.recv()) == AUTH_OK
+        for i in range(2000):
+            await ws.send(auth_message(apikey="john-key"))
+            await ws.send(f"data {i}")
+        answers, data = [], []
+        while len(data) < 2000:
+            message = await asyncio.wait_for(ws.recv(), 10)
+            (answers if message.startswith("{") else data).append(message)
+        while len(answers) < 2000:
+            answers.append(await asyncio.wait_for(ws.recv(), 10))
+    assert data == [f"data {i}" for i in range(2000)]  # in order, none lost
+    parsed = [json.loads(a) for a in answers]
+    assert all(a["type"] == "auth" for a in parsed)
+    assert all(a["ok"] or a["error"] == "an auth message is already being checked"
+               for a in parsed)
+    assert any(a["ok"] for a in parsed)
+    assert not any("apikey" in a for a in answers)  # no echo: the upstream saw none
+    assert memory.grown_kib < 16 * 1024
+    bystander.assert_served()
