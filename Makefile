@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.relay
 	$(BIN)/python -m bench.auth
+	$(BIN)/python -m bench.limits
 
 image:
 	docker build -t $(IMAGE) .

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.peers import AuthServerProcess, OidcProvider
+from tests.redis_server import RedisServer
 from tests.support import (
     TOKEN,
     Admin,
@@ -49,6 +50,13 @@ def start_proxy() -> Iterator[Callable[..., WsgateProcess]]:
     for proc in started:
         proc.stop()
         print(f"--- {proc.name} log ---\n{proc.output()}")  # shown when the test failed
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1, empty, stopped after the test (pass or fail)."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

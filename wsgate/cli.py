@@ -15,11 +15,15 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import logs
 
+if TYPE_CHECKING:
+    from wsgate_proxy.leases import StoreOptions
+
 TOKEN_ENV = "WSGATE_ADMIN_TOKEN"
+REDIS_URL_ENV = "WSGATE_LIMITS_REDIS_URL"
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -96,6 +100,31 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--password-queue", type=positive(int), default=32, metavar="N",
                         help="BasicAuth password checks waiting or running at once; beyond, "
                              "503 with Retry-After (default 32)")
+    shared = proxy.add_argument_group(
+        "shared connection limits", "count maxConnections and maxConnectionsPerConsumer (and a "
+        "consumer's maxConnections) across every proxy that shares a Redis; without "
+        "--limits-redis-url each proxy counts its own sessions")
+    shared.add_argument("--limits-redis-url", metavar="URL",
+                        help="redis://[USER[:PASSWORD]@]HOST[:PORT][/DB] or rediss://... "
+                             f"(else ${REDIS_URL_ENV})")
+    shared.add_argument("--limits-redis-password-file", type=Path, metavar="FILE",
+                        help="the Redis password (over the URL's)")
+    shared.add_argument("--limits-redis-failure", choices=["open", "closed"], default="open",
+                        help="while Redis is unavailable: open (default) counts per proxy; "
+                             "closed refuses handshakes on routes with connection limits "
+                             "(503). Live sessions are never closed either way")
+    shared.add_argument("--limits-lease-seconds", type=positive(float), default=30.0,
+                        metavar="SECONDS",
+                        help="how long the sessions of a proxy that stopped renewing (killed) "
+                             "keep counting (default 30)")
+    shared.add_argument("--limits-renew-seconds", type=positive(float), default=10.0,
+                        metavar="SECONDS",
+                        help="how often a proxy renews its leases, in one round trip; at most "
+                             "half the lease time (default 10)")
+    shared.add_argument("--limits-redis-timeout", type=positive(float), default=0.25,
+                        metavar="SECONDS",
+                        help="the longest a handshake waits on Redis before the failure mode "
+                             "applies (default 0.25)")
 
     echo = commands.add_parser("echo", help="run a WebSocket echo upstream (demos, tests)")
     echo.add_argument("--listen", type=host_port, default=("127.0.0.1", 9001))
@@ -181,6 +210,7 @@ def proxy_command(args: argparse.Namespace) -> int:
         heads=HeadLimits(timeout_seconds=args.head_timeout, max_bytes=args.max_head_bytes,
                          keepalive_seconds=args.keepalive_timeout),
         password_queue=args.password_queue,
+        limits_store=store_options(args),
     )
     source = None
     if args.manifests is not None:
@@ -190,6 +220,27 @@ def proxy_command(args: argparse.Namespace) -> int:
         source = lambda apply, report: standalone.watch(directory, apply, report)  # noqa: E731
     run(lambda stop: serve(options, stop, source))
     return 0
+
+
+def store_options(args: argparse.Namespace) -> StoreOptions | None:
+    """The shared limits store's options, or None (per-proxy counting)."""
+    from wsgate_proxy.leases import StoreOptions, read_password
+
+    url = args.limits_redis_url or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        if args.limits_redis_password_file is not None:
+            raise SystemExit("wsgate proxy: --limits-redis-password-file needs "
+                             "--limits-redis-url")
+        return None
+    try:
+        password = (read_password(args.limits_redis_password_file)
+                    if args.limits_redis_password_file is not None else None)
+        return StoreOptions(url, password=password, failure=args.limits_redis_failure,
+                            lease_seconds=args.limits_lease_seconds,
+                            renew_seconds=args.limits_renew_seconds,
+                            timeout_seconds=args.limits_redis_timeout)
+    except ValueError as exc:
+        raise SystemExit(f"wsgate proxy: {exc}") from None
 
 
 def compile_command(directory: Path) -> int:

@@ -468,6 +468,7 @@ def _compile_consumers(
             keys=tuple(c for c in credentials[ref] if isinstance(c, cfg.KeyCredential)),
             basic=tuple(c for c in credentials[ref] if isinstance(c, cfg.BasicCredential)),
             jwt=tuple(c for c in credentials[ref] if isinstance(c, cfg.JwtCredential)),
+            max_connections=spec.limits.max_connections,
         )
         for ref, _obj, spec in specs
         if ref in credentials

@@ -390,9 +390,12 @@ class AuthSpec(_Spec):
 
 class LimitsSpec(_Spec):
     max_connections: Annotated[int, Field(ge=1)] | None = None
-    """Live sessions on the route, per proxy; beyond it handshakes get 503."""
+    """Live sessions on the route; beyond it handshakes get 503. Counted across every
+    proxy when the proxies share a Redis (--limits-redis-url), else per proxy."""
     max_connections_per_consumer: Annotated[int, Field(ge=1)] | None = None
-    """Live sessions of one consumer on the route, per proxy; beyond it handshakes get 429."""
+    """Live sessions of one consumer on the route; beyond it handshakes get 429. Counted
+    across every proxy when the proxies share a Redis (--limits-redis-url), else per
+    proxy."""
     max_message_bytes: Annotated[int, Field(ge=1)] | None = None
     """A message (all its fragments, as sent: compressed when permessage-deflate is on)
     larger than this closes the session with 1009."""
@@ -458,6 +461,13 @@ class CredentialSpec(_Spec):
     wsgate.io/credential: "true"."""
 
 
+class ConsumerLimitsSpec(_Spec):
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    """Live sessions of this consumer on all routes together; beyond it handshakes get
+    429. Counted across every proxy when the proxies share a Redis (--limits-redis-url),
+    else per proxy."""
+
+
 class WsConsumerSpec(_Spec):
     username: Annotated[str, Field(min_length=1, max_length=253)] | None = None
     """The name upstreams see (X-Consumer-Username); default: the object's name."""
@@ -465,3 +475,5 @@ class WsConsumerSpec(_Spec):
     """A disabled consumer authenticates nobody, and its live sessions are closed."""
     credentials: list[CredentialSpec] = []
     """The consumer's credentials, each in a Secret."""
+    limits: ConsumerLimitsSpec = ConsumerLimitsSpec()
+    """Limits on the consumer, whatever the route."""

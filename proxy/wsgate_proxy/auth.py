@@ -51,6 +51,11 @@ class Identity:
     fingerprint: str
     consumer: Consumer | None = None  # None: an identity provider's or an auth server's
 
+    @property
+    def max_connections(self) -> int | None:
+        """The WsConsumer's maxConnections (on all routes together); None for others."""
+        return self.consumer.max_connections if self.consumer is not None else None
+
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:

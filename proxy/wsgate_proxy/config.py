@@ -148,7 +148,9 @@ class RouteAuth(_Model):
 class Limits(_Model):
     """Per-route limits; None means unlimited."""
 
-    max_connections: Annotated[int, Field(ge=1)] | None = None  # per route, per proxy
+    # Live sessions per route, and per consumer on the route: across the proxies sharing
+    # a limits store (--limits-redis-url), else per proxy.
+    max_connections: Annotated[int, Field(ge=1)] | None = None
     max_connections_per_consumer: Annotated[int, Field(ge=1)] | None = None
     max_message_bytes: Annotated[int, Field(ge=1)] | None = None  # all fragments, on the wire
     idle_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
@@ -207,6 +209,9 @@ class Consumer(_Model):
     keys: tuple[KeyCredential, ...] = ()
     basic: tuple[BasicCredential, ...] = ()
     jwt: tuple[JwtCredential, ...] = ()
+    # Live sessions of the consumer on all routes (of its namespace) together; counted
+    # like the route limits.
+    max_connections: Annotated[int, Field(ge=1)] | None = None
 
     @property
     def key(self) -> str:

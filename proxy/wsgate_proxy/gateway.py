@@ -94,7 +94,7 @@ class Gateway:
         extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
         upstream_request = build_request(upstream_target(handshake),
                                          upstream_headers(request, handshake, protocols))
-        with self.runtime.admission(route, handshake.consumer_key):
+        async with self.runtime.admission(route, handshake.who.identity):
             connected = await self._dial(handshake, candidates, upstream_request, key,
                                          (protocols, extensions))
             transport, _protocol, response, _endpoint = connected
@@ -160,7 +160,7 @@ class Gateway:
             (name, value) for name, value in upstream_headers(request, handshake, protocols)
             if name.lower() not in ("sec-websocket-key", "sec-websocket-extensions")
         ] + [("Sec-WebSocket-Key", key)])
-        with self.runtime.admission(route, handshake.consumer_key):
+        async with self.runtime.admission(route, handshake.who.identity):
             if reader.client_gone:
                 return
             connected = await self._dial(handshake, candidates, upstream_request, key,

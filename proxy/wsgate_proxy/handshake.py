@@ -64,6 +64,8 @@ class Handshake:
 
     @property
     def consumer_key(self) -> str | None:
+        """Who the session belongs to, for limits and ConsistentHash: a WsConsumer, or an
+        identity an auth server or an identity provider vouched for."""
         identity = self.who.identity
         return identity.key if identity is not None else None
 

@@ -82,6 +82,31 @@ JWKS_KEYS = Gauge(
 CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 
+# The shared limits store (--limits-redis-url); absent without it.
+LIMITS_STORE_UP = Gauge(
+    "wsgate_limits_store_up",
+    "1 while the shared limits store (Redis) answers, 0 during an outage (connection "
+    "limits then count per proxy, or refuse with 503: --limits-redis-failure).",
+    ["store"],
+)
+LIMITS_STORE_OUTAGES = Counter(
+    "wsgate_limits_store_outages_total", "Times the shared limits store became unavailable."
+)
+LIMITS_STORE_LEASES = Gauge(
+    "wsgate_limits_store_leases", "Leases this proxy holds in the shared limits store."
+)
+LIMITS_STORE_REREGISTERED = Counter(
+    "wsgate_limits_store_reregistered_total",
+    "Leases a renewal found missing from the store (lost in a Redis restart) and wrote again.",
+)
+LIMITS_STORE_SECONDS = Histogram(
+    "wsgate_limits_store_seconds",
+    "Round trips to the shared limits store: admit (one per limited handshake), renew "
+    "(one per interval).",
+    ["operation"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+
 # Every child handed out, by metric and label values (a dict lookup is cheaper than
 # ``labels()`` on each handshake), and the keys per route, so that a removed route's
 # series can be removed.

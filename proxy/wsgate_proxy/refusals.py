@@ -20,6 +20,7 @@ refusal is counted under its ``outcome``, a label from a fixed set.
 An External auth server's 401 or 403 is passed on as it is: its status, its
 ``WWW-Authenticate`` and ``Location`` headers and its ``body`` (bounded).
     ├── LimitReached        429 / 503                         1013
+    │   └── LimitsUnavailable 503 (shared store down, closed)  1013
     ├── Overloaded          503 + Retry-After                 1013
     └── BadGateway          502                               1014
 """
@@ -132,12 +133,20 @@ class Forbidden(AuthFailure):
 
 
 class LimitReached(Refusal):
-    """A connection limit of the route (503) or of the consumer on it (429)."""
+    """A connection limit of the route (503) or of the consumer (429)."""
 
     status = 503
     outcome = "rate_limited"
     close_code = CloseCode.TRY_AGAIN_LATER
     default_reason = "connection limit reached"
+
+
+class LimitsUnavailable(LimitReached):
+    """Connection limits cannot be counted (the shared store is unavailable and the
+    failure mode is closed)."""
+
+    outcome = "limits_unavailable"
+    default_reason = "connection limits unavailable"
 
 
 class Overloaded(Refusal):

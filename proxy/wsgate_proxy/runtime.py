@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
 from . import metrics
@@ -27,10 +27,11 @@ from .expiry import Lifetimes
 from .external_auth import ExternalAuthClient
 from .frames import CloseCode
 from .jwks import KeySets
+from .leases import LeaseStore
+from .limits import ConnectionLimits, Holder
 from .oidc import provider_for
 from .outbound import Outbound
 from .passwords import MAX_PENDING, PasswordVerifier
-from .refusals import LimitReached
 from .relay import Session
 from .routing import Router
 from .tls import CertificateStore, upstream_context
@@ -73,8 +74,11 @@ FLUSH_BATCH = 1000
 
 
 class Runtime:
-    def __init__(self, password_queue: int = MAX_PENDING) -> None:
+    def __init__(self, password_queue: int = MAX_PENDING,
+                 shared: LeaseStore | None = None) -> None:
         self.active: ActiveConfig | None = None
+        # Connection limits, counted here or (--limits-redis-url) across the proxies.
+        self.limits = ConnectionLimits(shared)
         self.sessions: set[Session] = set()
         self.draining = False  # stopping: not ready, not accepting, letting sessions end
         # Kept across configs: what the balancers read.
@@ -91,9 +95,6 @@ class Runtime:
         self.source_errors: list[str] = []
         # Counts already added to the Prometheus counters, per session.
         self._flushed: dict[Session, tuple[int, int, int, int]] = {}
-        # Live sessions plus handshakes admitted but not yet upgraded, for the limits.
-        self._per_route: Counter[str] = Counter()
-        self._per_consumer: Counter[tuple[str, str]] = Counter()
         # Sessions whose route has an idle timeout:
         # session -> (timeout, bytes moved when last looked at, since when unchanged).
         self._idle_watch: dict[Session, tuple[float, int, float]] = {}
@@ -189,36 +190,17 @@ class Runtime:
         return self.active.routes.get(session.route_key) if self.active else None
 
     # -- limits --------------------------------------------------------------------
-    @contextlib.contextmanager
-    def admission(self, route: Route, consumer_key: str | None) -> Iterator[None]:
-        """Hold a place under the route's limits for the whole handshake and the session
-        after it; every way out (a refusal, a client gone, an error, the session's end)
-        gives it back."""
-        self.admit(route, consumer_key)
+    @contextlib.asynccontextmanager
+    async def admission(self, route: Route, holder: Holder | None) -> AsyncIterator[None]:
+        """Hold a place under the connection limits (the route's, and the consumer's on it
+        and on all routes) for the whole handshake and the session after it; every way
+        out (a refusal, a client gone, an error, the session's end) gives it back. With
+        a shared store, one round trip on a limited route (limits.py)."""
+        admission = await self.limits.admit(route, holder)
         try:
             yield
         finally:
-            self.release(route.key, consumer_key)
-
-    def admit(self, route: Route, consumer_key: str | None) -> None:
-        """Count a handshake against the route's limits, or refuse it (503, 429)."""
-        limits = route.limits
-        if limits.max_connections and self._per_route[route.key] >= limits.max_connections:
-            raise LimitReached(f"route {route.key} is at its limit of "
-                               f"{limits.max_connections} connections; retry later")
-        per_consumer = limits.max_connections_per_consumer
-        if per_consumer and consumer_key is not None:
-            if self._per_consumer[(route.key, consumer_key)] >= per_consumer:
-                raise LimitReached(f"this consumer already holds {per_consumer} "
-                                   f"connections on route {route.key}, its limit", status=429)
-            self._per_consumer[(route.key, consumer_key)] += 1
-        self._per_route[route.key] += 1
-
-    def release(self, route_key: str, consumer_key: str | None) -> None:
-        """Give back what admit() counted."""
-        _decrement(self._per_route, route_key)
-        if consumer_key is not None:
-            _decrement(self._per_consumer, (route_key, consumer_key))
+            self.limits.release(admission)
 
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
@@ -298,7 +280,7 @@ class Runtime:
             return
         live = {route.key for route in self.active.config.routes}
         metrics.forget_routes(key for key in metrics.routes()
-                              if key and key not in live and not self._per_route[key])
+                              if key and key not in live and not self.limits.counted(key))
 
     def close_all(self, code: int, reason: str) -> None:
         for session in list(self.sessions):
@@ -328,6 +310,7 @@ class Runtime:
                              for c in config.certificates],
             "identityProviders": self.keysets.summary(),
             "sessions": len(self.sessions),
+            **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
 
 

@@ -16,6 +16,7 @@ from .admin import admin_app
 from .config import GatewayConfig
 from .frames import CloseCode
 from .gateway import Gateway
+from .leases import LeaseStore, StoreOptions
 from .listener import HeadLimits, Listener
 from .passwords import MAX_PENDING
 from .runtime import Runtime
@@ -50,6 +51,8 @@ class ProxyOptions:
     heads: HeadLimits = field(default_factory=HeadLimits)
     # Password checks waiting for or running on the PBKDF2 pool; beyond, 503.
     password_queue: int = MAX_PENDING
+    # Connection limits counted across the proxies sharing this Redis; None: per proxy.
+    limits_store: StoreOptions | None = None
 
 
 async def serve(
@@ -59,7 +62,8 @@ async def serve(
     # No *_created series: with 1k routes they are a third of a 2 MB scrape, and say
     # nothing the process start time does not.
     prometheus_client.disable_created_metrics()
-    runtime = Runtime(password_queue=options.password_queue)
+    store = LeaseStore(options.limits_store) if options.limits_store is not None else None
+    runtime = Runtime(password_queue=options.password_queue, shared=store)
     state = StateDir(options.state_dir) if options.state_dir else None
 
     def apply(config: GatewayConfig) -> bool:
@@ -93,6 +97,8 @@ async def serve(
         if config_source is not None:
             tasks.append(asyncio.create_task(config_source(apply, runtime.report_source)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
+        if store is not None:
+            tasks.append(asyncio.create_task(store.run()))
         await stop.wait()
     finally:
         log.info("stopping", extra={"sessions": len(runtime.sessions),
@@ -114,6 +120,8 @@ async def serve(
         await runtime.close()
         if state is not None:
             await asyncio.to_thread(state.close)
+        if store is not None:
+            await store.close()
 
 
 def _address(runner: web.BaseRunner) -> str:

@@ -43,6 +43,15 @@ COMBINATIONS = {
     "hpa": {"autoscaling": {"enabled": True}},
     "monitoring": {"serviceMonitor": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
     "namespaces": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+    # Shared connection limits (tests/chart/test_chart_limits.py)
+    "redis-url": {"limits": {"redis": {"url": "redis://redis.infra:6379/2"}}},
+    "redis-secrets": {"limits": {"redis": {"existingSecret": "wsgate-redis-url",
+                                           "passwordSecret": "wsgate-redis-password",
+                                           "failure": "closed"}}},
+    "redis-deploy": {"limits": {"redis": {"deploy": True, "leaseSeconds": 20,
+                                          "renewSeconds": 5}}},
+    "redis-deploy-no-policy": {"limits": {"redis": {"deploy": True}},
+                               "networkPolicy": {"enabled": False}},
 }
 
 

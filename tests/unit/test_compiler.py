@@ -257,3 +257,17 @@ def test_allowed_consumers_by_label_selector():
 def test_namespace_defaults_to_default():
     compiled = compile_(objects())
     assert {r.namespace for r in compiled.config.routes} == {"default"}
+
+
+def test_a_consumer_limit_is_compiled_and_checked():
+    objs = objects()
+    find(objs, "WsConsumer")["spec"]["limits"] = {"maxConnections": 3}
+    (consumer,) = compile_(objs).config.consumers
+    assert consumer.max_connections == 3
+    (plain,) = compile_(objects()).config.consumers
+    assert plain.max_connections is None
+    find(objs, "WsConsumer")["spec"]["limits"] = {"maxConnections": 0}
+    compiled = compile_(objs)
+    assert compiled.config.consumers == ()
+    (problem,) = compiled.problems
+    assert (problem.reason, problem.field) == ("InvalidSpec", "spec.limits.maxConnections")
