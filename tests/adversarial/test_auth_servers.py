@@ -81,7 +81,7 @@ async def test_a_hostile_auth_server_costs_a_bounded_wait(serve, hostile, kind, 
 async def test_a_pile_up_on_a_slow_auth_server_is_refused_at_once(serve, hostile):
     served = await serve(route("ext", "/ext", {
         "methods": ["External"],
-        "external": {"url": hostile.url("sleep=30"), "timeoutSeconds": 5}}))
+        "external": {"url": hostile.url("sleep=30"), "timeoutSeconds": 2}}))
     head = handshake_head("/ext", "h")
     async with Bystander(served.url) as bystander:
         started = time.monotonic()
@@ -96,5 +96,5 @@ async def test_a_pile_up_on_a_slow_auth_server_is_refused_at_once(serve, hostile
     assert len(refused_fast) >= 400 - 64 - 256
     assert set(refused_fast) == {503}
     assert all(b"Retry-After: 1" in a for a in answers)
-    assert took < 8.0
+    assert took < 6.0  # the 64 running and the 256 waiting: timeoutSeconds (2 s), plus load
     bystander.assert_served()

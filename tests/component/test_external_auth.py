@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.support import metric_value, route
+from tests.support import metric_value, objects_for, route, write_manifests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,3 +195,22 @@ async def test_the_identity_counts_for_per_consumer_limits(ext, auth_server):
                 ).status_code == 429
         async with connect(served.base + "/ext", additional_headers=bob):
             pass
+
+
+async def test_standalone_mode_serves_the_same_manifests(start_proxy, auth_server, upstream,
+                                                         tmp_path):
+    """`wsgate proxy --manifests DIR`: External and a provider route from YAML files."""
+    objects = [*objects_for(upstream.port),
+               route("ext", "/ext", external(auth_server.url(), recheckSeconds=0.5))]
+    write_manifests(tmp_path, "app.yaml", objects)
+    proxy = start_proxy("--manifests", str(tmp_path))
+    proxy.wait_for_log(lambda r: r.get("event") == "config applied")
+    session = await auth_server.login("carol")
+    ws = await connect(f"ws://127.0.0.1:{proxy.port}/ext",
+                       additional_headers={"Cookie": f"session={session}"})
+    await ws.send("hi")
+    assert await ws.recv() == "hi"
+    assert upstream.requests[-1].headers["X-User-Id"] == "carol"
+    await auth_server.logout(session)
+    await asyncio.wait_for(ws.wait_closed(), 2)
+    assert (ws.close_code, ws.close_reason) == (1008, "credential revoked")
