@@ -95,7 +95,9 @@ async def verify(route: Route, provider: JwtProvider, keyset: KeySet, token: str
     except jwt.InvalidTokenError:
         raise fail("the bearer token is not a JWT") from None
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in ASYMMETRIC:
+    # The header is the client's: a list or an object where a string belongs is refused
+    # like any other wrong value (never hashed, never compared).
+    if not isinstance(alg, str) or alg not in ASYMMETRIC:
         raise fail(f"the token's algorithm {str(alg)[:20]!r} is not accepted from an identity "
                    "provider (RS256/384/512, PS256/384/512, ES256/384/512, EdDSA; never none "
                    "or HMAC)")

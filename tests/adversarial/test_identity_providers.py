@@ -9,6 +9,8 @@ well-behaved client elsewhere is served throughout.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import time
 
@@ -139,3 +141,29 @@ async def test_garbage_key_ids_cannot_make_the_proxy_hammer_the_idp(serve, oidc)
     assert set(statuses) == {401}
     assert fetches <= 3  # the first, then at most one per 5 s however many kids
     assert status_of(await raw_exchange(served.proxy.port, head)) == 101
+
+
+def _forged(header: dict, claims: dict) -> str:
+    """A token whose header no JWT library would write (fields of the wrong type)."""
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(claims)}.{part({'sig': 1})}"
+
+
+async def test_a_token_header_of_the_wrong_shape_is_refused_not_a_server_error(serve, oidc):
+    served = await serve(route("idp", "/idp", {"methods": ["JWT"], "jwt": {"providers": [
+        {"issuer": oidc.issuer, "audiences": ["chat-app"]}]}}))
+    good = await oidc.token("alice")
+    claims = {"iss": oidc.issuer, "sub": "x", "aud": "chat-app",
+              "exp": int(time.time()) + 300}
+    headers = [{"alg": ["RS256"], "typ": "JWT"}, {"alg": {"RS256": 1}},
+               {"alg": "RS256", "kid": ["k1"]}, {"alg": "RS256", "kid": {"a": 1}},
+               {"alg": None}, {"alg": 256}]
+    async with Bystander(served.url) as bystander:
+        for header in headers:
+            answer = await raw_exchange(served.proxy.port, handshake_head(
+                "/idp", "h", f"Authorization: Bearer {_forged(header, claims)}"))
+            assert status_of(answer) == 401, (header, answer[:300])
+    bystander.assert_served()
+    ok = handshake_head("/idp", "h", f"Authorization: Bearer {good}")
+    assert status_of(await raw_exchange(served.proxy.port, ok)) == 101
