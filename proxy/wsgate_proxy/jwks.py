@@ -71,14 +71,17 @@ def signing_key(jwk: object) -> SigningKey | None:
     """The key of one JWK entry, or None when it is not a usable signing key."""
     if not isinstance(jwk, dict):
         return None
-    kty, alg, kid = jwk.get("kty"), jwk.get("alg"), jwk.get("kid")
-    if jwk.get("use", "sig") != "sig" or (kid is not None and not isinstance(kid, str)):
+    kty, alg, kid, crv = jwk.get("kty"), jwk.get("alg"), jwk.get("kid"), jwk.get("crv")
+    # The IdP's document is untrusted input: a field of the wrong type (a list where a
+    # string belongs) makes the key unusable, never a TypeError out of a lookup.
+    if (jwk.get("use", "sig") != "sig" or not all(
+            v is None or isinstance(v, str) for v in (kty, alg, kid, crv))):
         return None
     if kty == "RSA":
         allowed = RSA_ALGORITHMS
-    elif kty == "EC" and jwk.get("crv") in _EC_ALGORITHMS:
-        allowed = frozenset({_EC_ALGORITHMS[jwk["crv"]]})
-    elif kty == "OKP" and jwk.get("crv") in ("Ed25519", "Ed448"):
+    elif kty == "EC" and crv in _EC_ALGORITHMS:
+        allowed = frozenset({_EC_ALGORITHMS[crv]})
+    elif kty == "OKP" and crv in ("Ed25519", "Ed448"):
         allowed = frozenset({"EdDSA"})
     else:
         return None  # oct (HMAC) keys and anything unknown are never used
@@ -102,6 +105,8 @@ def parse_jwks(body: bytes) -> tuple[SigningKey, ...]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise FetchError("the key set is not JSON") from None
+    except RecursionError:  # [[[[... nested deeper than the parser goes, within the size cap
+        raise FetchError("the key set is JSON nested too deeply") from None
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise FetchError("the key set has no 'keys' list")
@@ -201,8 +206,12 @@ class KeySet:
                 self._discovered = None  # the provider may have moved it: discover again
                 raise
             keys = parse_jwks(answer.body)
-        except FetchError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # whatever the IdP sent, the refresher lives on
+            if not isinstance(exc, FetchError):
+                log.exception("identity provider keys could not be read",
+                              extra={"issuer": self.issuer})
+            self.error = str(exc)[:300] if isinstance(exc, FetchError) else (
+                f"the key set could not be read ({type(exc).__name__})")
             metrics.JWKS_FETCHES.labels(self.issuer, "error").inc()
             log.warning("identity provider keys not fetched; the last good keys stay",
                         extra={"issuer": self.issuer, "error": self.error,

@@ -35,6 +35,12 @@ ISSUER = "https://idp.example.com/realms/demo"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 WEAK = rsa.generate_private_key(public_exponent=65537, key_size=1024)
 CONCURRENT = 50
+# JSON of the right outline with fields of the wrong type (lists where strings belong).
+STRUCTURED_GARBAGE = json.dumps({"keys": [
+    {"kty": "EC", "crv": ["P-256"], "x": "AA", "y": "AA", "kid": "k1"},
+    {**jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "alg": ["RS256"],
+     "kid": "k1"},
+    {"kty": ["RSA"], "kid": "k1"}, {"kty": "OKP", "crv": {"Ed25519": 1}, "kid": "k1"}]}).encode()
 
 
 class HostileIdp:
@@ -52,6 +58,15 @@ class HostileIdp:
             await asyncio.sleep(30)
         if kind == "garbage":
             return web.Response(body=os.urandom(4096))
+        if kind == "structured" or (kind == "recovering" and self.requests <= 2):
+            return web.Response(body=STRUCTURED_GARBAGE, content_type="application/json")
+        if kind == "recovering":
+            return web.json_response({"keys": [
+                {**jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True),
+                 "kid": "k1"}]})
+        if kind == "nested":  # deeper than a JSON parser recurses, well under 512 KiB
+            return web.Response(body=b'{"keys": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+                                content_type="application/json")
         if kind == "huge":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -88,7 +103,8 @@ def token(kid: str = "k1") -> str:
 
 
 @pytest.mark.parametrize(("kind", "bound"), [
-    ("slow", 8.0), ("garbage", 2.0), ("huge", 3.0), ("unusable", 2.0), ("absent", 2.0)])
+    ("slow", 8.0), ("garbage", 2.0), ("structured", 2.0), ("nested", 2.0), ("huge", 3.0),
+    ("unusable", 2.0), ("absent", 2.0)])
 async def test_a_hostile_key_set_is_never_trusted_and_costs_a_bounded_wait(serve, kind,
                                                                             bound):
     async with HostileIdp() as idp:
@@ -167,3 +183,21 @@ async def test_a_token_header_of_the_wrong_shape_is_refused_not_a_server_error(s
     bystander.assert_served()
     ok = handshake_head("/idp", "h", f"Authorization: Bearer {good}")
     assert status_of(await raw_exchange(served.proxy.port, ok)) == 101
+
+
+async def test_keys_refreshing_survives_a_malformed_key_set(serve):
+    """Structured garbage twice, then a good key set: the refresher (backing off 1 s, 2 s)
+    is still alive and picks the good keys up without a restart."""
+    async with HostileIdp() as idp:
+        served = await serve(route("idp", "/idp", {"methods": ["JWT"], "jwt": {"providers": [
+            {"issuer": ISSUER, "jwksUri": f"http://127.0.0.1:{idp.port}/recovering",
+             "audiences": ["chat"]}]}}))
+        head = handshake_head("/idp", "h", f"Authorization: Bearer {token()}")
+        assert status_of(await raw_exchange(served.proxy.port, head)) == 503
+        for _ in range(100):  # 10 s at most: the third fetch comes 3 s after the first
+            summary = (await served.admin.request("GET", "/config"))[1]
+            if summary["identityProviders"][0]["keys"] == ["k1"]:
+                break
+            await asyncio.sleep(0.1)
+        assert idp.requests >= 3, "the key refresher stopped after a malformed key set"
+        assert status_of(await raw_exchange(served.proxy.port, head)) == 101

@@ -78,3 +78,20 @@ def test_a_key_set_with_no_usable_key_is_an_error():
                  b'{"keys": [' + b",".join([b'{"kty": "oct"}'] * 65) + b"]}"):
         with pytest.raises(FetchError):
             parse_jwks(body)
+
+
+def test_fields_of_the_wrong_type_make_a_key_unusable_not_an_error():
+    import pytest
+
+    from wsgate_proxy.jwks import FetchError
+
+    good = jwk(ec.generate_private_key(ec.SECP256R1()))
+    rsa_key = jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for entry in ({**good, "crv": ["P-256"]}, {**good, "crv": {"P-256": 1}},
+                  {**rsa_key, "alg": ["RS256"]}, {**rsa_key, "kty": ["RSA"]},
+                  {**rsa_key, "kid": {"a": 1}}, {"kty": "OKP", "crv": ["Ed25519"]}):
+        assert signing_key(entry) is None, entry
+    for body in (b'{"keys": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+                 b"[" * 200_000):  # nested deeper than the parser recurses, under 512 KiB
+        with pytest.raises(FetchError):
+            parse_jwks(body)
