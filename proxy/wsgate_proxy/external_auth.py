@@ -136,10 +136,9 @@ class ExternalAuthClient:
             ("X-Original-URL", f"{proto}://{inbound.host}{inbound.target}"),
         ]
         digest = hashlib.blake2b(key=self._secret, digest_size=32)
-        digest.update(route.key.encode() + b"\0" + _config_digest(external))
-        for name, value in sent:
-            digest.update(b"\0" + name.lower().encode("latin-1", "replace") + b"\0"
-                          + value.encode("latin-1", "replace"))
+        digest.update(_field(route.key) + _config_digest(external))
+        for name, value in sent:  # every value exactly: two credentials, two keys
+            digest.update(_field(name.lower()) + _field(value))
         return AuthCall(external.url, tuple(sent), digest.digest())
 
     async def check(self, route: Route, call: AuthCall, *, phase: str = "handshake"
@@ -254,6 +253,14 @@ class ExternalAuthClient:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def _field(text: str) -> bytes:
+    """One field of a cache key: length-prefixed and lossless (aiohttp decodes header
+    values as UTF-8, undecodable bytes as surrogates), so no two fields run together and
+    no two values encode alike."""
+    data = text.encode("utf-8", "surrogateescape")
+    return len(data).to_bytes(4, "big") + data
 
 
 def _external(route: Route) -> ExternalAuth:

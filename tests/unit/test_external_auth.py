@@ -65,3 +65,19 @@ def test_the_call_carries_exactly_the_listed_headers_and_forwarded_ones():
 def test_urls_in_logs_lose_user_info_and_query():
     assert display_url("https://u:p@auth.test:8443/verify?token=x") == \
         "https://auth.test:8443/verify"
+
+
+def test_cache_keys_tell_apart_every_value_and_every_split():
+    client = ExternalAuthClient(Outbound())
+    r = route(request_headers=("Cookie", "Authorization"))
+    inbound = Inbound("ws.test", "/", "10.0.0.9", False, None)
+
+    def key(*pairs: tuple[str, str]) -> bytes:
+        return client.call_for(r, headers(*pairs), inbound).cache_key
+
+    # Characters above U+00FF (aiohttp decodes header values as UTF-8) stay distinct.
+    assert key(("Cookie", "sid=tok€")) != key(("Cookie", "sid=tok₤"))
+    assert key(("Cookie", "sid=\udcff")) != key(("Cookie", "sid=\udcfe"))  # raw bytes
+    # Where one value ends and the next begins is part of the key.
+    assert key(("Cookie", "a\0cookie\0b")) != key(("Cookie", "a"), ("Cookie", "b"))
+    assert key(("Cookie", "a"), ("Authorization", "b")) != key(("Cookie", "a\0authorization"))
