@@ -10,6 +10,7 @@ was asked.
   with ``WWW-Authenticate``, ``Location: /login`` and a body; query parameters shape the
   answer: ``max_age=N`` (Cache-Control), ``status=N`` (answer N whatever the session),
   ``sleep=S`` (answer after S seconds), ``huge=1`` (a 401 with a 1 MiB body),
+  ``huge_allow=1`` (a 200 with 100 ``X-User-Roles`` headers of 8000 bytes),
   ``garbage=1`` (bytes that are not HTTP), ``no_identity=1`` (200 without X-User-Id);
 - ``GET /_calls`` the headers of every /verify call so far, ``POST /_reset`` forgets them.
 """
@@ -65,6 +66,11 @@ class AuthServer:
             return web.Response(status=int(status), text="as asked\n")
         if query.get("huge"):
             return web.Response(status=401, body=b"x" * (1 << 20))
+        if query.get("huge_allow"):  # 100 headers of 8000 bytes: 800 KB to forward
+            huge = web.Response(status=200, headers={"X-User-Id": "mallory"})
+            for n in range(100):
+                huge.headers.add("X-User-Roles", f"{n:04d}" + "r" * 7996)
+            return huge
         user = self.sessions.get(request.cookies.get("session", ""))
         if user is None:
             return web.Response(status=401, text="please log in at /login\n", headers={

@@ -53,6 +53,9 @@ MAX_CONCURRENT = 64
 MAX_WAITING = 256
 MAX_IDENTITY_LENGTH = 253
 MAX_HEADER_VALUE = 8 * 1024
+# Of the answer's headers forwarded to the upstream (responseHeaders, names and values):
+# each allowed session keeps them, and so does each cached decision.
+MAX_FORWARDED_BYTES = 16 * 1024
 
 # Never sent to the auth server, whatever the route lists: hop-by-hop headers, the
 # upgrade, the handshake's own headers, and those the proxy sets itself.
@@ -206,11 +209,17 @@ class ExternalAuthClient:
                     f"{external.identity_header!r} header (identityHeader: a value of 1 to "
                     f"{MAX_IDENTITY_LENGTH} characters)"))
         forwarded = []
+        size = 0
         for name in external.response_headers:
             for value in answer.headers.getall(name, ()):
                 if len(value) > MAX_HEADER_VALUE or _CONTROL.search(value):
                     raise self._failed(route, phase, f"the auth server's {name!r} header is "
                                                      "too long or holds control characters")
+                size += len(name) + len(value.encode("utf-8", "surrogateescape"))
+                if size > MAX_FORWARDED_BYTES:
+                    raise self._failed(route, phase, (
+                        f"the auth server allowed, but the headers of its answer to forward "
+                        f"(responseHeaders) exceed {MAX_FORWARDED_BYTES} bytes in all"))
                 forwarded.append((name, value))
         fresh_for, _ = freshness(answer.headers)
         valid_until = time.time() + fresh_for if fresh_for else None

@@ -102,3 +102,22 @@ async def test_a_pile_up_on_a_slow_auth_server_is_refused_at_once(serve, hostile
     assert all(b"Retry-After: 1" in answer for answer, _ in results)
     assert took < 4 + 3  # timeoutSeconds, plus what a loaded machine adds
     bystander.assert_served()
+
+
+async def test_an_allow_with_huge_headers_to_forward_is_refused_and_never_kept(serve, hostile):
+    """100 allowed headers of 8000 bytes: each within the per-header bound, 800 KB in all.
+    Kept per cached decision and per session, they would cost GiBs at 10k sessions: the
+    answer is refused (503) and nothing grows."""
+    served = await serve(route("ext", "/ext", {"methods": ["External"], "external": {
+        "url": hostile.url("huge_allow=1"), "timeoutSeconds": 2, "cacheSeconds": 60,
+        "identityHeader": "X-User-Id", "responseHeaders": ["X-User-Roles"]}}))
+    async with Bystander(served.url) as bystander, MemoryPeak(served.proxy.proc.pid) as memory:
+        answers = []
+        for wave in range(5):  # distinct cookies: none could be answered from the cache
+            answers += await asyncio.gather(*(raw_exchange(
+                served.proxy.port, handshake_head("/ext", "h", f"Cookie: s={wave}-{n}"),
+                timeout=10) for n in range(20)))
+    assert {status_of(a) for a in answers} == {503}
+    assert memory.grown_kib < 32 * 1024
+    bystander.assert_served()
+    assert "exceed 16384 bytes" in served.proxy.output()  # the log names the cap
