@@ -35,6 +35,10 @@ log = logging.getLogger("wsgate.expiry")
 
 # Entries due within this much of the earliest are handled in the same wake-up.
 BATCH_SECONDS = 0.001
+# At most this many due entries per wake-up: JWT exps are whole seconds, so the tokens
+# minted together expire together; the rest wait for the next turn of the loop, so live
+# sessions' frames are relayed in between.
+MAX_PER_WAKEUP = 256
 
 
 class Deadlines:
@@ -46,7 +50,7 @@ class Deadlines:
         self._heap: list[tuple[float, int, Hashable, str]] = []
         self._live: dict[tuple[Hashable, str], tuple[float, int]] = {}
         self._sequence = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._armed_for: float | None = None
 
     def __len__(self) -> int:
@@ -88,12 +92,15 @@ class Deadlines:
         horizon = loop.time() + BATCH_SECONDS
         due = []
         heap = self._heap
-        while heap and heap[0][0] <= horizon:
+        while heap and heap[0][0] <= horizon and len(due) < MAX_PER_WAKEUP:
             when, sequence, owner, kind = heapq.heappop(heap)
             if self._live.get((owner, kind)) == (when, sequence):
                 del self._live[(owner, kind)]
                 due.append((owner, kind))
-        if heap:
+        if heap and heap[0][0] <= horizon:  # more are due: after what else is waiting
+            self._armed_for = heap[0][0]
+            self._timer = loop.call_soon(self._fire)
+        elif heap:
             self._arm(heap[0][0])
         for owner, kind in due:
             self._on_due(owner, kind)
@@ -158,7 +165,11 @@ class Lifetimes:
         self.deadlines.clear(session, (EXPIRE, RECHECK))
 
     def renew(self, session: Session, valid_until: float | None) -> None:
-        """The session's credential now holds until ``valid_until`` (None: no end)."""
+        """The session's credential now holds until ``valid_until`` (None: no end).
+        A session that already ended is left alone: a deadline set for it would keep it
+        (and the config it holds) in the heap until then."""
+        if session not in self._live:
+            return
         session.credential_valid_until = valid_until
         self.deadlines.set(session, EXPIRE, loop_time(valid_until) if valid_until else None)
 

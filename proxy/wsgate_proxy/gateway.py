@@ -279,7 +279,7 @@ class Gateway:
         if identity is None or identity.key != session.consumer_key:
             return auth_answer(False, error="the credential is not the session's: open a new "
                                             "session for another identity")
-        if session.closing:
+        if session.closing or session.done.done():  # it ended (or is ending) meanwhile
             return None
         session.credential_fingerprint = identity.fingerprint
         self.runtime.lifetimes.renew(session, who.valid_until)
