@@ -16,6 +16,12 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from wsgate_proxy.config import (
+    NOT_SET_BY_VERIFICATION,
+    NOT_SET_BY_VERIFICATION_WORDS,
+    spelled_any_way,
+)
+
 API_GROUP = "wsgate.io"
 API_VERSION = "v1alpha1"
 CREDENTIAL_LABEL = "wsgate.io/credential"
@@ -27,10 +33,11 @@ _ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 # Headers an External auth call never carries, whatever a route lists: hop-by-hop
 # headers, the upgrade and the handshake's own, and those the proxy sets itself.
-NOT_SENT_TO_AUTH = re.compile(
-    r"(?i)^(connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te"
-    r"|trailer|transfer-encoding|upgrade|host|content-length|content-type|expect"
-    r"|accept-encoding|x-original-url|sec-websocket-.*|x-forwarded-.*)$")
+NOT_SENT_TO_AUTH = re.compile(spelled_any_way((
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host",
+    "content-length", "content-type", "expect", "accept-encoding", "x-original-url",
+    "sec-websocket-.*", "x-forwarded-.*")))
 
 
 def _hostname(value: str) -> str:
@@ -224,12 +231,24 @@ class RequiredClaimSpec(_Spec):
 
 
 class ClaimToHeaderSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!self.header.matches('" + NOT_SET_BY_VERIFICATION + "')",
+         "header cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+    ))
+
     claim: Annotated[str, Field(min_length=1, max_length=256)]
     """The claim to send: strings as they are, numbers and booleans as JSON writes them,
     arrays comma-joined; an object refuses the handshake (403)."""
     header: HeaderName
     """The upstream request header that carries it; a client's own copy of it (under any
     spelling) is always removed."""
+
+    @model_validator(mode="after")
+    def _settable(self) -> ClaimToHeaderSpec:
+        if re.match(NOT_SET_BY_VERIFICATION, self.header):
+            raise ValueError(f"header cannot name {self.header!r}: not "
+                             + NOT_SET_BY_VERIFICATION_WORDS)
+        return self
 
 
 class JwtProviderSpec(_Spec):
@@ -287,6 +306,12 @@ class ExternalAuthSpec(_Spec):
         ("self.requestHeaders.all(h, !h.matches('" + NOT_SENT_TO_AUTH.pattern + "'))",
          "requestHeaders cannot name hop-by-hop headers, Upgrade, Connection, Host, "
          "Sec-WebSocket-* or X-Forwarded-* (the proxy sets X-Forwarded-* itself)"),
+        ("!has(self.responseHeaders) || self.responseHeaders.all(h, !h.matches('"
+         + NOT_SET_BY_VERIFICATION + "'))",
+         "responseHeaders cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+        ("!has(self.identityHeader) || !self.identityHeader.matches('"
+         + NOT_SET_BY_VERIFICATION + "')",
+         "identityHeader cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
     ))
 
     url: HttpUrl
@@ -326,6 +351,12 @@ class ExternalAuthSpec(_Spec):
                     f"requestHeaders cannot name {name!r}: hop-by-hop headers, Upgrade, "
                     "Connection, Host, Sec-WebSocket-* and X-Forwarded-* never go to an auth "
                     "server (the proxy sets X-Forwarded-* itself)")
+        for field, names in (("responseHeaders", self.response_headers),
+                             ("identityHeader", [self.identity_header or ""])):
+            for name in names:
+                if re.match(NOT_SET_BY_VERIFICATION, name):
+                    raise ValueError(f"{field} cannot name {name!r}: not "
+                                     + NOT_SET_BY_VERIFICATION_WORDS)
         return self
 
 

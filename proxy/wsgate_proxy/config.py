@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -74,13 +75,45 @@ Url = Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=204
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$", max_length=256)]
 
 
+def spelled_any_way(names: tuple[str, ...]) -> str:
+    """A regex (Python's and CEL's RE2) matching these header names in any case and with
+    ``_`` for ``-`` (CGI and WSGI servers read underscores as dashes)."""
+    return "(?i)^(" + "|".join(n.replace("-", "[-_]") for n in names) + ")$"
+
+
+# Headers a verification (an auth server's answer, a token's claims) can never set on the
+# upstream request: the body's framing (Content-Length, Transfer-Encoding: smuggling),
+# what makes it a WebSocket handshake, hop-by-hop headers, and those the proxy sets.
+NOT_SET_BY_VERIFICATION = spelled_any_way((
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host",
+    "content-length", "content-type", "expect", "sec-websocket-.*", "x-consumer-username",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+NOT_SET_BY_VERIFICATION_WORDS = (
+    "hop-by-hop headers, Host, Content-Length, Transfer-Encoding, Upgrade, Connection, "
+    "Sec-WebSocket-*, X-Consumer-Username or X-Forwarded-For/-Proto/-Host (the proxy "
+    "sets those itself)")
+_NOT_SET_BY_VERIFICATION = re.compile(NOT_SET_BY_VERIFICATION)
+
+
+def _settable_upstream(name: str) -> str:
+    if _NOT_SET_BY_VERIFICATION.match(name):
+        raise ValueError(f"{name!r} cannot be set on the upstream request by an auth server's "
+                         f"answer or a token's claims: not {NOT_SET_BY_VERIFICATION_WORDS}")
+    return name
+
+
+# A header an auth server's answer or a token's claim fills in on the upstream request.
+UpstreamHeaderName = Annotated[HeaderName, AfterValidator(_settable_upstream)]
+
+
 class ExternalAuth(_Model):
     """The application's own auth endpoint, asked about each handshake (forward auth)."""
 
     url: Url
     request_headers: tuple[HeaderName, ...] = ("Cookie", "Authorization")
-    response_headers: tuple[HeaderName, ...] = ()
-    identity_header: HeaderName | None = None
+    response_headers: tuple[UpstreamHeaderName, ...] = ()
+    identity_header: UpstreamHeaderName | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     cache_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
     recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
@@ -97,7 +130,7 @@ class ClaimRequirement(_Model):
 
 class ClaimHeader(_Model):
     claim: Annotated[str, Field(min_length=1)]
-    header: HeaderName
+    header: UpstreamHeaderName
 
 
 class JwtProvider(_Model):

@@ -68,6 +68,18 @@ def test_auth_settings_that_cannot_work_are_refused_naming_the_field():
         ({"methods": ["External"], "external": {"url": "http://a/v",
                                                 "requestHeaders": ["Sec-WebSocket-Key"]}},
          "requestHeaders cannot name 'Sec-WebSocket-Key'"),
+        ({"methods": ["External"], "external": {"url": "http://a/v",
+                                                "requestHeaders": ["X_Forwarded_Host"]}},
+         "requestHeaders cannot name 'X_Forwarded_Host'"),
+        ({"methods": ["External"], "external": {"url": "http://a/v",
+                                                "responseHeaders": ["Transfer-Encoding"]}},
+         "responseHeaders cannot name 'Transfer-Encoding'"),
+        ({"methods": ["External"], "external": {"url": "http://a/v",
+                                                "identityHeader": "x_consumer_username"}},
+         "identityHeader cannot name 'x_consumer_username'"),
+        ({"methods": ["JWT"], "jwt": {"providers": [{"issuer": "https://a", "claimsToHeaders": [
+            {"claim": "sub", "header": "Content-Length"}]}]}},
+         "header cannot name 'Content-Length'"),
         ({"methods": ["External"], "external": {"url": "ftp://a/v"}},
          "is not an http:// or https:// URL"),
         ({"methods": ["JWT"], "jwt": {"providers": [{"issuer": "https://a"},
@@ -79,3 +91,25 @@ def test_auth_settings_that_cannot_work_are_refused_naming_the_field():
         assert route_ is None, auth
         assert any(words in p.message and p.field.startswith("spec.auth")
                    for p in problems), (words, problems)
+
+
+def test_the_proxy_refuses_a_config_that_would_set_its_own_headers_from_an_answer():
+    """Defence in depth: a config that did not come through the CRD (a hand-written
+    one, an older operator) cannot make an auth server's answer or a token's claim set
+    the framing, the handshake or the proxy's own headers on the upstream request."""
+    import pytest
+    from pydantic import ValidationError
+
+    from wsgate_proxy.config import ClaimHeader, ExternalAuth
+
+    for name in ("Transfer-Encoding", "Content_Length", "Host", "Connection", "Upgrade",
+                 "Sec-WebSocket-Key", "sec_websocket_protocol", "X-Consumer-Username",
+                 "X-Forwarded-For", "x-forwarded-proto"):
+        with pytest.raises(ValidationError, match="cannot be set on the upstream request"):
+            ExternalAuth(url="http://a/v", response_headers=("X-User", name))
+        with pytest.raises(ValidationError, match="cannot be set on the upstream request"):
+            ExternalAuth(url="http://a/v", identity_header=name)
+        with pytest.raises(ValidationError, match="cannot be set on the upstream request"):
+            ClaimHeader(claim="sub", header=name)
+    assert ExternalAuth(url="http://a/v", response_headers=("X-Forwarded-User",),
+                        identity_header="X-User-Id").identity_header == "X-User-Id"
