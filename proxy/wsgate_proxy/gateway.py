@@ -10,7 +10,8 @@ In FirstMessage mode a client may send another auth message at any time during t
 session, of the same shape as the first, to extend the session with a new credential
 (a fresh JWT before the old one expires); it is answered ``{"type": "auth", "ok":
 true, "expiresAt": ...}`` or ``{"type": "auth", "ok": false, "error": ...}``, and never
-reaches the upstream.
+reaches the upstream. One is checked at a time: another sent before the answer (a
+flood, each of which would cost a check and an answer) closes the session with 1008.
 
 What a handshake takes it gives back on every way out: its place under the route's
 limits is held by ``Runtime.admission`` around everything from the dial to the end of
@@ -25,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +42,7 @@ from .forwarding import (
     upstream_headers,
     upstream_target,
 )
-from .frames import close_frame
+from .frames import CloseCode, close_frame
 from .handshake import Handshake, check_upgrade, hash_key, read_handshake
 from .refusals import BadGateway, Refusal, Unauthorized, Unavailable
 from .relay import Session
@@ -224,7 +225,9 @@ class Gateway:
                          + "; ".join(_distinct(e.message for e in errors)))
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
-                       connected: Connected, on_auth_message: Any = None) -> Session:
+                       connected: Connected,
+                       on_auth_message: Callable[[Session, dict[str, Any]], None] | None = None,
+                       ) -> Session:
         transport, protocol, _response, endpoint = connected
         client = request.transport
         assert client is not None
@@ -245,10 +248,13 @@ class Gateway:
 
     def _reauthenticate(self, session: Session, message: dict[str, Any]) -> None:
         """A FirstMessage session's client sent another auth message: check it off the
-        relay's path (one at a time per session) and answer in-band."""
+        relay's path and answer in-band. One at a time: a client that sends the next
+        before the answer to the last is flooding, and its session ends."""
+        if session.closing:
+            return
         if session in self._reauthenticating:
-            session.send_to_client(auth_answer(False, error="an auth message is already "
-                                                            "being checked"))
+            session.close(CloseCode.POLICY_VIOLATION,
+                          "auth message sent before the previous one was answered")
             return
         self._reauthenticating[session] = asyncio.ensure_future(
             self._check_reauth(session, message))

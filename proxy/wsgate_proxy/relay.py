@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 # How long a closing session waits for the peers' close replies before cutting TCP.
 CLOSE_GRACE_SECONDS = 5.0
+# Frames of the proxy's own waiting for the upstream's stream to reach a frame boundary
+# (auth answers): more means a client sending auth messages faster than they can be
+# answered, and its session is closed.
+MAX_WAITING_FRAMES = 16
 
 
 class Session:
@@ -101,6 +105,11 @@ class Session:
         self._draining_client: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._to_client: list[bytes] = []  # frames of the proxy's own, for a boundary
+        # Why reading from the client is paused: the upstream's write buffer is full, or
+        # the proxy's own answers to the client are (auth messages never reach the
+        # upstream, so its back-pressure alone would not slow their sender).
+        self._upstream_full = False
+        self._answers_backed_up = False
         self._on_end = on_end
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -150,6 +159,8 @@ class Session:
             message = parse_auth_message(found[0].payload) if found is not None else None
             if message is None:
                 continue
+            if self._closing:  # the one before closed the session (a flood)
+                break
             kept.append(out[last:start])
             last = end
             assert self._on_auth_message is not None
@@ -166,9 +177,24 @@ class Session:
             return
         if self.u2c.at_boundary and not self._to_client:
             self._client.write(frame)
+            self._hold_client_if_backed_up()
+            return
+        if len(self._to_client) >= MAX_WAITING_FRAMES:
+            self.close(CloseCode.POLICY_VIOLATION, "auth messages sent faster than answered")
             return
         self._to_client.append(frame)
         self.u2c.pause_requested = True
+
+    def _hold_client_if_backed_up(self) -> None:
+        """Stop reading the client while the proxy's answers to it are not read: each
+        auth message it sends is answered, so reading on would buffer answers without
+        bound. Reading resumes once the client drained them."""
+        if not self._client_protocol.writing_paused or self._answers_backed_up:
+            return
+        self._answers_backed_up = True
+        self._client.pause_reading()
+        if self._draining_client is None:
+            self._draining_client = asyncio.ensure_future(self._wait_client_drain())
 
     # -- upstream -> client ------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
@@ -182,6 +208,7 @@ class Session:
             frames, self._to_client = self._to_client, []
             if self._client_open and not self._closing:
                 self._client.write(b"".join(frames))
+                self._hold_client_if_backed_up()
             out = inspector.feed(b"")
         if out and self._client_open:
             self._client.write(out)
@@ -209,11 +236,13 @@ class Session:
         self._maybe_done()
 
     def upstream_pause_writing(self) -> None:
+        self._upstream_full = True
         if self._client_open:
             self._client.pause_reading()
 
     def upstream_resume_writing(self) -> None:
-        if self._client_open:
+        self._upstream_full = False
+        if self._client_open and not self._answers_backed_up:
             self._client.resume_reading()
 
     async def _wait_client_drain(self) -> None:
@@ -225,6 +254,10 @@ class Session:
             self._draining_client = None
             if self._upstream_open:
                 self._upstream.resume_reading()
+            if self._answers_backed_up:
+                self._answers_backed_up = False
+                if self._client_open and not self._upstream_full:
+                    self._client.resume_reading()
 
     # -- ending ------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:

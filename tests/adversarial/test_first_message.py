@@ -130,30 +130,72 @@ async def _equal(actual, expected):
     assert actual == expected
 
 
-async def test_a_flood_of_mid_session_auth_messages_costs_bounded_memory(serve, upstream):
+async def _read_until_closed(ws) -> None:
+    while True:
+        await ws.recv()
+
+
+async def test_mid_session_auth_messages_one_at_a_time_and_a_flood_closes(serve, upstream):
     """Auth messages sent mid-session are taken out of the stream and checked one at a
-    time: a client sending thousands gets an answer each, loses none of its data
-    messages, and the upstream never sees a credential."""
+    time: a client sending the next after each answer has each answered and loses none of
+    its data messages, and the upstream never sees a credential; a client sending them
+    back to back (each would cost a check and an answer) is closed with 1008."""
     served = await serve(route("fm", "/fm", FIRST_MESSAGE))  # the bystander's: Handshake
     async with Bystander(served.url) as bystander, \
             MemoryPeak(served.proxy.proc.pid) as memory, connect(served.base + "/fm") as ws:
         await ws.send(auth_message(apikey="john-key"))
         assert json.loads(await ws.recv()) == AUTH_OK
-        for i in range(2000):
+        answers, data = [], []
+        for i in range(200):
             await ws.send(auth_message(apikey="john-key"))
             await ws.send(f"data {i}")
-        answers, data = [], []
-        while len(data) < 2000:
-            message = await asyncio.wait_for(ws.recv(), 10)
-            (answers if message.startswith("{") else data).append(message)
-        while len(answers) < 2000:
-            answers.append(await asyncio.wait_for(ws.recv(), 10))
-    assert data == [f"data {i}" for i in range(2000)]  # in order, none lost
-    parsed = [json.loads(a) for a in answers]
-    assert all(a["type"] == "auth" for a in parsed)
-    assert all(a["ok"] or a["error"] == "an auth message is already being checked"
-               for a in parsed)
-    assert any(a["ok"] for a in parsed)
-    assert not any("apikey" in a for a in answers)  # no echo: the upstream saw none
+            while len(answers) <= i or len(data) <= i:  # the answer and the echo
+                message = await asyncio.wait_for(ws.recv(), 10)
+                (answers if message.startswith("{") else data).append(message)
+        assert data == [f"data {i}" for i in range(200)]  # in order, none lost
+        assert all(json.loads(a) == AUTH_OK for a in answers)
+        assert not any("apikey" in d for d in data)  # no echo: the upstream saw none
+        for _ in range(2000):  # back to back: a flood
+            await ws.send(auth_message(apikey="john-key"))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(_read_until_closed(ws), 10)
+    assert ws.close_code == 1008
+    assert ws.close_reason == "auth message sent before the previous one was answered"
     assert memory.grown_kib < 16 * 1024
+    bystander.assert_served()
+
+
+async def test_auth_messages_from_a_client_that_never_reads_cost_bounded_memory(serve,
+                                                                                  upstream):
+    """Auth messages are taken out of the stream, so the upstream's back-pressure never
+    slows their sender; each gets an answer written to the client. A client that floods
+    them and never reads (a 4 KiB receive buffer) stops being read once its answers back
+    up, as relayed data would stop it: the proxy's memory stays flat."""
+    import socket
+
+    served = await serve(route("fm", "/fm", FIRST_MESSAGE))  # the bystander's: Handshake
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", served.proxy.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(handshake_head("/fm"))
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(masked(0x1, auth_message(apikey="john-key").encode()))
+    flood = masked(0x1, auth_message(apikey="john-key").encode()) * 2048  # ~100 KB
+    sent = 0
+    async with Bystander(served.url) as bystander, \
+            MemoryPeak(served.proxy.proc.pid) as memory:
+        deadline = time.monotonic() + 3
+        try:
+            while time.monotonic() < deadline and sent < 32 * 1024 * 1024:
+                writer.write(flood)
+                sent += len(flood)
+                await asyncio.wait_for(writer.drain(), max(0.01, deadline - time.monotonic()))
+        except (TimeoutError, ConnectionError):
+            pass
+    writer.transport.abort()
+    print(f"FIGURES unread auth answers: {sent / 2**20:.1f} MiB of auth messages offered "
+          f"in 3 s; proxy grew {memory.grown_kib} KiB; bystander worst {bystander.worst:.2f}s")
+    assert memory.grown_kib < 4 * 1024
     bystander.assert_served()
