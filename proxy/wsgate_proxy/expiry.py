@@ -8,7 +8,8 @@ scheduling for nothing: ``Deadlines`` keeps one heap of (when, sequence, owner, 
 and one loop timer, armed for the earliest entry. Setting a deadline again (a renewed
 credential) or clearing it (the session ended) leaves the old heap entry in place and
 marks it stale; stale entries are skipped when they come up and dropped in one pass
-once they outnumber the live ones, so the heap stays within twice the live deadlines.
+once they outnumber the live ones, so the heap stays within twice the live deadlines
+(plus 64, so that a few sessions do not rebuild it at every renewal).
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ class Deadlines:
 
     def __len__(self) -> int:
         return len(self._live)
-
-    def when(self, owner: Hashable, kind: str) -> float | None:
-        entry = self._live.get((owner, kind))
-        return entry[0] if entry is not None else None
 
     def set(self, owner: Hashable, kind: str, when: float | None) -> None:
         """Call ``on_due(owner, kind)`` at loop time ``when`` (replacing any earlier

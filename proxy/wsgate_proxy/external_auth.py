@@ -260,9 +260,6 @@ class ExternalAuthClient:
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._cache)
-
 
 def _field(text: str) -> bytes:
     """One field of a cache key: length-prefixed and lossless (aiohttp decodes header

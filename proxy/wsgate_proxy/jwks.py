@@ -130,7 +130,6 @@ class KeySet:
         self.keys: tuple[SigningKey, ...] = ()
         self.error: str | None = None  # why the last fetch failed (None after a good one)
         self.fetched_at: float | None = None
-        self.fetches = 0  # attempts, whatever their outcome
         self._outbound = outbound
         self._discovered: str | None = None
         self._inflight: asyncio.Task[float | None] | None = None
@@ -197,7 +196,6 @@ class KeySet:
     async def _fetch_once(self) -> float | None:
         """Fetch the key set; seconds until the next refresh, or None when it failed (the
         keys held stay)."""
-        self.fetches += 1
         try:
             uri = self.jwks_uri or self._discovered or await self._discover()
             try:
@@ -263,6 +261,7 @@ class KeySets:
     def __init__(self, outbound: Outbound) -> None:
         self._outbound = outbound
         self._sets: dict[tuple[str, str | None, str | None], KeySet] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _key(provider: JwtProvider) -> tuple[str, str | None, str | None]:
@@ -277,7 +276,10 @@ class KeySets:
             if removed.issuer not in {k[0] for k in self._sets} | {k[0] for k in wanted}:
                 metrics.forget_issuer(removed.issuer)
             with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(removed.stop())
+                stopping = asyncio.get_running_loop().create_task(removed.stop())
+                # The loop holds tasks weakly: keep this one until it is done.
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
         for key, provider in wanted.items():
             if key not in self._sets:
                 self._sets[key] = KeySet(provider.issuer, provider.jwks_uri, provider.ca_pem,

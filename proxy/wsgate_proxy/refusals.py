@@ -16,13 +16,13 @@ refusal is counted under its ``outcome``, a label from a fixed set.
     ├── AuthFailure
     │   ├── Unauthorized    401 + WWW-Authenticate            4401
     │   └── Forbidden       403                               4403
-
-An External auth server's 401 or 403 is passed on as it is: its status, its
-``WWW-Authenticate`` and ``Location`` headers and its ``body`` (bounded).
     ├── LimitReached        429 / 503                         1013
     │   └── LimitsUnavailable 503 (shared store down, closed)  1013
     ├── Overloaded          503 + Retry-After                 1013
     └── BadGateway          502                               1014
+
+An External auth server's 401 or 403 is passed on as it is: its status, its
+``WWW-Authenticate`` and ``Location`` headers and its ``body`` (bounded).
 """
 
 from __future__ import annotations
