@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from wsgate_proxy.config import (
+    MIN_RECHECK_SECONDS,
     NOT_SET_BY_VERIFICATION,
     NOT_SET_BY_VERIFICATION_WORDS,
     spelled_any_way,
@@ -309,6 +310,9 @@ class ExternalAuthSpec(_Spec):
         ("!has(self.responseHeaders) || self.responseHeaders.all(h, !h.matches('"
          + NOT_SET_BY_VERIFICATION + "'))",
          "responseHeaders cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+        # double(): an integer written in YAML is a number all the same
+        ("double(self.recheckSeconds) == 0.0 || double(self.recheckSeconds) >= 0.5",
+         "recheckSeconds is 0 (never) or at least 0.5"),
         ("!has(self.identityHeader) || !self.identityHeader.matches('"
          + NOT_SET_BY_VERIFICATION + "')",
          "identityHeader cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
@@ -337,8 +341,8 @@ class ExternalAuthSpec(_Spec):
     max-age; never a refusal or an error), for exactly the same forwarded headers. 0:
     ask every time."""
     recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
-    """Ask again for each live session this often (spread out); a 401/403 closes it with
-    1008 "credential revoked". 0: never."""
+    """Ask again for each live session this often (spread out; at least 0.5); a 401/403
+    closes it with 1008 "credential revoked". 0: never."""
     ca_secret_ref: SecretRef | None = None
     """For an https url with a private CA: a Secret whose 'ca.crt' holds the CA
     certificates to trust. Default: the system's roots."""
@@ -351,6 +355,10 @@ class ExternalAuthSpec(_Spec):
                     f"requestHeaders cannot name {name!r}: hop-by-hop headers, Upgrade, "
                     "Connection, Host, Sec-WebSocket-* and X-Forwarded-* never go to an auth "
                     "server (the proxy sets X-Forwarded-* itself)")
+        if 0 < self.recheck_seconds < MIN_RECHECK_SECONDS:
+            raise ValueError(f"recheckSeconds is 0 (never) or at least {MIN_RECHECK_SECONDS}: "
+                             f"{self.recheck_seconds} would ask the auth server about every "
+                             "session many times a second")
         for field, names in (("responseHeaders", self.response_headers),
                              ("identityHeader", [self.identity_header or ""])):
             for name in names:

@@ -107,6 +107,9 @@ def _settable_upstream(name: str) -> str:
 UpstreamHeaderName = Annotated[HeaderName, AfterValidator(_settable_upstream)]
 
 
+MIN_RECHECK_SECONDS = 0.5
+
+
 class ExternalAuth(_Model):
     """The application's own auth endpoint, asked about each handshake (forward auth)."""
 
@@ -118,6 +121,12 @@ class ExternalAuth(_Model):
     cache_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
     recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
     ca_pem: str | None = None  # https with a private CA; None: the system's roots
+
+    @model_validator(mode="after")
+    def _recheck_bounded(self) -> ExternalAuth:
+        if 0 < self.recheck_seconds < MIN_RECHECK_SECONDS:
+            raise ValueError(f"recheck_seconds is 0 (never) or at least {MIN_RECHECK_SECONDS}")
+        return self
 
 
 class ClaimRequirement(_Model):

@@ -241,6 +241,9 @@ async def test_the_api_refuses_auth_settings_that_cannot_work(http):
          "Connection, Host, Sec-WebSocket-* or X-Forwarded-* (the proxy sets X-Forwarded-* "
          "itself)"),
     ]
+    cases.append((auth(methods=["External"], external={"url": "http://a/v",
+                                                       "recheckSeconds": 0.001}),
+                   "spec.auth.external", "recheckSeconds is 0 (never) or at least 0.5"))
     not_settable = ("cannot name hop-by-hop headers, Host, Content-Length, Transfer-Encoding, "
                     "Upgrade, Connection, Sec-WebSocket-*, X-Consumer-Username or "
                     "X-Forwarded-For/-Proto/-Host (the proxy sets those itself)")
@@ -265,6 +268,7 @@ async def test_the_api_refuses_auth_settings_that_cannot_work(http):
             {"reason": "FieldValueInvalid", "field": field, "message": message}], spec
     good = auth(methods=["JWT", "External"],
                 external={"url": "https://auth.test/verify", "requestHeaders": ["Cookie"],
+                          "recheckSeconds": 30,
                           "responseHeaders": ["X-User-Roles", "X-Forwarded-User"],
                           "identityHeader": "X-User-Id"},
                 jwt={"providers": [{"issuer": "https://idp.test", "audiences": ["chat"]}]})

@@ -80,6 +80,8 @@ def test_auth_settings_that_cannot_work_are_refused_naming_the_field():
         ({"methods": ["JWT"], "jwt": {"providers": [{"issuer": "https://a", "claimsToHeaders": [
             {"claim": "sub", "header": "Content-Length"}]}]}},
          "header cannot name 'Content-Length'"),
+        ({"methods": ["External"], "external": {"url": "http://a/v", "recheckSeconds": 0.01}},
+         "recheckSeconds is 0 (never) or at least 0.5"),
         ({"methods": ["External"], "external": {"url": "ftp://a/v"}},
          "is not an http:// or https:// URL"),
         ({"methods": ["JWT"], "jwt": {"providers": [{"issuer": "https://a"},
