@@ -232,7 +232,10 @@ class ExternalAuthClient:
             self._last_logged[route.key] = now
             log.warning("external auth failed", extra={"route": route.key, "phase": phase,
                                                        "error": message})
-        return AuthUnavailable(f"authentication is unavailable: {message}")
+        # The details (the auth server's address, network and TLS errors) are the
+        # operator's, in the log and the metric; the client learns only that it may retry.
+        return AuthUnavailable("authentication is unavailable: the auth server gave no "
+                               "usable answer; retry later")
 
     # -- the cache -------------------------------------------------------------------
     def _cached(self, key: bytes) -> Allowed | None:

@@ -105,8 +105,9 @@ async def verify(route: Route, provider: JwtProvider, keyset: KeySet, token: str
         raise fail("the token's kid is not a string")
     await keyset.first_keys()
     if not keyset.keys:
+        # Why (the fetch's error, naming the key set's URL) is in the log and GET /config.
         raise AuthUnavailable(f"the signing keys of identity provider {provider.issuer!r} are "
-                              f"not available ({keyset.error or 'not fetched yet'})")
+                              "not available; retry later")
     refetched = False
     while True:
         candidates = keyset.candidates(kid, alg)

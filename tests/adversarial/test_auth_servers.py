@@ -42,10 +42,10 @@ def hostile():
 
 
 @pytest.mark.parametrize(("kind", "query", "status", "words"), [
-    ("slow", "sleep=30", 503, b"no answer within"),
-    ("garbage", "garbage=1", 503, b"authentication is unavailable"),
-    ("huge", "huge=1", 401, b"longer than 65536 bytes"),
-    ("absent", None, 503, b"cannot connect"),
+    ("slow", "sleep=30", 503, "no answer within"),
+    ("garbage", "garbage=1", 503, "the auth server at"),
+    ("huge", "huge=1", 401, "longer than 65536 bytes"),
+    ("absent", None, 503, "cannot connect"),
 ])
 async def test_a_hostile_auth_server_costs_a_bounded_wait(serve, hostile, kind, query,
                                                           status, words):
@@ -62,9 +62,14 @@ async def test_a_hostile_auth_server_costs_a_bounded_wait(serve, hostile, kind, 
           f"{took:.2f}s; proxy grew {memory.grown_kib} KiB; bystander worst "
           f"{bystander.worst:.2f}s")
     assert statuses == [status] * CONCURRENT
-    assert any(words in a for a in answers), answers[0][:400]
     if status == 503:  # a slow one: some timed out, the rest waited for a call slot
         assert all(b"Retry-After: 1" in a for a in answers)
+        # Why is the operator's (the log); the client learns nothing of the auth server.
+        served.proxy.wait_for_log(lambda r: r.get("event") == "external auth failed"
+                                  and words in str(r.get("error")), timeout=2)
+        assert not any(str(url.split("/")[2]).encode() in a for a in answers)
+    else:
+        assert any(words.encode() in a for a in answers), answers[0][:400]
     # Bounded by the route's timeoutSeconds (1 s) and the concurrency bound, never by
     # the auth server: a slow one answers nothing for 30 s.
     assert took < 4.0
@@ -120,4 +125,5 @@ async def test_an_allow_with_huge_headers_to_forward_is_refused_and_never_kept(s
     assert {status_of(a) for a in answers} == {503}
     assert memory.grown_kib < 32 * 1024
     bystander.assert_served()
-    assert "exceed 16384 bytes" in served.proxy.output()  # the log names the cap
+    served.proxy.wait_for_log(lambda r: "exceed 16384 bytes" in str(r.get("error")),
+                              timeout=2)  # the log names the cap

@@ -125,6 +125,8 @@ async def test_a_hostile_key_set_is_never_trusted_and_costs_a_bounded_wait(serve
               f"{memory.grown_kib} KiB; bystander worst {bystander.worst:.2f}s")
         assert statuses == {503}
         assert all(b"signing keys of identity provider" in a for a in answers)
+        # Why (the key set's address, the network error) is the operator's, not the client's.
+        assert not any(jwks.split("/")[2].encode() in a for a in answers)
         assert took < bound
         assert idp.requests <= 3  # one fetch (and its retries), not one per handshake
         assert memory.grown_kib < 24 * 1024

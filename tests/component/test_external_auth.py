@@ -95,7 +95,10 @@ async def test_a_403_is_passed_on_and_other_answers_fail_closed(ext, auth_server
         response = await refused(served.base + path, additional_headers=cookie)
         assert response.status_code == 503, path
         assert response.headers["Retry-After"] == "1"
-        assert words in response.body.decode()
+        assert "authentication is unavailable" in response.body.decode()
+        # Why is the operator's: in the log (one line a second per route at most).
+        served.proxy.wait_for_log(lambda r, words=words: r.get("event") == "external auth failed"
+                                  and words in str(r.get("error")), timeout=2)
     metrics = await served.admin.metrics()
     assert metric_value(metrics, "wsgate_external_auth_total", route="default/broken",
                         phase="handshake", result="error") == 1
