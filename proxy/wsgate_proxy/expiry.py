@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, cast
 
+from . import metrics
 from .config import Route
 from .external_auth import ExternalAuthClient
 from .frames import CloseCode
@@ -192,7 +193,10 @@ class Lifetimes:
         if route is None:
             return  # its route is gone: the config review closes it
         if kind == EXPIRE:
-            if route.on_credential_expired == "Close":
+            keep = route.on_credential_expired == "Keep"
+            metrics.child(metrics.CREDENTIALS_EXPIRED, route.key,
+                          "kept" if keep else "closed").inc()
+            if not keep:
                 session.close(CloseCode.POLICY_VIOLATION, "credential expired")
             return
         self._queue.put_nowait(session)

@@ -60,6 +60,13 @@ EXTERNAL_AUTH = Counter(
     "overloaded (too many calls waiting; 503).",
     ["route", "phase", "result"],
 )
+CREDENTIALS_EXPIRED = Counter(
+    "wsgate_credentials_expired_total",
+    "Live sessions whose credential ended (a JWT's exp plus the clock skew, an External "
+    "answer's max-age or Expires), by route and action: closed (1008 credential expired) "
+    "or kept (onCredentialExpired: Keep).",
+    ["route", "action"],
+)
 EXTERNAL_AUTH_SECONDS = Histogram(
     "wsgate_external_auth_seconds",
     "Duration of External auth calls (answered or not), by route.",
