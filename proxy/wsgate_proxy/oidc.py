@@ -30,6 +30,9 @@ from .jwks import ASYMMETRIC, KeySet
 from .refusals import AuthUnavailable, Forbidden, Unauthorized
 
 MAX_HEADER_VALUE = 8 * 1024
+# Keys a token without ``kid`` is tried against (providers publish a few; each try is a
+# signature check a client can make the proxy do for nothing).
+MAX_KEYLESS_CANDIDATES = 4
 MAX_IDENTITY_LENGTH = 253
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -111,6 +114,8 @@ async def verify(route: Route, provider: JwtProvider, keyset: KeySet, token: str
     refetched = False
     while True:
         candidates = keyset.candidates(kid, alg)
+        if kid is None:
+            candidates = candidates[:MAX_KEYLESS_CANDIDATES]
         for key in candidates:
             try:
                 claims = decode(token, key.key, [alg], issuer=provider.issuer,

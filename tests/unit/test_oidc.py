@@ -95,3 +95,39 @@ def test_fields_of_the_wrong_type_make_a_key_unusable_not_an_error():
                  b"[" * 200_000):  # nested deeper than the parser recurses, under 512 KiB
         with pytest.raises(FetchError):
             parse_jwks(body)
+
+
+async def test_a_token_without_kid_is_tried_against_a_few_keys_only():
+    """Each key tried is a signature check an anonymous client makes the proxy do."""
+    import time
+
+    import pytest
+
+    from wsgate_proxy.config import Backend, JwtOptions, JwtProvider, PathMatch, Route, RouteAuth
+    from wsgate_proxy.jwks import KeySet, SigningKey
+    from wsgate_proxy.oidc import MAX_KEYLESS_CANDIDATES, verify
+    from wsgate_proxy.outbound import Outbound
+    from wsgate_proxy.refusals import Forbidden, Unauthorized
+
+    issuer = "https://idp.test"
+    provider = JwtProvider(issuer=issuer)
+    route = Route(namespace="default", name="r", paths=(PathMatch(type="Prefix", value="/"),),
+                  backend=Backend(service="s"),
+                  auth=RouteAuth(methods=("JWT",), jwt=JwtOptions(providers=(provider,))))
+    private = [rsa.generate_private_key(public_exponent=65537, key_size=2048)
+               for _ in range(MAX_KEYLESS_CANDIDATES + 1)]
+    keyset = KeySet(issuer, None, None, Outbound())
+    keyset.keys = tuple(SigningKey(f"k{i}", frozenset({"RS256"}), key.public_key())
+                        for i, key in enumerate(private))
+    keyset._refresher = keyset._inflight = None
+    keyset._last_started = time.monotonic()  # a refetch was just made: none now
+    keyset.start = lambda: None  # the keys are held; nothing to fetch in this test
+
+    def token(key) -> str:
+        return jwt.encode({"iss": issuer, "sub": "a", "exp": int(time.time()) + 60}, key,
+                          algorithm="RS256")
+
+    granted = await verify(route, provider, keyset, token(private[1]), Unauthorized, Forbidden)
+    assert granted.identity == "a"
+    with pytest.raises(Unauthorized, match="signature is not valid"):
+        await verify(route, provider, keyset, token(private[-1]), Unauthorized, Forbidden)
