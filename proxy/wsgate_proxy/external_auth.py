@@ -20,9 +20,11 @@ The answer decides:
 Allow decisions may be cached (``cacheSeconds``), keyed by a keyed hash of exactly what
 the call sends, for at most that long and never longer than the answer's own
 ``max-age``; a 5xx or a refusal is never cached, and the cache holds at most
-CACHE_ENTRIES. Calls in flight are bounded (``max_concurrent``); beyond, at most
-``max_waiting`` wait (each no longer than the route's timeout), and the rest are refused
-at once with 503 + ``Retry-After``, so a slow auth server cannot pile up handshakes.
+CACHE_ENTRIES. Calls in flight to each auth server (scheme, host and port) are bounded
+(``max_concurrent``); beyond, at most ``max_waiting`` wait (each no longer than the
+route's timeout), and the rest are refused at once with 503 + ``Retry-After``, so a slow
+auth server cannot pile up handshakes, nor take the call slots of another route's auth
+server.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
@@ -49,7 +52,8 @@ log = logging.getLogger("wsgate.external_auth")
 
 MAX_BODY_BYTES = 64 * 1024  # of a 401/403 passed to the client
 CACHE_ENTRIES = 10_000
-MAX_CONCURRENT = 64
+MAX_CONCURRENT = 64  # per auth server
+MAX_SERVERS = 1024  # auth servers whose call bounds are kept (idle ones are dropped beyond)
 MAX_WAITING = 256
 MAX_IDENTITY_LENGTH = 253
 MAX_HEADER_VALUE = 8 * 1024
@@ -105,16 +109,24 @@ class Allowed:
     valid_until: float | None  # unix time; None: the answer set no lifetime
 
 
+class _Bound:
+    """The calls in flight to one auth server, and those waiting for a slot."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.running = 0
+        self.waiting = 0
+
+
 class ExternalAuthClient:
     """Asks auth servers, for every route that uses External; one per proxy."""
 
     def __init__(self, outbound: Outbound, *, max_concurrent: int = MAX_CONCURRENT,
                  max_waiting: int = MAX_WAITING, cache_entries: int = CACHE_ENTRIES) -> None:
         self._outbound = outbound
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._bounds: dict[str, _Bound] = {}  # by auth server: scheme://host:port
         self._max_concurrent = max_concurrent
         self._max_waiting = max_waiting
-        self._waiting = 0
         self._secret = os.urandom(32)
         self._cache: OrderedDict[bytes, tuple[float, Allowed]] = OrderedDict()
         self._cache_entries = cache_entries
@@ -170,22 +182,24 @@ class ExternalAuthClient:
 
     async def _ask(self, route: Route, external: ExternalAuth, call: AuthCall, phase: str
                    ) -> Answer:
-        if self._slots.locked() and self._waiting >= self._max_waiting:
+        bound = self._bound(call.url)
+        if bound.slots.locked() and bound.waiting >= self._max_waiting:
             metrics.child(metrics.EXTERNAL_AUTH, route.key, phase, "overloaded").inc()
             raise Overloaded(f"too many External auth calls in progress "
-                             f"({self._max_concurrent} running, {self._waiting} waiting); "
+                             f"({self._max_concurrent} running, {bound.waiting} waiting); "
                              "retry in a second")
         started = time.perf_counter()
-        self._waiting += 1
+        bound.waiting += 1
         try:
             async with asyncio.timeout(external.timeout_seconds):
-                await self._slots.acquire()
+                await bound.slots.acquire()
         except TimeoutError:
             metrics.child(metrics.EXTERNAL_AUTH, route.key, phase, "overloaded").inc()
             raise Overloaded("the External auth calls ahead of this one took too long; "
                              "retry in a second") from None
         finally:
-            self._waiting -= 1
+            bound.waiting -= 1
+        bound.running += 1
         try:
             remaining = max(0.001, external.timeout_seconds - (time.perf_counter() - started))
             return await self._outbound.get(call.url, list(call.headers), seconds=remaining,
@@ -194,9 +208,22 @@ class ExternalAuthClient:
             raise self._failed(route, phase, f"the auth server at "
                                              f"{display_url(call.url)}: {exc}") from None
         finally:
-            self._slots.release()
+            bound.running -= 1
+            bound.slots.release()
             metrics.child(metrics.EXTERNAL_AUTH_SECONDS, route.key).observe(
                 time.perf_counter() - started)
+
+    def _bound(self, url: str) -> _Bound:
+        parts = urlsplit(url)
+        server = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        bound = self._bounds.get(server)
+        if bound is None:
+            if len(self._bounds) >= MAX_SERVERS:  # auth servers of configs long gone
+                for idle in [k for k, b in self._bounds.items()
+                             if b.waiting == 0 and b.running == 0]:
+                    del self._bounds[idle]
+            bound = self._bounds[server] = _Bound(self._max_concurrent)
+        return bound
 
     def _allowed(self, route: Route, external: ExternalAuth, answer: Answer, phase: str
                  ) -> Allowed:

@@ -17,6 +17,7 @@ from tests.peers import AuthServerProcess, free_port
 from tests.support import (
     Bystander,
     MemoryPeak,
+    eventually,
     handshake_head,
     metric_value,
     raw_exchange,
@@ -127,3 +128,28 @@ async def test_an_allow_with_huge_headers_to_forward_is_refused_and_never_kept(s
     bystander.assert_served()
     served.proxy.wait_for_log(lambda r: "exceed 16384 bytes" in str(r.get("error")),
                               timeout=2)  # the log names the cap
+
+
+async def test_a_slow_auth_server_does_not_take_another_servers_call_slots(serve, hostile,
+                                                                            auth_server):
+    """400 handshakes pile up on one route's auth server that never answers; another
+    route's auth server (another process) is asked all the same, and its users are served."""
+    served = await serve(
+        route("slow", "/slow", {"methods": ["External"], "external": {
+            "url": hostile.url("sleep=30"), "timeoutSeconds": 2}}),
+        route("ext", "/ext", external(auth_server.url())))
+    cookie = f"Cookie: session={await auth_server.login('alice')}"
+    pile = [asyncio.ensure_future(raw_exchange(served.proxy.port, handshake_head("/slow", "h"),
+                                               timeout=10)) for _ in range(400)]
+    try:
+        async def piled_up() -> None:  # 64 calls running, 256 waiting, the rest refused
+            assert metric_value(await served.admin.metrics(), "wsgate_external_auth_total",
+                                route="default/slow", phase="handshake",
+                                result="overloaded") > 0
+        await eventually(piled_up, timeout=5)
+        answers = [await raw_exchange(served.proxy.port, handshake_head("/ext", "h", cookie))
+                   for _ in range(10)]
+        assert [status_of(a) for a in answers] == [101] * 10
+    finally:
+        piled = await asyncio.gather(*pile)
+    assert {status_of(a) for a in piled} == {503}
