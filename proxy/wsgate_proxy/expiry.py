@@ -122,6 +122,9 @@ RECHECK_WORKERS = 32  # half the External client's concurrency: handshakes keep 
 # Each recheck comes after 80-100% of recheckSeconds, at random: sessions opened in the
 # same second (a reconnect storm) do not stay in step and ask the auth server at once.
 RECHECK_SPREAD = 0.2
+# Rechecks in a row the auth server could not answer before the session is closed (1013):
+# a blip passes, but an outage cannot keep a revoked session open for as long as it lasts.
+MAX_UNANSWERED_RECHECKS = 3
 
 
 def loop_time(unix: float) -> float:
@@ -141,7 +144,10 @@ class Lifetimes:
       renews the credential's lifetime, a 401/403 (or another identity) closes the
       session with 1008 ``credential revoked`` unless ``onCredentialRevoked: Keep``; an
       auth server that cannot answer leaves the session as it is until the next recheck
-      (a blip of the auth server must not drop every live session).
+      (a blip of the auth server must not drop every live session), but after
+      MAX_UNANSWERED_RECHECKS in a row the session is closed with 1013 ``credential not
+      rechecked`` (the client reconnects once the auth server answers again), unless
+      ``onCredentialRevoked: Keep``.
     """
 
     def __init__(self, external: ExternalAuthClient,
@@ -150,6 +156,7 @@ class Lifetimes:
         self._route_of = route_of
         self.deadlines = Deadlines(self._due)
         self._live: set[Session] = set()
+        self._unanswered: dict[Session, int] = {}  # rechecks in a row without a decision
         self._queue: asyncio.Queue[Session] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -160,6 +167,7 @@ class Lifetimes:
 
     def ended(self, session: Session) -> None:
         self._live.discard(session)
+        self._unanswered.pop(session, None)
         self.deadlines.clear(session, (EXPIRE, RECHECK))
 
     def renew(self, session: Session, valid_until: float | None) -> None:
@@ -222,9 +230,15 @@ class Lifetimes:
             allowed = await self._external.check(route, call, phase="recheck")
         except AuthFailure:
             self._revoked(session, route)
-        except Refusal:
-            pass  # the auth server could not decide: ask again next time
+        except Refusal:  # the auth server could not decide: ask again next time
+            unanswered = self._unanswered.get(session, 0) + 1
+            self._unanswered[session] = unanswered
+            if (unanswered >= MAX_UNANSWERED_RECHECKS and session in self._live
+                    and route.on_credential_revoked == "Close"):
+                session.close(CloseCode.TRY_AGAIN_LATER, "credential not rechecked")
+                return
         else:
+            self._unanswered.pop(session, None)
             if session in self._live and allowed.identity != _identity_value(session):
                 self._revoked(session, route)  # the credential is someone else's now
             elif session in self._live:

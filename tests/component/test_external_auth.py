@@ -234,3 +234,22 @@ async def test_standalone_mode_serves_the_same_manifests(start_proxy, auth_serve
     await auth_server.logout(session)
     await asyncio.wait_for(ws.wait_closed(), 2)
     assert (ws.close_code, ws.close_reason) == (1008, "credential revoked")
+
+
+async def test_an_auth_server_down_for_three_rechecks_ends_the_session(serve):
+    """A blip passes (one recheck without an answer changes nothing), but an outage
+    cannot keep a logged-out user's socket open for as long as it lasts."""
+    from tests.peers import AuthServerProcess
+
+    server = AuthServerProcess().start()
+    try:
+        served = await serve(route("ext", "/ext", external(server.url(), recheckSeconds=0.5)))
+        ws = await connect(served.base + "/ext", additional_headers={
+            "Cookie": f"session={await server.login('alice')}"})
+        await rechecks(served, "allow", 1)  # it answers: the session stays
+    finally:
+        server.stop()
+    await asyncio.wait_for(ws.wait_closed(), 10)
+    assert (ws.close_code, ws.close_reason) == (1013, "credential not rechecked")
+    assert metric_value(await served.admin.metrics(), "wsgate_external_auth_total",
+                        route="default/ext", phase="recheck", result="error") == 3
