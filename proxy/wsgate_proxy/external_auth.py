@@ -125,6 +125,7 @@ class ExternalAuthClient:
                  max_waiting: int = MAX_WAITING, cache_entries: int = CACHE_ENTRIES) -> None:
         self._outbound = outbound
         self._bounds: dict[str, _Bound] = {}  # by auth server: scheme://host:port
+        self._in_flight: dict[bytes, asyncio.Future[Allowed]] = {}  # by cache key
         self._max_concurrent = max_concurrent
         self._max_waiting = max_waiting
         self._secret = os.urandom(32)
@@ -160,13 +161,45 @@ class ExternalAuthClient:
                     ) -> Allowed:
         """The auth server's decision on a call: Allowed, or a Refusal (401/403 as the
         auth server gave them; 503 when it could not decide). Handshakes may be answered
-        from the cache; rechecks always ask, and refresh or evict the cached entry."""
+        from the cache, or share the call in flight for exactly the same headers (100
+        tabs opened with one cookie make one call); rechecks always ask, and refresh or
+        evict the cached entry."""
         external = _external(route)
-        if phase == "handshake" and external.cache_seconds > 0:
-            cached = self._cached(call.cache_key)
-            if cached is not None:
-                metrics.child(metrics.EXTERNAL_AUTH, route.key, phase, "cached").inc()
-                return cached
+        if phase != "handshake" or external.cache_seconds <= 0:
+            return await self._decide(route, external, call, phase)
+        cached = self._cached(call.cache_key)
+        if cached is not None:
+            metrics.child(metrics.EXTERNAL_AUTH, route.key, phase, "cached").inc()
+            return cached
+        # No local names the shared call: a refusal raised here would otherwise hold it
+        # (and it the refusal) in a cycle only the garbage collector frees.
+        return await asyncio.shield(self._shared(route, external, call, phase))
+
+    def _shared(self, route: Route, external: ExternalAuth, call: AuthCall, phase: str
+                ) -> asyncio.Future[Allowed]:
+        """The call in flight for these exact headers, made now if there is none."""
+        shared = self._in_flight.get(call.cache_key)
+        if shared is not None:
+            metrics.child(metrics.EXTERNAL_AUTH, route.key, phase, "shared").inc()
+            return shared
+        # A task of its own: a handshake whose client leaves (cancelled) does not cancel
+        # the call for the others waiting on it.
+        shared = asyncio.ensure_future(self._decide(route, external, call, phase))
+        self._in_flight[call.cache_key] = shared
+        shared.add_done_callback(functools.partial(self._landed, call.cache_key))
+        return shared
+
+    def _landed(self, key: bytes, call: asyncio.Future[Allowed]) -> None:
+        if self._in_flight.get(key) is call:
+            del self._in_flight[key]
+        if not call.cancelled() and (refused := call.exception()) is not None:
+            # Retrieved (no "never retrieved" warning when none waits), and without the
+            # call's frames: they hold the answer (up to its size bounds), and a task's
+            # traceback is a cycle only the garbage collector would free.
+            refused.__traceback__ = None
+
+    async def _decide(self, route: Route, external: ExternalAuth, call: AuthCall,
+                      phase: str) -> Allowed:
         answer = await self._ask(route, external, call, phase)
         if 200 <= answer.status < 300:
             allowed = self._allowed(route, external, answer, phase)

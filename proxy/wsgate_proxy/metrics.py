@@ -57,6 +57,7 @@ EXTERNAL_AUTH = Counter(
     "External auth decisions by route, phase (handshake, recheck) and result: allow, deny "
     "(the auth server's 401/403), error (anything else: another status, a timeout, a "
     "refused connection; the handshake gets 503), cached (an allow from the cache), "
+    "shared (the answer of an identical call in flight), "
     "overloaded (too many calls waiting; 503).",
     ["route", "phase", "result"],
 )

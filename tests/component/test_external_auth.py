@@ -253,3 +253,19 @@ async def test_an_auth_server_down_for_three_rechecks_ends_the_session(serve):
     assert (ws.close_code, ws.close_reason) == (1013, "credential not rechecked")
     assert metric_value(await served.admin.metrics(), "wsgate_external_auth_total",
                         route="default/ext", phase="recheck", result="error") == 3
+
+
+async def test_identical_handshakes_in_flight_share_one_call(ext, auth_server):
+    """50 tabs opened at once with one cookie: one auth call, every tab served."""
+    served = await ext(url_query="sleep=0.5", cacheSeconds=60)
+    cookie = {"Cookie": f"session={await auth_server.login('alice')}"}
+
+    async def tab() -> None:
+        async with connect(served.base + "/ext", additional_headers=cookie, open_timeout=10):
+            pass
+
+    await asyncio.gather(*(tab() for _ in range(50)))
+    assert len(await auth_server.calls()) == 1
+    metrics = await served.admin.metrics()
+    assert sum(metric_value(metrics, "wsgate_external_auth_total", route="default/ext",
+                            phase="handshake", result=r) for r in ("shared", "cached")) == 49
