@@ -58,16 +58,24 @@ async def _authenticate_then_stream(port: int, seconds: float) -> int:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(masked(0x1, auth_message(apikey="john-key").encode()))
     frame = masked(0x2, os.urandom(60_000))  # masked once, sent again and again
+    sent = await _send_for(writer, frame, seconds)
+    writer.transport.abort()
+    return sent
+
+
+async def _send_for(writer: asyncio.StreamWriter, chunk: bytes, seconds: float,
+                    at_most: int = 1 << 40) -> int:
+    """Send ``chunk`` again and again for ``seconds`` (or ``at_most`` bytes) as fast as
+    the peer reads; the bytes sent."""
     sent = 0
     deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
-            writer.write(frame)
-            sent += len(frame)
+        while time.monotonic() < deadline and sent < at_most:
+            writer.write(chunk)
+            sent += len(chunk)
             await asyncio.wait_for(writer.drain(), max(0.01, deadline - time.monotonic()))
     except (TimeoutError, ConnectionError):
         pass
-    writer.transport.abort()
     return sent
 
 
@@ -183,17 +191,9 @@ async def test_auth_messages_from_a_client_that_never_reads_cost_bounded_memory(
     await reader.readuntil(b"\r\n\r\n")
     writer.write(masked(0x1, auth_message(apikey="john-key").encode()))
     flood = masked(0x1, auth_message(apikey="john-key").encode()) * 2048  # ~100 KB
-    sent = 0
     async with Bystander(served.url) as bystander, \
             MemoryPeak(served.proxy.proc.pid) as memory:
-        deadline = time.monotonic() + 3
-        try:
-            while time.monotonic() < deadline and sent < 32 * 1024 * 1024:
-                writer.write(flood)
-                sent += len(flood)
-                await asyncio.wait_for(writer.drain(), max(0.01, deadline - time.monotonic()))
-        except (TimeoutError, ConnectionError):
-            pass
+        sent = await _send_for(writer, flood, 3, at_most=32 * 1024 * 1024)
     writer.transport.abort()
     print(f"FIGURES unread auth answers: {sent / 2**20:.1f} MiB of auth messages offered "
           f"in 3 s; proxy grew {memory.grown_kib} KiB; bystander worst {bystander.worst:.2f}s")
