@@ -19,9 +19,8 @@ from tests.support import credential_objects, eventually, metric_value, route
 from wsgate_proxy.credentials import encode_bearer_subprotocol
 
 # Serial: asserts a session ends within a second of its token's exp.
-pytestmark = pytest.mark.serial
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(90)]
 
-pytestmark = pytest.mark.timeout(90)
 HMAC = "an-hmac-secret-of-at-least-32-bytes"
 
 
