@@ -1,10 +1,13 @@
 """What the upstream receives: the request target and headers of its handshake.
 
 Three rules, each closing a way to smuggle something past the proxy:
-- hop-by-hop headers and every header the proxy sets itself are dropped, and a
-  client header whose name *normalizes* to one of them (``X_Consumer_Username``:
-  CGI and WSGI servers read underscores as dashes) is dropped too: nothing a client
-  sends can become an identity header;
+- hop-by-hop headers and every header the proxy sets itself are dropped (the identity
+  headers, and those an External auth server's answer or a provider token's claims
+  fill in: ``responseHeaders``, ``identityHeader``, ``claimsToHeaders``, whether or not
+  this handshake's verification filled them), and a client header whose name
+  *normalizes* to one of them (``X_Consumer_Username``: CGI and WSGI servers read
+  underscores as dashes) is dropped too: nothing a client sends can become an identity
+  header;
 - with ``hideCredentials`` (the default), every place the route's methods read a
   credential from is stripped (header, query parameter, cookie, Authorization),
   not only the one that authenticated: a second credential must not ride along;
@@ -69,27 +72,30 @@ def upstream_headers(
     connection_tokens = {
         _normalized(t) for t in request.headers.get("Connection", "").split(",") if t.strip()
     }
-    dropped = set(_NOT_FORWARDED) | connection_tokens
-    cookie = None
+    dropped = set(_NOT_FORWARDED) | connection_tokens | _verified_headers(route)
+    cookies: list[str] = []
     if route.auth.hide_credentials:
         dropped |= _credential_headers(route)
-        cookie = route.auth.key_auth.cookie if "KeyAuth" in route.auth.methods else None
+        cookies = _credential_cookies(route)
     headers: list[tuple[str, str]] = []
     for raw_name, raw_value in request.raw_headers:
         name = raw_name.decode("latin-1")
         if _normalized(name) in dropped:
             continue
         value = raw_value.decode("latin-1")
-        if cookie and name.lower() == "cookie":
-            value = strip_cookie(value, cookie)
+        if cookies and name.lower() == "cookie":
+            for cookie in cookies:
+                value = strip_cookie(value, cookie)
             if not value:
                 continue
         headers.append((name, value))
     headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
     if protocols:
         headers.append(("Sec-WebSocket-Protocol", ", ".join(protocols)))
-    if (identity := handshake.who.identity) is not None:
-        headers.append(("X-Consumer-Username", identity.consumer.username))
+    who = handshake.who
+    headers += who.headers
+    if (identity := who.identity) is not None:
+        headers.append(("X-Consumer-Username", identity.username))
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
@@ -109,6 +115,31 @@ def _credential_headers(route: Route) -> set[str]:
         names.add(_normalized(route.auth.key_auth.header))
     if "BasicAuth" in methods or "JWT" in methods:
         names.add("authorization")
+    if route.auth.external is not None:
+        names.update(_normalized(n) for n in route.auth.external.request_headers)
+    return names
+
+
+def _credential_cookies(route: Route) -> list[str]:
+    auth = route.auth
+    names = []
+    if "KeyAuth" in auth.methods and auth.key_auth.cookie:
+        names.append(auth.key_auth.cookie)
+    if "JWT" in auth.methods and auth.jwt.cookie:
+        names.append(auth.jwt.cookie)
+    return names
+
+
+def _verified_headers(route: Route) -> set[str]:
+    """Headers only a verification may set: a client's copies never pass."""
+    names = set()
+    external = route.auth.external
+    if external is not None:
+        names.update(_normalized(n) for n in external.response_headers)
+        if external.identity_header:
+            names.add(_normalized(external.identity_header))
+    for provider in route.auth.jwt.providers:
+        names.update(_normalized(m.header) for m in provider.claims_to_headers)
     return names
 
 

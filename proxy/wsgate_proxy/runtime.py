@@ -27,7 +27,6 @@ from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import (
     ITEM_FIELDS,
     ITEM_MODELS,
-    Consumer,
     Endpoint,
     GatewayConfig,
     Item,
@@ -35,9 +34,14 @@ from .config import (
     version_of,
 )
 from .config_stream import SLICE_SECONDS, ConfigChange
+from .expiry import Lifetimes
+from .external_auth import ExternalAuthClient
 from .frames import CloseCode
+from .jwks import KeySets
 from .leases import LeaseStore
-from .limits import ConnectionLimits
+from .limits import ConnectionLimits, Holder
+from .oidc import provider_for
+from .outbound import Outbound
 from .passwords import MAX_PENDING, PasswordVerifier
 from .relay import Session
 from .routing import Router
@@ -59,10 +63,12 @@ class ActiveConfig:
 
     def __init__(self, previous: ActiveConfig | None, change: ConfigChange,
                  endpoint_sessions: Counter[Endpoint], health: EndpointHealth,
-                 passwords: PasswordVerifier) -> None:
+                 passwords: PasswordVerifier, keysets: KeySets | None = None,
+                 external: ExternalAuthClient | None = None) -> None:
         self._previous, self._change = previous, change
         self._endpoint_sessions, self._health, self._passwords = \
             endpoint_sessions, health, passwords
+        self._keysets, self._external = keysets, external
         self.version = change.version
         self.applied_at = 0.0
         # What changed, for the review of live sessions: every route (when any route
@@ -81,7 +87,8 @@ class ActiveConfig:
             self.items: dict[str, dict[str, Item]] = {k: {} for k in ITEM_MODELS}
             self.digests: dict[tuple[str, str], int] = {}
             self.digest_sum = 0
-            self.authenticator = Authenticator((), self._passwords)
+            self.authenticator = Authenticator((), self._passwords, self._keysets,
+                                               self._external)
             self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {}
             self.balancers: dict[str, Balancer] = {}
             removed = {kind: set(keys) for kind, keys in previous.items.items()} \
@@ -154,6 +161,11 @@ class ActiveConfig:
         self.applied_at = time.time()
         del self._previous, self._change
 
+    @property
+    def routes(self) -> dict[str, Route]:
+        """The routes by key."""
+        return self.items["route"]  # type: ignore[return-value]
+
     @functools.cached_property
     def config(self) -> GatewayConfig:
         """The whole config, in canonical order (for GET /config and the saved state)."""
@@ -178,6 +190,11 @@ class Runtime:
         self.endpoint_sessions: Counter[Endpoint] = Counter()
         self.health = EndpointHealth()
         self.passwords = PasswordVerifier(max_pending=password_queue)
+        # What authentication asks outside the proxy: auth servers, identity providers.
+        self.outbound = Outbound()
+        self.external = ExternalAuthClient(self.outbound)
+        self.keysets = KeySets(self.outbound)
+        self.lifetimes = Lifetimes(self.external, self.live_route)
         self.certificates = CertificateStore()
         # Why the config source's last read was refused (standalone's manifest errors).
         self.source_errors: list[str] = []
@@ -223,7 +240,7 @@ class Runtime:
 
     def _prepare(self, change: ConfigChange) -> ActiveConfig:
         return ActiveConfig(self.active, change, self.endpoint_sessions, self.health,
-                            self.passwords)
+                            self.passwords, self.keysets, self.external)
 
     def _swap(self, active: ActiveConfig) -> None:
         previous = self.active
@@ -235,6 +252,9 @@ class Runtime:
             # ms on a busy machine). Once only, before any session exists (nothing can
             # be served without a config), so nothing a session leaves is frozen.
             gc.freeze()
+        if active.routes_changed:
+            self.keysets.sync(p for route in active.routes.values()
+                              for p in route.auth.jwt.providers)
         if active.certificates_changed:
             self.certificates.update(tuple(active.items["certificate"][k]
                                            for k in sorted(active.items["certificate"])))
@@ -283,6 +303,9 @@ class Runtime:
                 session.close(CloseCode.POLICY_VIOLATION, "credential revoked")
                 return True
             return False
+        if route.on_credential_expired == "Close" and self.lifetimes.expired(session):
+            session.close(CloseCode.POLICY_VIOLATION, "credential expired")
+            return True
         limits = route.limits
         session.set_limits(limits.max_message_bytes or 0, limits.messages_per_second or 0)
         self._watch_idle(session, route)
@@ -292,20 +315,35 @@ class Runtime:
     def _still_authorized(active: ActiveConfig, route: Route, session: Session) -> bool:
         if route.auth.mode == "None":
             return True
-        if session.consumer_key is None or session.credential_fingerprint is None:
-            return False  # the route requires authentication now
-        consumer = active.authenticator.holder(session.consumer_key,
-                                               session.credential_fingerprint)
-        return consumer is not None and allows(route, consumer)
+        who = session.handshake.who
+        identity = who.identity
+        if identity is not None and identity.consumer is not None:
+            assert session.consumer_key is not None
+            assert session.credential_fingerprint is not None
+            consumer = active.authenticator.holder(session.consumer_key,
+                                                   session.credential_fingerprint)
+            return consumer is not None and allows(route, consumer)
+        # Vouched for by an auth server or an identity provider: still so while the route
+        # still asks the same one.
+        if who.method == "External":
+            external = route.auth.external
+            return external is not None and external.url == who.grant
+        if who.method == "JWT":
+            return "JWT" in route.auth.methods and provider_for(route, who.grant) is not None
+        return False  # the route requires authentication now
+
+    def live_route(self, session: Session) -> Route | None:
+        """The session's route as the live config has it (None once it is gone)."""
+        return self.active.routes.get(session.route_key) if self.active else None
 
     # -- limits --------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def admission(self, route: Route, consumer: Consumer | None) -> AsyncIterator[None]:
+    async def admission(self, route: Route, holder: Holder | None) -> AsyncIterator[None]:
         """Hold a place under the connection limits (the route's, and the consumer's on it
         and on all routes) for the whole handshake and the session after it; every way
         out (a refusal, a client gone, an error, the session's end) gives it back. With
         a shared store, one round trip on a limited route (limits.py)."""
-        admission = await self.limits.admit(route, consumer)
+        admission = await self.limits.admit(route, holder)
         try:
             yield
         finally:
@@ -335,6 +373,7 @@ class Runtime:
         self._flushed[session] = (0, 0, 0, 0)
         self.endpoint_sessions[session.endpoint] += 1
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).inc()
+        self.lifetimes.started(session)
         snapshot = session.handshake.active
         if self.active is not None and self.active is not snapshot:
             # A config arrived while this handshake was under way: the session is held
@@ -350,6 +389,7 @@ class Runtime:
         self._flush(session)
         del self._flushed[session]
         self._idle_watch.pop(session, None)
+        self.lifetimes.ended(session)
         _decrement(self.endpoint_sessions, session.endpoint)
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).dec()
         metrics.session_closed(session.route_key, session.closed_by, session.close_code,
@@ -393,6 +433,12 @@ class Runtime:
         for session in list(self.sessions):
             session.close(code, reason)
 
+    async def close(self) -> None:
+        """Stop what runs in the background: rechecks, key refreshes, outbound connections."""
+        await self.lifetimes.close()
+        await self.keysets.close()
+        await self.outbound.close()
+
     # -- summary -------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """What GET /config shows: topology and counts, never credential material."""
@@ -410,6 +456,7 @@ class Runtime:
             ],
             "certificates": [{"name": c.key, "hosts": list(c.hosts)}
                              for c in config.certificates],
+            "identityProviders": self.keysets.summary(),
             "sessions": len(self.sessions),
             **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
@@ -431,6 +478,7 @@ def session_record(session: Session) -> dict[str, Any]:
     return {
         "route": session.route_key,
         "consumer": session.username,
+        "auth": session.handshake.who.method,
         "upstream": str(session.endpoint),
         "duration_s": round(time.monotonic() - session.started, 3),
         "bytes_in": session.bytes_c2u,
