@@ -1,12 +1,25 @@
-"""How fast a change in the API reaches the data plane, and what compiling costs.
+"""How fast a change reaches every proxy, and what live sessions feel meanwhile.
 
-  - propagation: with R routes and C consumers loaded into the API emulator, the real
-    operator and a real proxy, the time from an API write (a key rotated, a consumer
-    deleted) to the proxy enforcing it (a handshake with the old key refused), over W
-    writes each: p50 / p99 / max;
-  - compile time against object count: C consumers (each a Secret and a WsConsumer)
-    and R routes, for C in 1k, 10k, 50k.
-Prints tables, writes bench/results/propagation.json and (with matplotlib) .png.
+For 1k routes with 1k, 10k and 50k consumers (each consumer a WsConsumer with its own
+KeyAuth Secret), in operator mode and in standalone mode, with two proxies each:
+
+  - start-up: from the operator's (or the standalone proxies') start to every proxy
+    serving the whole set (the last consumer's key accepted on the last route);
+  - write -> enforced: a key rotated in its Secret (the old key refused and the new
+    one accepted on every proxy) and a consumer deleted (its key refused everywhere),
+    polled every 20 ms: p50 / p99 / max;
+  - the live sessions' round trips: 20 sessions (10 per proxy) pinging every 10 ms,
+    before the writes and while they land: p99 / max;
+  - operator restart after a change made while it was down: time to enforced, and the
+    longest round trip meanwhile (each proxy gets a full config with sessions live);
+  - bytes pushed per change (the operator's wsgate_operator_push_bytes_total), and
+    the proxies' memory per consumer (RSS over that of a proxy without config).
+
+Everything runs as its own process on this machine: the API emulator (tests/kube, in
+a process of its own: in the benchmark's process it would share one interpreter lock
+with what is measured), the operator (`wsgate operator`), the proxies, the echo
+upstream; this process only holds the clients. Prints tables, writes
+bench/results/propagation.json and (with matplotlib) propagation.png.
 """
 
 from __future__ import annotations
@@ -18,136 +31,377 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import kmock
 
-from bench.common import RESULTS, run_main, table, write_results
-from tests.kube.emulator import ApiServer
-from tests.kube.operator import OperatorThread, write_kubeconfig
-from tests.operator.conftest import PROXY_LABELS, PROXY_NAMESPACE, shared_admin_port
-from tests.support import TOKEN, consumer_objects, endpoint_slice, quickstart_objects, route_of
+from bench import world
+from bench.common import RESULTS, rss_kib, run_main, table, write_results
+from bench.emulator import PROXY_LABELS, PROXY_NAMESPACE, Emulator
+from tests.kube.operator import write_kubeconfig
+from tests.operator.conftest import shared_admin_port
+from tests.support import TOKEN
 from wsgate.processes import WsgateProcess
-from wsgate_operator.compiler import Snapshot, compile_snapshot
-from wsgate_operator.options import OperatorOptions
 
-
-def cluster_objects(routes: int, consumers: int, upstream_port: int) -> list[dict]:
-    base = [o for o in quickstart_objects(1, 2) if o["kind"] in ("Service", "WsRoute")]
-    template = route_of(base)
-    objects = [o for o in base if o["kind"] == "Service"]
-    objects.append(endpoint_slice("echo", "echo", "127.0.0.1", upstream_port))
-    for i in range(routes):
-        objects.append({**template, "metadata": {"name": f"route-{i}"},
-                        "spec": {**template["spec"], "paths": [{"value": f"/r{i}"}]}})
-    for i in range(consumers):
-        objects += consumer_objects(f"user-{i}", f"key-{i}")
-    return objects
-
-
-def compile_times(routes: int, sizes: list[int], rounds: int = 3) -> dict[int, float]:
-    results = {}
-    for consumers in sizes:
-        snapshot = Snapshot.of(cluster_objects(routes, consumers, 1))
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            compile_snapshot(snapshot)
-            samples.append(time.perf_counter() - start)
-        results[consumers] = statistics.median(samples)
-        print(f"  compiled {routes} routes + {consumers} consumers: {results[consumers]:.2f}s")
-    return results
-
-
-async def handshake_status(http: aiohttp.ClientSession, url: str, key: str) -> int:
-    try:
-        async with http.ws_connect(url, headers={"apikey": key}):
-            return 101
-    except aiohttp.WSServerHandshakeError as exc:
-        return exc.status
-
-
-async def until_status(http: aiohttp.ClientSession, url: str, key: str, status: int,
-                       interval: float = 0.005) -> None:
-    """Poll handshakes until one is answered with ``status`` (the measurement itself)."""
-    while await handshake_status(http, url, key) != status:  # noqa: ASYNC110
-        await asyncio.sleep(interval)
-
-
-async def propagation(args: argparse.Namespace) -> dict[str, list[float]]:
-    api = ApiServer()
-    api.add_crds()
-    echo = WsgateProcess("echo", "--listen", "127.0.0.1:0").start()
-    address = "127.0.0.2"
-    port = shared_admin_port([address])
-    proxy = WsgateProcess("proxy", "--listen", "127.0.0.1:0", "--admin-listen",
-                          f"{address}:{port}", env={"WSGATE_ADMIN_TOKEN": TOKEN}).start()
-    results: dict[str, list[float]] = {"key rotated": [], "consumer deleted": []}
-    try:
-        async with api, kmock.Server(api) as server:
-            kubeconfig = write_kubeconfig(Path(tempfile.mkdtemp()) / "kubeconfig",
-                                          str(server.url).rstrip("/"))
-            os.environ["KUBECONFIG"] = str(kubeconfig)
-            for obj in cluster_objects(args.routes, args.consumers, echo.port):
-                api.store.create(api.kind(obj["apiVersion"], obj["kind"]),
-                                 obj["metadata"].get("namespace", "default"), obj)
-            api.apply({"apiVersion": "v1", "kind": "Pod",
-                       "metadata": {"name": "proxy", "namespace": PROXY_NAMESPACE,
-                                    "labels": PROXY_LABELS},
-                       "status": {"phase": "Running", "podIP": address}})
-            options = OperatorOptions(proxy_selector=dict(PROXY_LABELS),
-                                      proxy_namespace=PROXY_NAMESPACE, proxy_admin_port=port,
-                                      admin_token=TOKEN)
-            url = f"ws://127.0.0.1:{proxy.port}/r0"
-            # No asyncio debug mode (the tests' guard): it would slow what is measured.
-            async with OperatorThread(options, debug=False), aiohttp.ClientSession() as http:
-                started = time.perf_counter()
-                await until_status(http, url, "key-0", 101, interval=0.1)
-                print(f"  initial sync of {args.routes} routes and {args.consumers} consumers: "
-                      f"{time.perf_counter() - started:.1f}s")
-                for i in range(1, args.writes + 1):
-                    secret = api.get("v1", "Secret", f"user-{i}-key")
-                    secret["data"]["key"] = base64.b64encode(f"new-{i}".encode()).decode()
-                    written = time.perf_counter()
-                    api.apply(secret)
-                    await until_status(http, url, f"key-{i}", 401)
-                    results["key rotated"].append(time.perf_counter() - written)
-                for i in range(args.writes + 1, 2 * args.writes + 1):
-                    written = time.perf_counter()
-                    api.delete("wsgate.io/v1alpha1", "WsConsumer", f"user-{i}")
-                    await until_status(http, url, f"key-{i}", 401)
-                    results["consumer deleted"].append(time.perf_counter() - written)
-    finally:
-        proxy.stop()
-        echo.stop()
-    return results
+PROXY_ADDRESSES = ["127.0.0.2", "127.0.0.3"]
+SESSIONS = 20
+PING_SECONDS = 0.01
+POLL_SECONDS = 0.02
+CR = world.CR
 
 
 def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-async def run(args: argparse.Namespace) -> None:
-    print(f"\npropagation: {args.routes} routes, {args.consumers} consumers, "
-          f"{args.writes} writes of each kind")
-    delays = await propagation(args)
-    print("\ncompile time against consumers (plus the routes)")
-    compiles = compile_times(args.routes, args.sizes)
+def summary_ms(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values) * 1000, 1) if values else float("nan"),
+            "p99": round(percentile(values, 0.99) * 1000, 1),
+            "max": round(max(values) * 1000, 1) if values else float("nan"),
+            "count": len(values)}
 
-    rows = [["write", "p50 ms", "p99 ms", "max ms"]]
-    for name, values in delays.items():
-        rows.append([name, f"{statistics.median(values) * 1000:.0f}",
-                     f"{percentile(values, 0.99) * 1000:.0f}", f"{max(values) * 1000:.0f}"])
-    print("\nAPI write -> the proxy refuses the old credential\n")
-    print(table(rows))
-    rows = [["consumers", "routes", "compile s"]]
-    rows += [[f"{n:,}", f"{args.routes:,}", f"{t:.2f}"] for n, t in compiles.items()]
-    print("\n" + table(rows))
-    out = write_results("propagation", {"args": vars(args), "delays_s": delays,
-                                        "compile_s": compiles})
+
+# -- clients ---------------------------------------------------------------------------
+
+
+async def handshake_status(http: aiohttp.ClientSession, url: str, key: str) -> int:
+    try:
+        async with http.ws_connect(url, headers={"apikey": key}, timeout=aiohttp.ClientWSTimeout(
+                ws_close=2)):
+            return 101
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit: float,
+                interval: float = POLL_SECONDS) -> float:
+    """Seconds until ``check`` holds, polled every ``interval`` (raises at the timeout)."""
+    started = time.perf_counter()
+    while not await check():
+        if time.perf_counter() - started > limit:
+            raise TimeoutError(f"not reached within {limit:.0f}s")
+        await asyncio.sleep(interval)
+    return time.perf_counter() - started
+
+
+def enforced(http: aiohttp.ClientSession, urls: list[str],
+             expect: dict[str, int]) -> Callable[[], Awaitable[bool]]:
+    """A check: every proxy answers each key with its expected status."""
+    async def check() -> bool:
+        answers = await asyncio.gather(*(handshake_status(http, url, key)
+                                         for url in urls for key in expect))
+        wanted = [expect[key] for _url in urls for key in expect]
+        return answers == wanted
+    return check
+
+
+class Pingers:
+    """Live sessions pinging through the proxies, every round trip recorded with when
+    it was sent."""
+
+    def __init__(self, http: aiohttp.ClientSession, urls: list[str], keys: list[str]) -> None:
+        self.http, self.urls, self.keys = http, urls, keys
+        self.samples: list[tuple[float, float]] = []
+        self.failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = False
+
+    async def __aenter__(self) -> Pingers:
+        sockets = []
+        for i, key in enumerate(self.keys):
+            ws = await self.http.ws_connect(self.urls[i % len(self.urls)],
+                                            headers={"apikey": key}, max_msg_size=0)
+            await ws.receive()  # the greeting
+            sockets.append(ws)
+        self._tasks = [asyncio.create_task(self._ping(ws)) for ws in sockets]
+        return self
+
+    async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        payload = b"x" * 16
+        try:
+            while not self._stop:
+                sent = time.perf_counter()
+                await ws.send_bytes(payload)
+                message = await ws.receive()
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    self.failures += 1
+                    return
+                self.samples.append((sent, time.perf_counter() - sent))
+                await asyncio.sleep(PING_SECONDS)
+        finally:
+            await ws.close()
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [rtt for sent, rtt in self.samples if start <= sent <= end]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- the two modes -----------------------------------------------------------------------
+
+
+def proxy_urls(proxies: list[WsgateProcess], route: int) -> list[str]:
+    return [f"ws://127.0.0.1:{p.port}/r{route}" for p in proxies]
+
+
+async def operator_metric(http: aiohttp.ClientSession, port: int, name: str) -> float | None:
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    except (aiohttp.ClientError, OSError):
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and not line.startswith("#")]
+    return sum(values) if values else None
+
+
+async def wait_statuses(operator: WsgateProcess, expected: int, limit: float) -> float:
+    """Seconds until the operator logged ``expected`` status writes in all."""
+    started = time.perf_counter()
+    while True:
+        written = sum(r.get("statuses", 0) for r in operator.log_records()
+                      if r.get("event") == "statuses written")
+        if written >= expected or time.perf_counter() - started > limit:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.5)
+
+
+async def writes(http: aiohttp.ClientSession, urls: list[str], consumers: int,
+                 count: int, rotate: Callable[[int, str], Awaitable[None]],
+                 delete: Callable[[int], Awaitable[None]], limit: float
+                 ) -> dict[str, list[float]]:
+    """``count`` key rotations, then ``count`` deletions, one at a time: write ->
+    enforced on every proxy."""
+    found: dict[str, list[float]] = {"key rotated": [], "consumer deleted": []}
+    for i in range(1, count + 1):
+        old, new = world.original_key(i), f"rotated-{i}"
+        written = time.perf_counter()
+        await rotate(i, new)
+        await until(enforced(http, urls, {old: 401, new: 101}), limit)
+        found["key rotated"].append(time.perf_counter() - written)
+    for i in range(count + 1, 2 * count + 1):
+        written = time.perf_counter()
+        await delete(i)
+        await until(enforced(http, urls, {world.original_key(i): 401}), limit)
+        found["consumer deleted"].append(time.perf_counter() - written)
+    return found
+
+
+def pinger_keys(consumers: int) -> list[str]:
+    # The last consumers: never touched by the writes.
+    return [world.original_key(consumers - 1 - j) for j in range(SESSIONS)]
+
+
+async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"mode": "operator", "consumers": consumers}
+    routes = args.routes
+    port = shared_admin_port(PROXY_ADDRESSES)
+    with ExitStack() as stack:
+        echo = stack.enter_context(WsgateProcess("echo", "--listen", "127.0.0.1:0"))
+        proxies = [stack.enter_context(WsgateProcess(
+            "proxy", "--listen", "127.0.0.1:0", "--admin-listen", f"{address}:{port}",
+            env={"WSGATE_ADMIN_TOKEN": TOKEN}, name=f"proxy-{n}"))
+            for n, address in enumerate(PROXY_ADDRESSES)]
+        empty_rss = [rss_kib(p.proc.pid) for p in proxies]
+        emulator = Emulator(routes, consumers, echo.port, {
+            f"proxy-{n}": address for n, address in enumerate(PROXY_ADDRESSES)}).start()
+        stack.callback(emulator.stop)
+        kubeconfig = write_kubeconfig(Path(tempfile.mkdtemp()) / "kubeconfig", emulator.url)
+        metrics_port = shared_admin_port(["127.0.0.1"])
+
+        def operator() -> WsgateProcess:
+            return WsgateProcess(
+                "operator", "--proxy-selector",
+                ",".join(f"{k}={v}" for k, v in PROXY_LABELS.items()),
+                "--proxy-namespace", PROXY_NAMESPACE, "--proxy-admin-port", str(port),
+                "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                env={"KUBECONFIG": str(kubeconfig), "WSGATE_ADMIN_TOKEN": TOKEN},
+                name="operator")
+
+        async with aiohttp.ClientSession() as http:
+            last = proxy_urls(proxies, routes - 1)
+            running = operator().start_without_waiting()
+            try:
+                result["startup_s"] = round(await until(
+                    enforced(http, last, {world.original_key(consumers - 1): 101}),
+                    args.timeout, interval=0.1), 2)
+            except TimeoutError:
+                result["startup_s"] = None
+                print(f"  operator mode, {consumers} consumers: no full sync within "
+                      f"{args.timeout:.0f}s")
+                running.stop()
+                return result
+            print(f"  operator start -> both proxies serve {routes} routes + {consumers} "
+                  f"consumers: {result['startup_s']}s")
+            result["proxy_kib_per_consumer"] = round(statistics.mean(
+                (rss_kib(p.proc.pid) - base) / consumers
+                for p, base in zip(proxies, empty_rss, strict=True)), 2)
+            result["proxy_rss_mib"] = [round(rss_kib(p.proc.pid) / 1024, 1) for p in proxies]
+            settled = await wait_statuses(running, routes + consumers, args.timeout)
+            print(f"  statuses written {settled:.1f}s later")
+
+            async def rotate(i: int, key: str) -> None:
+                async with http.patch(
+                        f"{emulator.url}/api/v1/namespaces/default/secrets/user-{i}-key",
+                        json={"data": {"key": base64.b64encode(key.encode()).decode()}},
+                        headers={"Content-Type": "application/merge-patch+json"}) as response:
+                    response.raise_for_status()
+
+            async def delete(i: int) -> None:
+                async with http.delete(f"{emulator.url}/apis/{CR}/namespaces/default/"
+                                       f"wsconsumers/user-{i}") as response:
+                    response.raise_for_status()
+
+            pushed = await operator_metric(http, metrics_port, "wsgate_operator_push_bytes_total")
+            async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
+                await asyncio.sleep(2)
+                quiet_end = time.perf_counter()
+                delays = await writes(http, last, consumers, args.writes, rotate, delete,
+                                      args.timeout)
+                writes_end = time.perf_counter()
+                after = await operator_metric(http, metrics_port,
+                                              "wsgate_operator_push_bytes_total")
+                result["bytes_per_change"] = (
+                    round((after - pushed) / (2 * args.writes)) if after is not None
+                    and pushed is not None else None)
+                # A restart after a change made while the operator was down: each proxy
+                # runs a version the new operator never made, and gets a full config.
+                running.stop()
+                restart_key = world.original_key(2 * args.writes + 1)
+                await rotate(2 * args.writes + 1, "after-restart")
+                restarted_at = time.perf_counter()
+                running = operator().start_without_waiting()
+                stack.callback(running.stop)
+                try:
+                    result["restart_s"] = round(await until(enforced(
+                        http, last, {restart_key: 401, "after-restart": 101}), args.timeout), 2)
+                except TimeoutError:
+                    result["restart_s"] = None
+                restart_end = time.perf_counter()
+                await asyncio.sleep(1)
+            result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
+            result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
+            result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
+            result["rtt_restart_ms"] = summary_ms(pingers.between(restarted_at, restart_end))
+            result["ping_failures"] = pingers.failures
+    return result
+
+
+async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"mode": "standalone", "consumers": consumers}
+    routes = args.routes
+    with ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wsgate-sa-")))
+        echo = stack.enter_context(WsgateProcess("echo", "--listen", "127.0.0.1:0"))
+        started = time.perf_counter()
+        world.write_files(directory, routes, consumers, echo.port)
+        print(f"  wrote {len(os.listdir(directory))} manifest files in "
+              f"{time.perf_counter() - started:.1f}s")
+        empty = stack.enter_context(WsgateProcess("proxy", "--listen", "127.0.0.1:0",
+                                                  "--admin-listen", "127.0.0.1:0"))
+        empty_rss = rss_kib(empty.proc.pid)
+        async with aiohttp.ClientSession() as http:
+            started = time.perf_counter()
+            proxies = [stack.enter_context(WsgateProcess(
+                "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                "--manifests", str(directory), name=f"proxy-{n}")) for n in range(2)]
+            last = proxy_urls(proxies, routes - 1)
+            try:
+                await until(enforced(http, last, {world.original_key(consumers - 1): 101}),
+                            args.timeout, interval=0.1)
+            except TimeoutError:
+                result["startup_s"] = None
+                return result
+            result["startup_s"] = round(time.perf_counter() - started, 2)
+            print(f"  standalone start -> both proxies serve the set: {result['startup_s']}s")
+            result["proxy_kib_per_consumer"] = round(statistics.mean(
+                (rss_kib(p.proc.pid) - empty_rss) / consumers for p in proxies), 2)
+            result["proxy_rss_mib"] = [round(rss_kib(p.proc.pid) / 1024, 1) for p in proxies]
+            keys = {i: world.original_key(i) for i in range(consumers)}
+
+            async def rotate(i: int, key: str) -> None:
+                keys[i] = key
+                world.consumer_file(directory, i - i % world.PER_FILE, keys)
+
+            async def delete(i: int) -> None:
+                del keys[i]
+                world.consumer_file(directory, i - i % world.PER_FILE, keys)
+
+            async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
+                await asyncio.sleep(2)
+                quiet_end = time.perf_counter()
+                delays = await writes(http, last, consumers, args.writes, rotate, delete,
+                                      args.timeout)
+                writes_end = time.perf_counter()
+            result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
+            result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
+            result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
+            result["ping_failures"] = pingers.failures
+    return result
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def _ms(summary: dict[str, float] | None, *keys: str) -> str:
+    if not summary or not summary.get("count"):
+        return "-"
+    return " / ".join(f"{summary[k]:.0f}" for k in keys)
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    rows = [["mode", "consumers", "start-up s", "rotated p50/p99/max ms",
+             "deleted p50/p99/max ms", "RTT quiet p99/max", "RTT writes p99/max",
+             "restart s", "RTT restart p99/max", "bytes/change", "KiB/consumer"]]
+    for r in results:
+        writes_ms = r.get("write_ms") or {}
+        rows.append([
+            r["mode"], f"{r['consumers']:,}",
+            "timeout" if r.get("startup_s") is None else f"{r['startup_s']:.1f}",
+            _ms(writes_ms.get("key rotated"), "p50", "p99", "max"),
+            _ms(writes_ms.get("consumer deleted"), "p50", "p99", "max"),
+            _ms(r.get("rtt_quiet_ms"), "p99", "max"),
+            _ms(r.get("rtt_writes_ms"), "p99", "max"),
+            "-" if r.get("restart_s") is None else f"{r['restart_s']:.1f}",
+            _ms(r.get("rtt_restart_ms"), "p99", "max"),
+            "-" if r.get("bytes_per_change") is None else f"{r['bytes_per_change']:,}",
+            "-" if r.get("proxy_kib_per_consumer") is None
+            else f"{r['proxy_kib_per_consumer']:.2f}",
+        ])
+    return table(rows)
+
+
+async def run(args: argparse.Namespace) -> None:
+    results = []
+    async with AsyncExitStack():
+        for consumers in args.sizes:
+            for mode in args.modes:
+                print(f"\n{mode} mode: {args.routes} routes, {consumers} consumers, "
+                      f"{args.writes} writes of each kind")
+                measure = operator_mode if mode == "operator" else standalone_mode
+                try:
+                    results.append(await measure(args, consumers))
+                except (TimeoutError, RuntimeError) as exc:
+                    print(f"  failed: {exc}")
+                    results.append({"mode": mode, "consumers": consumers, "error": str(exc)})
+                print(report(results[-1:]))
+    print("\n" + report(results))
+    out = write_results("propagation", {"args": vars(args), "results": results})
     print(f"\nwrote {out}")
+    _plot(results)
+
+
+def _plot(results: list[dict[str, Any]]) -> None:
     try:
         import matplotlib
 
@@ -156,13 +410,19 @@ async def run(args: argparse.Namespace) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].boxplot([[v * 1000 for v in vs] for vs in delays.values()],
-                    tick_labels=list(delays))
-    axes[0].set_title("API write to enforcement (ms)")
-    axes[1].plot(list(compiles), list(compiles.values()), marker="o")
-    axes[1].set_xlabel("consumers")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_title(f"compile time ({args.routes} routes)")
+    for mode, marker in (("operator", "o"), ("standalone", "s")):
+        mine = [r for r in results if r["mode"] == mode and r.get("write_ms")]
+        xs = [r["consumers"] for r in mine]
+        axes[0].plot(xs, [r["write_ms"]["key rotated"]["p99"] for r in mine], marker=marker,
+                     label=f"{mode}: write -> enforced p99")
+        axes[1].plot(xs, [r["rtt_writes_ms"]["max"] for r in mine], marker=marker,
+                     label=f"{mode}: longest round trip during writes")
+    for ax, title in zip(axes, ("write -> enforced on every proxy (ms)",
+                                "live sessions' longest round trip (ms)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("consumers (1,000 routes)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "propagation.png", dpi=100)
     print(f"wrote {RESULTS / 'propagation.png'}")
@@ -172,9 +432,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--routes", type=int, default=1000)
-    parser.add_argument("--consumers", type=int, default=10_000)
-    parser.add_argument("--writes", type=int, default=30)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000])
+    parser.add_argument("--modes", nargs="+", default=["operator", "standalone"],
+                        choices=["operator", "standalone"])
+    parser.add_argument("--writes", type=int, default=20, help="writes of each kind")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="how long one phase (a start-up, one write) may take")
     run_main(run, parser)
 
 

@@ -96,6 +96,11 @@ class WsgateProcess:
                                    f"{timeout}s\n" + self.output())
             time.sleep(POLL_SECONDS)
 
+    def log_records(self) -> list[LogRecord]:
+        """Every structured log record the child has written so far."""
+        self._read_new()
+        return list(self.records)
+
     def output(self) -> str:
         self._read_new()
         lines = [json.dumps(r) for r in self.records] + self.other_output

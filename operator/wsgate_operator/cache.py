@@ -1,9 +1,11 @@
 """The operator's view of the cluster: the latest body of every watched object.
 
 Fed by the kopf handlers; read by the reconciler as a ClusterView. Objects are filed
-by the watched-kinds table (kinds.py). It knows when the initial lists have arrived:
-``expect`` takes the objects listed at start, and ``complete`` is set once each of
-them has been delivered (or deleted).
+by the watched-kinds table (kinds.py). At start it is ``seed``-ed with the objects the
+operator listed itself, so the first build need not wait for kopf to deliver each of
+them; ``expect`` takes those objects, and ``complete`` is set once kopf has delivered
+each of them (the same content again: nothing to build), or they were deleted.
+``undelivered`` are those kopf never delivered: deleted between the two lists.
 
 It belongs to the event loop: the handlers that feed it are coroutines, and only the
 loop touches its dicts and its Event. A view is safe to hand to another thread (the
@@ -50,6 +52,22 @@ class ClusterCache:
         self._fingerprints[key] = fingerprint
         return True
 
+    def seed(self, kind: Kind, body: dict[str, Any], fingerprint: str) -> None:
+        """Store an object listed at start (kopf's delivery of it is still expected)."""
+        key = key_of(kind, body)
+        self._objects[kind.kind][key] = body
+        self._fingerprints[key] = fingerprint
+
+    def undelivered(self) -> int:
+        """Forget the objects listed at start that kopf has not delivered (deleted since
+        the start-up list); how many."""
+        missing = list(self._expected or ())
+        for key in missing:
+            self._objects[key[0]].pop(key, None)
+            self._fingerprints.pop(key, None)
+            self._arrived(key)
+        return len(missing)
+
     def remove(self, kind: Kind, body: Mapping[str, Any]) -> bool:
         key = key_of(kind, body)
         self._arrived(key)
@@ -71,9 +89,6 @@ class ClusterCache:
     def _check_complete(self) -> None:
         if self._expected is not None and not self._expected and not self.complete.is_set():
             self.complete.set()
-
-    def missing(self) -> int:
-        return len(self._expected or ())
 
     def size(self) -> int:
         return sum(len(objects) for objects in self._objects.values())

@@ -7,12 +7,15 @@ The parts the handlers feed (cache, reconciler, pusher) live in kopf's memo, set
 at start-up; the options and metrics are put there by whoever starts the operator
 (main.run_operator). Nothing is a module global: two operators can run in one process.
 
-Nothing is built before the initial lists of every watched kind have arrived: at
-start the operator lists each kind once, and the view counts as complete when kopf
-has delivered every object of those lists (or after a bounded wait, for objects
-deleted in between). kopf's own index pre-population would do the same, but in kopf
-1.45 it wakes every waiting object on each object indexed, which grows with the
-square of the object count (minutes for ten thousand consumers).
+The first build is made from the whole view: at start the operator lists each kind
+once itself and builds from those lists at once, without waiting for kopf to deliver
+each object (tens of thousands of deliveries take tens of seconds). kopf's deliveries
+of the same objects that follow carry the same content (the same fingerprint) and
+build nothing; an object kopf never delivers was deleted between the two lists, and
+is dropped once kopf has delivered everything else or after a bounded wait. kopf's own
+index pre-population would do the same, but in kopf 1.45 it wakes every waiting
+object on each object indexed, which grows with the square of the object count
+(minutes for ten thousand consumers).
 """
 
 from __future__ import annotations
@@ -96,8 +99,6 @@ def _watch(registry: kopf.OperatorRegistry, kind: Kind, options: OperatorOptions
         else:
             relevant = cache.put(kind, _plain(kind, body), _fingerprint(kind, body))
         reconciler: Reconciler = memo.reconciler
-        if not cache.complete.is_set():
-            return  # the first build waits for the whole view
         if relevant and kind is PROXY_POD:
             reconciler.proxies_changed()
         elif relevant:
@@ -132,21 +133,29 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
                                  verify_every=options.verify_every, metrics=metrics)
     memo.pusher = pusher
     listed = await asyncio.to_thread(list_initial, options)
+    for kind, items in listed.items():
+        for item in items:
+            item.get("metadata", {}).pop("managedFields", None)
+            cache.seed(kind, item, _fingerprint(kind, item))
     cache.expect({key_of(kind, item) for kind, items in listed.items() for item in items})
+    log.info("initial lists read", extra={"objects": cache.size()})
+    memo.reconciler.objects_changed()  # the first build: the whole view, now
     memo.tasks = [asyncio.create_task(memo.reconciler.run()),
-                  asyncio.create_task(_first_build(cache, memo.reconciler))]
+                  asyncio.create_task(_drop_undelivered(cache, memo.reconciler))]
 
 
-async def _first_build(cache: ClusterCache, reconciler: Reconciler) -> None:
+async def _drop_undelivered(cache: ClusterCache, reconciler: Reconciler) -> None:
+    """Once kopf has delivered what was listed at start, or after a bounded wait: drop
+    what it never delivered (deleted in between)."""
     try:
         async with asyncio.timeout(INITIAL_LIST_WAIT_SECONDS):
             await cache.complete.wait()
     except TimeoutError:
-        log.warning("objects listed at start never arrived (deleted since?); building anyway",
-                    extra={"missing": cache.missing()})
-        cache.complete.set()
-    log.info("initial lists complete", extra={"objects": cache.size()})
-    reconciler.objects_changed()
+        if dropped := cache.undelivered():
+            log.warning("objects listed at start were never delivered (deleted since); "
+                        "dropped", extra={"missing": dropped})
+            reconciler.objects_changed()
+    log.info("initial lists delivered", extra={"objects": cache.size()})
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:

@@ -2,19 +2,31 @@
 
 Every object is remembered with the file it came from, so that a problem the
 compiler finds can be reported as ``file: Kind ns/name: field: message``.
+
+A ``FileCache`` keeps what each file gave when it was last read: standalone mode reads
+again only the files that changed (by size and modification time), and the objects of
+the others stay the very same bodies, which the compiler takes as unchanged.
+YAML is parsed with libyaml's C loader where it is installed.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+try:
+    from yaml import CSafeLoader as SafeLoader
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml import SafeLoader  # type: ignore[assignment]
+
 from .compiler import Compiled, ObjectRef, Problem, Snapshot, compile_snapshot
 from .kinds import COMPILED
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+RECENT_NS = 1_000_000_000
 
 # The kinds read from files, with the apiVersion each must have: the compiled kinds.
 API_VERSIONS = {k.kind: k.api_version for k in COMPILED}
@@ -59,13 +71,56 @@ def manifest_files(directory: Path) -> list[Path]:
     )
 
 
-def load_manifests(directory: Path) -> ManifestSet:
+@dataclass
+class _FileResult:
+    objects: list[tuple[dict, str]] = field(default_factory=list)  # (object, where)
+    errors: list[str] = field(default_factory=list)
+
+
+class FileCache:
+    """What each file gave when last read, by path, with the stat it had then."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int, int], _FileResult]] = {}
+
+    def read(self, path: Path) -> _FileResult:
+        try:
+            info = path.stat()
+            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        except OSError:
+            stamp = (0, 0, 0)
+        cached = self._files.get(path)
+        if cached is not None and cached[0] == stamp and stamp != (0, 0, 0):
+            return cached[1]
+        found = _read_file(path)
+        # A file changed within the last second may change again with the same size
+        # and a modification time the file system cannot tell apart: read it again.
+        if time.time_ns() - stamp[0] > RECENT_NS:
+            self._files[path] = (stamp, found)
+        else:
+            self._files.pop(path, None)
+        return found
+
+    def keep_only(self, paths: list[Path]) -> None:
+        for gone in self._files.keys() - set(paths):
+            del self._files[gone]
+
+
+def load_manifests(directory: Path, cache: FileCache | None = None) -> ManifestSet:
+    """Every object of the directory's manifests (files unchanged since the cache read
+    them are not read again)."""
     result = ManifestSet()
     if not directory.is_dir():
         result.errors.append(f"{directory}: not a directory")
         return result
-    for path in manifest_files(directory):
-        _load_file(path, result)
+    cache = cache if cache is not None else FileCache()
+    paths = manifest_files(directory)
+    cache.keep_only(paths)
+    for path in paths:
+        found = cache.read(path)
+        result.errors += found.errors
+        for obj, where in found.objects:
+            _add_object(obj, where, result)
     return result
 
 
@@ -75,21 +130,22 @@ def compile_directory(directory: Path) -> ManifestCompilation:
     return ManifestCompilation(manifests, compiled)
 
 
-def _load_file(path: Path, result: ManifestSet) -> None:
+def _read_file(path: Path) -> _FileResult:
+    result = _FileResult()
     try:
-        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        documents = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=SafeLoader))
     except OSError as exc:
         result.errors.append(f"{path}: cannot be read: {exc.strerror}")
-        return
+        return result
     except UnicodeDecodeError:
         result.errors.append(f"{path}: is not UTF-8 text")
-        return
+        return result
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         what = getattr(exc, "problem", None) or str(exc)
         result.errors.append(f"{where}: invalid YAML: {what}")
-        return
+        return result
 
     for index, doc in enumerate(documents):
         where = f"{path} (document {index + 1})" if len(documents) > 1 else str(path)
@@ -101,7 +157,8 @@ def _load_file(path: Path, result: ManifestSet) -> None:
         if doc.get("kind") == "List":
             result.errors.append(f"{where}: kind List is not supported; use '---' separators")
             continue
-        _add_object(doc, where, result)
+        result.objects.append((doc, where))
+    return result
 
 
 def _add_object(obj: dict, where: str, result: ManifestSet) -> None:

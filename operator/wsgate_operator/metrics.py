@@ -16,6 +16,10 @@ class OperatorMetrics:
         self.pushes = Counter(
             "wsgate_operator_pushes_total", "Config pushes to proxies, by outcome.",
             ["outcome"], registry=self.registry)
+        self.push_bytes = Counter(
+            "wsgate_operator_push_bytes", "Bytes of config pushed to proxies, by kind of "
+            "push (delta: what changed from the version the proxy ran; full).", ["kind"],
+            registry=self.registry)
         self.push_seconds = Histogram(
             "wsgate_operator_push_seconds", "Time to push a config to a proxy.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

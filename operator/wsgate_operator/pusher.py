@@ -4,11 +4,19 @@ One task per proxy brings it to the current config: skipped when the proxy alrea
 runs that version, retried with growing backoff when a push fails, started at once
 for a new pod. ``verify`` asks each proxy what it runs (GET /readyz), so a proxy that
 restarted with an older saved config is brought up to date.
+
+A push carries what changed (a config stream, config_stream.py): a proxy known to run
+a recent version A gets the items changed from A to the current version, by key, and
+answers with the version it now runs. A proxy on anything else (a new pod, a restart,
+a version too old to remember) gets the whole config, and so does one that answers a
+delta with 409 (it ran something else after all): divergence is always caught by the
+version, never accumulated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -17,8 +25,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from wsgate_proxy.config import GatewayConfig
+from wsgate_proxy import config_stream
 
+from .compiler import Compiled
+from .compiler.compiled import ItemKey
 from .metrics import OperatorMetrics
 from .status import ProxySync
 
@@ -27,7 +37,8 @@ log = logging.getLogger("wsgate.pusher")
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 10.0
-# How many recent versions remember which route generations they hold.
+# How many recent versions remember which route generations they hold, and what
+# changed from each to the next (how far back a delta can start).
 REMEMBERED_VERSIONS = 32
 
 
@@ -47,6 +58,24 @@ class ProxyTarget:
         return f"http://{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class _Running:
+    version: str
+
+
+@dataclass(frozen=True)
+class _Diverged:
+    version: str | None
+
+
+def _answered_version(answer: str) -> str | None:
+    try:
+        version = json.loads(answer).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
 class Pusher:
     def __init__(
         self,
@@ -61,8 +90,13 @@ class Pusher:
         # Called once when a proxy starts failing (not on every retry), with the reason.
         self._on_failure = on_failure or (lambda _target, _reason: None)
         self._failing: set[str] = set()
-        self._config: GatewayConfig | None = None
-        self._body = b""
+        self._whole: set[str] = set()  # proxies whose next push is the whole config
+        self._asked: set[str] = set()  # proxies asked what they run (or pushed to)
+        self._config: Compiled | None = None
+        self._full_body: bytes | None = None  # the current config whole, made when needed
+        # The versions built, oldest first, each with the items changed from the one
+        # before it.
+        self._history: list[tuple[str, frozenset[ItemKey]]] = []
         self._targets: dict[str, ProxyTarget] = {}
         self._running: dict[str, str] = {}  # proxy -> version it runs
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -70,18 +104,44 @@ class Pusher:
         self._session: aiohttp.ClientSession | None = None
 
     # -- inputs ----------------------------------------------------------------------
-    def set_config(self, config: GatewayConfig) -> None:
+    def set_config(self, config: Compiled) -> None:
+        """A new build: every proxy is brought to it."""
+        self._history.append((config.version, config.changed_items))
+        del self._history[:-REMEMBERED_VERSIONS]
         if self._config is not None and config.version == self._config.version:
+            self._config = config
             return
         self._config = config
-        self._body = config.model_dump_json().encode()
+        self._full_body = None
         self._included[config.version] = frozenset(
-            (r.key, r.generation) for r in config.routes)
+            (r.key, r.generation) for r in config.items["route"].values())
         self._included.move_to_end(config.version)
         while len(self._included) > REMEMBERED_VERSIONS:
             self._included.popitem(last=False)
         for name in self._targets:
             self._bring_up_to_date(name)
+
+    def body_for(self, running: str | None) -> tuple[bytes, bool]:
+        """The body that brings a proxy running ``running`` to the current config, and
+        whether it is a delta."""
+        config = self._config
+        assert config is not None
+        versions = [version for version, _ in self._history]
+        if running is not None and running in versions:
+            start = len(versions) - 1 - versions[::-1].index(running)
+            changed = frozenset().union(*(keys for _, keys in self._history[start + 1:]))
+            encoded = config.encoded
+            return config_stream.encode(
+                config.version, running,
+                [(kind, encoded[(kind, key)][0]) for kind, key in sorted(changed)
+                 if (kind, key) in encoded],
+                [(kind, key) for kind, key in sorted(changed) if (kind, key) not in encoded],
+            ), True
+        if self._full_body is None:
+            self._full_body = config_stream.encode(
+                config.version, None,
+                [(kind, body) for (kind, _key), (body, _digest) in config.encoded.items()])
+        return self._full_body, False
 
     def set_targets(self, targets: list[ProxyTarget]) -> None:
         """The running proxy pods (with an IP) now; a new, recreated or restarted pod is
@@ -101,7 +161,9 @@ class Pusher:
             self._on_change()
 
     def _forget(self, name: str) -> None:
+        self._asked.discard(name)
         self._failing.discard(name)
+        self._whole.discard(name)
         self._targets.pop(name, None)
         self._running.pop(name, None)
         task = self._tasks.pop(name, None)
@@ -115,6 +177,10 @@ class Pusher:
             if (route_key, generation) in self._included.get(self._running.get(name, ""), ())
         )
         return ProxySync(synced=synced, total=len(self._targets))
+
+    def knows_every_proxy(self) -> bool:
+        """Whether every proxy has been asked what it runs (or pushed to) at least once."""
+        return self._targets.keys() <= self._asked
 
     def running(self) -> dict[str, str]:
         return dict(self._running)
@@ -140,40 +206,68 @@ class Pusher:
             # A proxy first seen (or a restarted operator) may run the current config
             # already: ask before pushing, so a restart pushes nothing it need not.
             version = await self._ask_version(target)
-            if version and name in self._targets:
-                self._running[name] = version
+            if name in self._targets:
+                self._asked.add(name)
+                if version:
+                    self._running[name] = version
                 self._on_change()
         while True:
             target, config = self._targets.get(name), self._config
             if target is None or config is None or self._running.get(name) == config.version:
                 return
-            failure = await self._push(target, config.version, self._body)
-            if failure is None:
-                self._running[name] = config.version
-                self._failing.discard(name)
-                self._on_change()
+            running = None if name in self._whole else self._running.get(name)
+            body, delta = self.body_for(running)
+            answer = await self._push(target, config.version, body, delta)
+            if isinstance(answer, _Running):
+                if name in self._targets:
+                    self._running[name] = answer.version
+                    self._failing.discard(name)
+                    self._whole.discard(name)
+                    self._on_change()
                 continue  # the config may have moved on meanwhile
+            if isinstance(answer, _Diverged) and delta:
+                # It runs something else than we thought: what it says it runs, and the
+                # next push whole.
+                if answer.version:
+                    self._running[name] = answer.version
+                else:
+                    self._running.pop(name, None)
+                self._whole.add(name)
+                self._on_change()
+                continue
+            if isinstance(answer, _Diverged):
+                answer = f"the proxy refused the whole config {config.version} (HTTP 409)"
             if name not in self._failing:
                 self._failing.add(name)
-                self._on_failure(target, failure)
+                self._on_failure(target, answer)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
-    async def _push(self, target: ProxyTarget, version: str, body: bytes) -> str | None:
-        """None when the proxy took the config, else why not."""
+    async def _push(self, target: ProxyTarget, version: str, body: bytes,
+                    delta: bool) -> _Running | _Diverged | str:
+        """What the proxy runs now, that a delta did not fit what it runs, or why the
+        push failed."""
         started = time.perf_counter()
+        kind = "delta" if delta else "full"
         try:
             async with self._http().put(
                 f"{target.base}/config", data=body,
                 headers={"Authorization": f"Bearer {self._token}",
-                         "Content-Type": "application/json"},
+                         "Content-Type": config_stream.MEDIA_TYPE},
             ) as response:
                 answer = await response.text()
+                self.metrics.push_bytes.labels(kind).inc(len(body))
                 if response.status == 200:
                     self.metrics.pushes.labels("ok").inc()
                     self.metrics.push_seconds.observe(time.perf_counter() - started)
-                    log.info("config pushed", extra={"proxy": target.name, "version": version})
-                    return None
+                    log.info("config pushed", extra={"proxy": target.name, "version": version,
+                                                     "kind": kind, "bytes": len(body)})
+                    return _Running(_answered_version(answer) or version)
+                if response.status == 409:
+                    self.metrics.pushes.labels("diverged").inc()
+                    log.info("proxy runs another version; pushing the whole config",
+                             extra={"proxy": target.name, "answer": answer[:500]})
+                    return _Diverged(_answered_version(answer))
                 outcome = "refused" if response.status in (401, 403) else "rejected"
                 self.metrics.pushes.labels(outcome).inc()
                 log.error("proxy refused the config", extra={

@@ -2,26 +2,29 @@
 
 An event marks the view dirty; the reconciler waits until no new change came for a
 short holdoff (but no longer than a maximum since the first one, so a steady
-trickle still builds), compiles the whole view (the pure compiler), hands the
-config to the pusher, and writes every status that changed. When only what the
-proxies run changed, it recomputes statuses without compiling.
+trickle still builds), brings its compiler to the view (the compiler keeps what it
+compiled per object and compiles again only what changed and what depends on it),
+hands the config to the pusher, and writes every status that changed. When only what
+the proxies run changed, it recomputes statuses without compiling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .compiler import Compiled, K8sObject, ObjectRef, Snapshot, compile_snapshot
+from .compiler import Compiled, K8sObject, ObjectRef, Snapshot
+from .compiler.build import Compiler
 from .kinds import COMPILED
 from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
-from .status import Event, Status, consumer_status, route_status, transitions
+from .status import Event, Status, consumer_status, generation_of, route_status, transitions
 
 log = logging.getLogger("wsgate.reconciler")
 
@@ -70,6 +73,8 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._objects_changed = False
         self.compiled: Compiled | None = None
+        self._compiler = Compiler()
+        self._status_all = True  # the next status pass computes every object's
         # Sequence numbers, as Contour's tests wait on: compiles done (each with its
         # statuses queued), and status writes queued in all.
         self.builds = 0
@@ -146,37 +151,67 @@ class Reconciler:
             started = time.perf_counter()
             # The compiler is pure Python: in a thread, the event loop keeps serving. It
             # shares nothing the loop changes meanwhile: the view's lists are its own, and
-            # the cache replaces an object's body on every event, never edits it.
-            self.compiled = await asyncio.to_thread(compile_snapshot, view.snapshot)
+            # the cache replaces an object's body on every event, never edits it. Only
+            # this task touches the compiler, one build at a time.
+            try:
+                self.compiled = await asyncio.to_thread(self._compile, view.snapshot)
+            except BaseException:
+                self._compiler = Compiler()  # half updated: the next build starts afresh
+                self._objects_changed = True
+                raise
+            if self.builds == 0:
+                # The view and the compiler's state of the first build live as long as
+                # the operator: out of the collector's sight, so a full collection does
+                # not walk tens of thousands of objects on every later build.
+                gc.freeze()
             self.metrics.compile_seconds.observe(time.perf_counter() - started)
             for kind in COMPILED:
                 self.metrics.objects.labels(kind.kind).set(
                     len(getattr(view.snapshot, str(kind.field))))
-            log.info("compiled", extra={"version": self.compiled.config.version,
+            log.info("compiled", extra={"version": self.compiled.version,
                                         "problems": len(self.compiled.problems),
                                         "seconds": round(time.perf_counter() - started, 4)})
-            self.pusher.set_config(self.compiled.config)
-        await self._write_statuses(view.snapshot, self.compiled)
+            self.pusher.set_config(self.compiled)
+        # Consumers' statuses follow what each build changed (every one after a failed
+        # status pass: a write that failed is written again).
+        changed = self.compiled.changed_refs if compiling else frozenset()
+        if self._status_all:
+            self._status_all, changed = False, None
+        await self._write_statuses(view.snapshot, self.compiled, changed)
         if compiling:
             self.builds += 1
             self._built.set()
             self._built = asyncio.Event()
 
-    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled) -> None:
-        """Compute every status; queue those that changed (with their Events)."""
+    def _compile(self, snapshot: Snapshot) -> Compiled:
+        self._compiler.sync(snapshot)
+        return self._compiler.result()
+
+    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled,
+                              changed: frozenset[ObjectRef] | None) -> None:
+        """Compute the statuses that may have moved; queue those that changed (with
+        their Events). A consumer's status follows its compile (``changed``: the objects
+        whose result changed; None: every object); a route's also follows what the
+        proxies run, and waits until the pusher knows what each proxy runs (a restarted
+        operator would otherwise write Programmed=False until it had asked them)."""
         now = _now()
+        routes_known = self.pusher.knows_every_proxy()
         computed = []
+        present: set[tuple[str, str]] = set()
         for obj in snapshot.routes:
             ref = ObjectRef.of(obj)
-            generation = int((obj.get("metadata") or {}).get("generation") or 0)
-            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation)
-            computed.append((obj, route_status(obj, compiled, sync, now)))
-        computed += [(obj, consumer_status(obj, compiled, now)) for obj in snapshot.consumers]
-        seen = set()
-        for obj, status in computed:
+            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            if not routes_known:
+                continue
+            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
+            computed.append((ref, obj, route_status(obj, compiled, sync, now)))
+        for obj in snapshot.consumers:
             ref = ObjectRef.of(obj)
+            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            if changed is None or ref in changed:
+                computed.append((ref, obj, consumer_status(obj, compiled, now)))
+        for ref, obj, status in computed:
             key = (ref.kind, f"{ref.namespace}/{ref.name}")
-            seen.add(key)
             current = obj.get("status") or None
             if status == current or status == self._written.get(key):
                 continue
@@ -186,7 +221,7 @@ class Reconciler:
             self._pending[key] = (obj, status, events)
             self._written[key] = status
             self.statuses_queued += 1
-        for key in set(self._written) - seen:
+        for key in self._written.keys() - present:
             del self._written[key]
             self._pending.pop(key, None)
         if self._pending:
@@ -206,6 +241,7 @@ class Reconciler:
                     log.exception("status not written; the next build retries",
                                   extra={"object": str(ref)})
                     self._written.pop((ref.kind, f"{ref.namespace}/{ref.name}"), None)
+                    self._status_all = True
 
         while True:
             await self._pending_ready.wait()

@@ -136,6 +136,16 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int,
     )
 
 
+def generation_of(obj: K8sObject) -> int:
+    """The object's metadata.generation (0 where it has none, or none usable)."""
+    generation = (obj.get("metadata") or {}).get("generation")
+    if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
+        return generation
+    if isinstance(generation, str) and generation.isascii() and generation.isdigit():
+        return int(generation)
+    return 0
+
+
 def _previous(obj: K8sObject) -> dict[str, dict[str, Any]]:
     conditions = ((obj.get("status") or {}).get("conditions")) or []
     return {c["type"]: c for c in conditions if isinstance(c, dict) and "type" in c}
@@ -150,7 +160,7 @@ class _Conditions:
 
     def __init__(self, obj: K8sObject, compiled: Compiled, now: str) -> None:
         self.ref = ObjectRef.of(obj)
-        self.generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        self.generation = generation_of(obj)
         self._previous = _previous(obj)
         self._now = now
         problems = compiled.problems_of(self.ref)

@@ -1,5 +1,10 @@
 """The admin API: where the operator pushes configs and probes and Prometheus look.
 
+``PUT /config`` takes a config stream (config_stream.py: a whole config or a delta
+from the version the proxy runs, parsed a slice at a time) or, for people and
+scripts, one GatewayConfig JSON document. A delta from another version than the
+one running is answered 409 with the running version: the sender sends it whole.
+
 Config writes need the bearer token; without a token configured they are refused
 outright, so an admin port exposed by mistake cannot be used to rewrite routing.
 """
@@ -10,14 +15,16 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from . import config_stream
 from .config import GatewayConfig
-from .runtime import Runtime
+from .config_stream import ConfigChange, StreamError
+from .runtime import ConfigMismatch, Runtime
 
 log = logging.getLogger("wsgate.admin")
 
@@ -28,12 +35,15 @@ MAX_REPORTED_ERRORS = 20
 
 
 ApplyConfig = Callable[[GatewayConfig], bool]
+ApplyChange = Callable[[ConfigChange], Awaitable[bool]]
 
 
-def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig) -> web.Application:
-    """The admin routes; ``apply`` swaps a config in (and saves it) and says if it changed."""
+def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
+              apply_change: ApplyChange) -> web.Application:
+    """The admin routes; ``apply`` and ``apply_change`` swap a config in (and save it)
+    and say if it changed."""
     app = web.Application(client_max_size=MAX_CONFIG_BYTES)
-    api = AdminApi(runtime, token, apply)
+    api = AdminApi(runtime, token, apply, apply_change)
     app.router.add_put("/config", api.put_config)
     app.router.add_get("/config", api.get_config)
     app.router.add_get("/healthz", api.healthz)
@@ -43,10 +53,12 @@ def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig) -> web.Ap
 
 
 class AdminApi:
-    def __init__(self, runtime: Runtime, token: str | None, apply: ApplyConfig) -> None:
+    def __init__(self, runtime: Runtime, token: str | None, apply: ApplyConfig,
+                 apply_change: ApplyChange) -> None:
         self.runtime = runtime
         self.token = token
         self.apply = apply
+        self.apply_change = apply_change
 
     def _authorized(self, request: web.Request) -> web.Response | None:
         """None when the request carries the admin token, else the refusal to send."""
@@ -63,6 +75,8 @@ class AdminApi:
     async def put_config(self, request: web.Request) -> web.Response:
         if (refusal := self._authorized(request)) is not None:
             return refusal
+        if request.content_type == config_stream.MEDIA_TYPE:
+            return await self._put_stream(await request.read())
         try:
             body = await request.json(loads=json.loads)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -83,6 +97,20 @@ class AdminApi:
                                         f"this config ({expected!r}); omit it or send the hash"})
         changed = self.apply(config)
         return _json(200, {"version": config.version, "changed": changed})
+
+    async def _put_stream(self, body: bytes) -> web.Response:
+        try:
+            change = None
+            for change in config_stream.parse(body):
+                if change is None:
+                    await asyncio.sleep(0)  # a slice parsed: let the loop run
+            assert change is not None
+            changed = await self.apply_change(change)
+        except StreamError as exc:
+            return _json(400, {"error": f"invalid config stream: {exc}"})
+        except ConfigMismatch as exc:
+            return _json(409, {"error": str(exc), "version": self.runtime.version})
+        return _json(200, {"version": self.runtime.version, "changed": changed})
 
     async def get_config(self, request: web.Request) -> web.Response:
         if self.token and (refusal := self._authorized(request)) is not None:

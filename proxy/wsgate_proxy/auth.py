@@ -37,6 +37,8 @@ from .oidc import decode, provider_for, verify
 from .passwords import PasswordVerifier
 from .refusals import Forbidden, Unauthorized
 
+_ALGORITHMS = jwt.algorithms.get_default_algorithms()
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -87,21 +89,49 @@ class Authenticator:
         self._basic: dict[tuple[str, str], tuple[Consumer, str, str]] = {}
         self._jwt: dict[tuple[str, str], _JwtEntry] = {}
         self._fingerprints: dict[str, tuple[Consumer, frozenset[str]]] = {}
-        algorithms = jwt.algorithms.get_default_algorithms()
         for consumer in consumers:
-            ns = consumer.namespace
-            prints = set()
-            for key in consumer.keys:
-                self._keys[(ns, key.sha256)] = _of(consumer, key.id, key.sha256)
-                prints.add(key.sha256)
-            for basic in consumer.basic:
-                self._basic[(ns, basic.username)] = (consumer, basic.id, basic.password_hash)
-                prints.add(basic.password_hash)
-            for cred in consumer.jwt:
-                prepared = algorithms[cred.algorithm].prepare_key(cred.key)
-                self._jwt[(ns, cred.issuer)] = _JwtEntry(consumer, cred, prepared)
-                prints.add(cred.fingerprint)
-            self._fingerprints[consumer.key] = (consumer, frozenset(prints))
+            self.add(consumer)
+
+    def copy(self) -> Authenticator:
+        """An authenticator of its own to change (a dict copy each: no Python loop per
+        consumer), for the next config while this one keeps serving."""
+        other = Authenticator((), self._passwords, self._keysets, self._external)
+        other._keys, other._basic = dict(self._keys), dict(self._basic)
+        other._jwt, other._fingerprints = dict(self._jwt), dict(self._fingerprints)
+        return other
+
+    def add(self, consumer: Consumer) -> None:
+        """Add a consumer (one of the same key is removed first)."""
+        self.remove(consumer.key)
+        ns = consumer.namespace
+        prints = set()
+        for key in consumer.keys:
+            self._keys[(ns, key.sha256)] = _of(consumer, key.id, key.sha256)
+            prints.add(key.sha256)
+        for basic in consumer.basic:
+            self._basic[(ns, basic.username)] = (consumer, basic.id, basic.password_hash)
+            prints.add(basic.password_hash)
+        for cred in consumer.jwt:
+            prepared = _ALGORITHMS[cred.algorithm].prepare_key(cred.key)
+            self._jwt[(ns, cred.issuer)] = _JwtEntry(consumer, cred, prepared)
+            prints.add(cred.fingerprint)
+        self._fingerprints[consumer.key] = (consumer, frozenset(prints))
+
+    def remove(self, consumer_key: str) -> None:
+        """Remove a consumer and what it held (entries another consumer holds stay)."""
+        entry = self._fingerprints.pop(consumer_key, None)
+        if entry is None:
+            return
+        consumer, ns = entry[0], entry[0].namespace
+        for key in consumer.keys:
+            if (found := self._keys.get((ns, key.sha256))) and found.consumer is consumer:
+                del self._keys[(ns, key.sha256)]
+        for basic in consumer.basic:
+            if (held := self._basic.get((ns, basic.username))) and held[0] is consumer:
+                del self._basic[(ns, basic.username)]
+        for cred in consumer.jwt:
+            if (jwt_entry := self._jwt.get((ns, cred.issuer))) and jwt_entry.consumer is consumer:
+                del self._jwt[(ns, cred.issuer)]
 
     def holder(self, consumer_key: str, fingerprint: str) -> Consumer | None:
         """The consumer, if it still exists and still holds this credential."""

@@ -103,11 +103,12 @@ def _rendezvous(endpoints: tuple[Endpoint, ...], hashes: list[int], key: str) ->
 
 def balancer_for(
     route: Route,
+    endpoints: tuple[Endpoint, ...],
     previous: Balancer | None,
     sessions: Counter[Endpoint],
     health: EndpointHealth,
 ) -> Balancer:
     # Keep the turn across config swaps, so a push does not send everyone to endpoint 0.
     turn = previous.turn if previous is not None else itertools.count()
-    return Balancer(route.backend.endpoints, route.backend.load_balancing,
+    return Balancer(endpoints, route.backend.load_balancing,
                     turn=turn, sessions=sessions, health=health)

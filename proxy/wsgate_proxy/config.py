@@ -9,7 +9,6 @@ needs to decide and nothing more: credentials only in the form that verifies the
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Annotated, Literal
 
@@ -53,7 +52,9 @@ class UpstreamTls(_Model):
 
 class Backend(_Model):
     service: Name
-    endpoints: tuple[Endpoint, ...] = ()
+    # The Service port as the route names it: its number ("8080") or its name ("ws").
+    # With the route's namespace and the service it keys the endpoints (ServiceEndpoints).
+    port: Annotated[str, Field(min_length=1, max_length=253)]
     tls: UpstreamTls | None = None
     path_rewrite: str | None = None
     load_balancing: LoadBalancing = LoadBalancing()
@@ -217,6 +218,30 @@ class Route(_Model):
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def endpoints_key(self) -> str:
+        """The key of the ServiceEndpoints its sessions go to."""
+        return endpoints_key(self.namespace, self.backend.service, self.backend.port)
+
+
+def endpoints_key(namespace: str, service: str, port: str) -> str:
+    return f"{namespace}/{service}:{port}"
+
+
+class ServiceEndpoints(_Model):
+    """The ready endpoints of one Service port, shared by every route that names it: a
+    backend that scales changes this one item, not each of its routes. A route whose
+    endpoints are not in the config has none (its handshakes answer 503)."""
+
+    namespace: Name
+    service: Name
+    port: Annotated[str, Field(min_length=1, max_length=253)]
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return endpoints_key(self.namespace, self.service, self.port)
+
 
 class KeyCredential(_Model):
     # Identifies the credential (its Secret) in revocation and logs, never the key.
@@ -284,10 +309,12 @@ class GatewayConfig(_Model):
     routes: tuple[Route, ...] = ()
     consumers: tuple[Consumer, ...] = ()
     certificates: tuple[Certificate, ...] = ()
+    endpoints: tuple[ServiceEndpoints, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
-        for kind, items in (("route", self.routes), ("consumer", self.consumers)):
+        for kind, items in (("route", self.routes), ("consumer", self.consumers),
+                            ("certificate", self.certificates), ("endpoints", self.endpoints)):
             seen: set[str] = set()
             for item in items:
                 if item.key in seen:
@@ -296,21 +323,35 @@ class GatewayConfig(_Model):
         return self
 
     def content_hash(self) -> str:
-        body = self.model_dump(mode="json", exclude={"version"})
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """The version of this content (see ``version_of``)."""
+        return version_of(sum(item_digest(kind, item) for kind, field in ITEM_FIELDS.items()
+                              for item in getattr(self, field)))
 
-    @classmethod
-    def build(
-        cls,
-        routes: list[Route],
-        consumers: list[Consumer],
-        certificates: list[Certificate] | None = None,
-    ) -> GatewayConfig:
-        """A config in canonical order, its version set to its content hash."""
-        unversioned = cls(
-            routes=tuple(sorted(routes, key=lambda r: r.key)),
-            consumers=tuple(sorted(consumers, key=lambda c: c.key)),
-            certificates=tuple(sorted(certificates or [], key=lambda c: c.key)),
-        )
-        return unversioned.model_copy(update={"version": unversioned.content_hash()})
+    def items(self) -> dict[str, dict[str, Item]]:
+        """The items by kind and key."""
+        return {kind: {item.key: item for item in getattr(self, field)}
+                for kind, field in ITEM_FIELDS.items()}
+
+
+Item = Route | Consumer | Certificate | ServiceEndpoints
+# The kinds of item a config holds, and the GatewayConfig field holding each.
+ITEM_FIELDS: dict[str, str] = {"route": "routes", "consumer": "consumers",
+                               "certificate": "certificates", "endpoints": "endpoints"}
+ITEM_MODELS: dict[str, type[Item]] = {"route": Route, "consumer": Consumer,
+                                      "certificate": Certificate, "endpoints": ServiceEndpoints}
+_DIGEST_MODULUS = 2 ** 256
+
+
+def item_digest(kind: str, item: Item, encoded: bytes | None = None) -> int:
+    """An item's digest: SHA-256 of its kind and canonical JSON (``encoded``, when the
+    caller has it already), as a number."""
+    body = encoded if encoded is not None else item.model_dump_json().encode()
+    return int.from_bytes(hashlib.sha256(kind.encode() + b"\n" + body).digest(), "big")
+
+
+def version_of(digest_sum: int) -> str:
+    """The version of a config from the sum of its items' digests: it identifies the
+    whole content, and a change of one item moves it at the cost of that item (the
+    sum is kept up to date, never recomputed over every item)."""
+    total = (digest_sum % _DIGEST_MODULUS).to_bytes(32, "big")
+    return hashlib.sha256(total).hexdigest()[:16]

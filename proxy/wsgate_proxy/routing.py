@@ -59,19 +59,19 @@ class Match:
 
 
 class _PathTable:
+    """The paths of one host: Exact paths and Prefixes, each in a dict, so that a
+    lookup costs the path's segments, not the route count."""
+
     def __init__(self) -> None:
         self.exact: dict[str, tuple[Route, PathMatch]] = {}
-        self.prefixes: list[tuple[str, Route, PathMatch]] = []
+        self.prefixes: dict[str, tuple[Route, PathMatch]] = {}
 
     def add(self, route: Route, path: PathMatch) -> None:
         # The first route (in config order: namespace/name) keeps a contested path.
         if path.type == "Exact":
             self.exact.setdefault(path.value, (route, path))
         else:
-            self.prefixes.append((path.value.rstrip("/"), route, path))
-
-    def freeze(self) -> None:
-        self.prefixes.sort(key=lambda entry: len(entry[0]), reverse=True)
+            self.prefixes.setdefault(path.value.rstrip("/"), (route, path))
 
     def match(self, path: str) -> Match | None:
         hit = self.exact.get(path)
@@ -79,10 +79,20 @@ class _PathTable:
             route, pm = hit
             rewrite = route.backend.path_rewrite
             return Match(route, pm, rewrite if rewrite is not None else path)
-        for prefix, route, pm in self.prefixes:
-            if path == prefix or path.startswith(prefix + "/") or not prefix:
-                return Match(route, pm, _rewrite(path, prefix, route.backend.path_rewrite))
-        return None
+        if not self.prefixes:
+            return None
+        # The longest prefix that ends at a segment boundary: the path itself, then the
+        # path cut at each '/' from the right ("" for "/" matches everything).
+        end = len(path)
+        candidate = path if not path.endswith("/") else None
+        while True:
+            if candidate is not None and (hit := self.prefixes.get(candidate)) is not None:
+                route, pm = hit
+                return Match(route, pm, _rewrite(path, candidate, route.backend.path_rewrite))
+            end = path.rfind("/", 0, end)
+            if end < 0:
+                return None
+            candidate = path[:end]
 
 
 def _rewrite(path: str, prefix: str, replacement: str | None) -> str:
@@ -104,9 +114,6 @@ class Router:
             for table in tables:
                 for path in route.paths:
                     table.add(route, path)
-        for table in (*self._exact_hosts.values(), *self._wildcards.values(), self._any):
-            table.freeze()
-        self._wildcard_order = sorted(self._wildcards, key=len, reverse=True)
 
     def _table_for(self, host: str) -> _PathTable:
         if host.startswith("*."):
@@ -119,11 +126,15 @@ class Router:
         table = self._exact_hosts.get(name)
         if table is not None and (found := table.match(path)):
             return found
-        for suffix in self._wildcard_order:
-            if name.endswith(suffix) and len(name) > len(suffix):
-                found = self._wildcards[suffix].match(path)
-                if found:
+        if self._wildcards:
+            # The longest wildcard first: the name less its first label, then less the
+            # next one (a wildcard never matches the bare suffix itself).
+            dot = name.find(".", 1)
+            while dot > 0:
+                table = self._wildcards.get(name[dot:])
+                if table is not None and (found := table.match(path)):
                     return found
+                dot = name.find(".", dot + 1)
         return self._any.match(path)
 
 

@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator
 from typing import Any
 
-from . import metrics
+from . import config_stream, metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
-from .config import Endpoint, GatewayConfig, Route
+from .config import (
+    ITEM_FIELDS,
+    ITEM_MODELS,
+    Endpoint,
+    GatewayConfig,
+    Item,
+    Route,
+    version_of,
+)
+from .config_stream import SLICE_SECONDS, ConfigChange
 from .expiry import Lifetimes
 from .external_auth import ExternalAuthClient
 from .frames import CloseCode
@@ -40,33 +51,127 @@ access_log = logging.getLogger("wsgate.access")
 log = logging.getLogger("wsgate.runtime")
 
 
+class ConfigMismatch(ValueError):
+    """A change that cannot be applied to the active config: it starts from another
+    version, or does not lead to the version it claims."""
+
+
 class ActiveConfig:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        previous: ActiveConfig | None,
-        endpoint_sessions: Counter[Endpoint],
-        health: EndpointHealth,
-        passwords: PasswordVerifier,
-        keysets: KeySets | None = None,
-        external: ExternalAuthClient | None = None,
-    ) -> None:
-        self.config = config
-        self.router = Router(config.routes)
-        self.routes = {route.key: route for route in config.routes}
-        self.authenticator = Authenticator(config.consumers, passwords, keysets, external)
-        # Client contexts for wss:// backends, with the name to verify.
-        self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {
-            route.key: (upstream_context(route.backend.tls.ca_pem),
-                        route.backend.tls.server_name)
-            for route in config.routes if route.backend.tls is not None
-        }
+    """A config in the form the data path reads it. Made from the one before and a
+    change, at the cost of the change: indexes are copied (dict copies, no Python loop
+    per item) and changed where the change touches them."""
+
+    def __init__(self, previous: ActiveConfig | None, change: ConfigChange,
+                 endpoint_sessions: Counter[Endpoint], health: EndpointHealth,
+                 passwords: PasswordVerifier, keysets: KeySets | None = None,
+                 external: ExternalAuthClient | None = None) -> None:
+        self._previous, self._change = previous, change
+        self._endpoint_sessions, self._health, self._passwords = \
+            endpoint_sessions, health, passwords
+        self._keysets, self._external = keysets, external
+        self.version = change.version
+        self.applied_at = 0.0
+        # What changed, for the review of live sessions: every route (when any route
+        # changed, a session may now match another) or these consumers.
+        self.routes_changed = True
+        self.consumers_changed: set[str] = set()
+
+    def build(self) -> Iterator[None]:
+        """Build the indexes; yields between slices of work (a full config of ten
+        thousand consumers is built a slice at a time). Raises ConfigMismatch."""
+        previous, change = self._previous, self._change
+        if change.full or previous is None:
+            if not change.full:
+                raise ConfigMismatch(f"a change from {change.base} to {change.version}, and "
+                                     "no config is active: send the whole config")
+            self.items: dict[str, dict[str, Item]] = {k: {} for k in ITEM_MODELS}
+            self.digests: dict[tuple[str, str], int] = {}
+            self.digest_sum = 0
+            self.authenticator = Authenticator((), self._passwords, self._keysets,
+                                               self._external)
+            self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {}
+            self.balancers: dict[str, Balancer] = {}
+            removed = {kind: set(keys) for kind, keys in previous.items.items()} \
+                if previous is not None else {k: set() for k in ITEM_MODELS}
+            for kind, keys in change.set.items():
+                removed[kind] -= keys.keys()
+        else:
+            if change.base != previous.version:
+                raise ConfigMismatch(f"a change from {change.base}, and this proxy runs "
+                                     f"{previous.version}: send the whole config")
+            self.items = {kind: dict(items) for kind, items in previous.items.items()}
+            self.digests = dict(previous.digests)
+            self.digest_sum = previous.digest_sum
+            self.authenticator = previous.authenticator.copy()
+            self.upstream_tls = dict(previous.upstream_tls)
+            self.balancers = dict(previous.balancers)
+            removed = change.removed
+        yield None
+        # Items: the digest sum moves by what left and what came.
+        for kind, keys in removed.items():
+            for key in keys:
+                if self.items[kind].pop(key, None) is not None:
+                    self.digest_sum -= self.digests.pop((kind, key))
+        for (kind, key), digest in change.digests.items():
+            self.digest_sum += digest - self.digests.get((kind, key), 0)
+            self.digests[(kind, key)] = digest
+            self.items[kind][key] = change.set[kind][key]
+        if version_of(self.digest_sum) != change.version:
+            raise ConfigMismatch(f"the change does not lead to version {change.version} "
+                                 f"(it leads to {version_of(self.digest_sum)}): send the "
+                                 "whole config")
+        yield None
+        # Consumers.
+        changed_consumers = removed["consumer"] | change.set["consumer"].keys()
+        started = time.perf_counter()
+        for key in removed["consumer"]:
+            self.authenticator.remove(key)
+        for consumer in change.set["consumer"].values():
+            self.authenticator.add(consumer)
+            if time.perf_counter() - started > SLICE_SECONDS:
+                yield None
+                started = time.perf_counter()
+        self.consumers_changed = changed_consumers
+        # Routes: the router again when any changed (their order decides contested paths);
+        # a route's balancer and upstream TLS when it or its endpoints changed.
+        routes = self.items["route"]
+        changed_routes = removed["route"] | change.set["route"].keys()
+        self.routes_changed = bool(changed_routes) or previous is None
+        self.router = Router(tuple(routes[k] for k in sorted(routes))) \
+            if self.routes_changed else previous.router
+        self.endpoints = {key: e.endpoints for key, e in self.items["endpoints"].items()}
+        changed_endpoints = removed["endpoints"] | change.set["endpoints"].keys()
+        if changed_endpoints:
+            changed_routes |= {key for key, route in routes.items()
+                               if route.endpoints_key in changed_endpoints}
         old = previous.balancers if previous is not None else {}
-        self.balancers: dict[str, Balancer] = {
-            route.key: balancer_for(route, old.get(route.key), endpoint_sessions, health)
-            for route in config.routes
-        }
+        for key in changed_routes:
+            self.upstream_tls.pop(key, None)
+            self.balancers.pop(key, None)
+            route = routes.get(key)
+            if route is None:
+                continue
+            if route.backend.tls is not None:
+                self.upstream_tls[key] = (upstream_context(route.backend.tls.ca_pem),
+                                          route.backend.tls.server_name)
+            self.balancers[key] = balancer_for(
+                route, self.endpoints.get(route.endpoints_key, ()), old.get(key),
+                self._endpoint_sessions, self._health)
+        self.certificates_changed = bool(removed["certificate"] or change.set["certificate"])
         self.applied_at = time.time()
+        del self._previous, self._change
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        """The routes by key."""
+        return self.items["route"]  # type: ignore[return-value]
+
+    @functools.cached_property
+    def config(self) -> GatewayConfig:
+        """The whole config, in canonical order (for GET /config and the saved state)."""
+        return GatewayConfig.model_construct(version=self.version, **{
+            field: tuple(self.items[kind][k] for k in sorted(self.items[kind]))
+            for kind, field in ITEM_FIELDS.items()})
 
 
 # How many sessions a periodic counter flush handles before it lets the loop run.
@@ -101,37 +206,74 @@ class Runtime:
 
     @property
     def version(self) -> str | None:
-        return self.active.config.version if self.active else None
+        return self.active.version if self.active else None
 
     def report_source(self, errors: list[str]) -> None:
         self.source_errors = list(errors)
 
     def apply(self, config: GatewayConfig) -> bool:
-        """Swap in a config; False when it is the version already active."""
-        if self.active is not None and self.active.config.version == config.version:
+        """Swap in a whole config at once; False when it is the version already active."""
+        if self.active is not None and self.active.version == config.version:
             return False
+        active = self._prepare(config_stream.from_items(config.version, config.items()))
+        for _ in active.build():
+            pass
+        self._swap(active)
+        return True
+
+    async def apply_change(self, change: ConfigChange) -> bool:
+        """Swap in a change (a delta, or a whole config) built a slice at a time: the
+        loop serves sessions between slices, and handshakes see the old config until
+        the one swap. False when it is the version already active. Raises
+        ConfigMismatch."""
+        if self.active is not None and self.active.version == change.version:
+            return False
+        active = self._prepare(change)
+        for _ in active.build():
+            await asyncio.sleep(0)
+        if self.active is not None and self.active.version == change.version:
+            return False  # another push got there first
+        if self.active is not None and not change.full and self.active.version != change.base:
+            raise ConfigMismatch(f"this proxy moved to {self.active.version} meanwhile")
+        self._swap(active)
+        return True
+
+    def _prepare(self, change: ConfigChange) -> ActiveConfig:
+        return ActiveConfig(self.active, change, self.endpoint_sessions, self.health,
+                            self.passwords, self.keysets, self.external)
+
+    def _swap(self, active: ActiveConfig) -> None:
         previous = self.active
-        self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health,
-                                   self.passwords, self.keysets, self.external)
-        self.keysets.sync(p for route in config.routes for p in route.auth.jwt.providers)
-        self.certificates.update(config.certificates)
+        self.active = active
+        if previous is None:
+            # The first config (and, standalone, the compiler's state) lives as long as
+            # the process: out of the collector's sight, a full collection no longer
+            # walks ten thousand consumers' objects while the loop waits (hundreds of
+            # ms on a busy machine). Once only, before any session exists (nothing can
+            # be served without a config), so nothing a session leaves is frozen.
+            gc.freeze()
+        if active.routes_changed:
+            self.keysets.sync(p for route in active.routes.values()
+                              for p in route.auth.jwt.providers)
+        if active.certificates_changed:
+            self.certificates.update(tuple(active.items["certificate"][k]
+                                           for k in sorted(active.items["certificate"])))
         if previous is not None:
-            metrics.CONFIG_INFO.remove(previous.config.version)
-        metrics.CONFIG_INFO.labels(config.version).set(1)
-        metrics.CONFIG_APPLIED.set(self.active.applied_at)
-        closed = self._review_sessions(self.active)
+            metrics.CONFIG_INFO.remove(previous.version)
+        metrics.CONFIG_INFO.labels(active.version).set(1)
+        metrics.CONFIG_APPLIED.set(active.applied_at)
+        closed = self._review_sessions(active)
         self.forget_removed_routes()
         log.info(
             "config applied",
             extra={
-                "version": config.version,
-                "previous": previous.config.version if previous else None,
-                "routes": len(config.routes),
-                "consumers": len(config.consumers),
+                "version": active.version,
+                "previous": previous.version if previous else None,
+                "routes": len(active.items["route"]),
+                "consumers": len(active.items["consumer"]),
                 "sessions_closed": closed,
             },
         )
-        return True
 
     def _review_sessions(self, active: ActiveConfig) -> int:
         """Hold every live session against the new config; close those it no longer allows.
@@ -140,7 +282,12 @@ class Runtime:
         its consumer still holds the credential it authenticated with and is still
         allowed there; everything else about the config may change around it.
         """
-        return sum(self._review(active, session) for session in list(self.sessions))
+        if active.routes_changed:
+            sessions = list(self.sessions)
+        else:  # only the sessions of consumers that changed can be affected
+            changed = active.consumers_changed
+            sessions = [s for s in self.sessions if s.consumer_key in changed] if changed else []
+        return sum(self._review(active, session) for session in sessions)
 
     def _review(self, active: ActiveConfig, session: Session) -> bool:
         """Hold one session against a config; True when it was closed."""
@@ -278,7 +425,7 @@ class Runtime:
         the config, not by its history)."""
         if self.active is None:
             return
-        live = {route.key for route in self.active.config.routes}
+        live = self.active.items["route"]
         metrics.forget_routes(key for key in metrics.routes()
                               if key and key not in live and not self.limits.counted(key))
 
@@ -301,7 +448,8 @@ class Runtime:
         return {
             "version": config.version,
             "appliedAt": self.active.applied_at,
-            "routes": [route_summary(r) for r in config.routes],
+            "routes": [route_summary(r, self.active.endpoints.get(r.endpoints_key, ()))
+                       for r in config.routes],
             "consumers": [
                 {"name": c.key, "username": c.username, "credentials": len(c.keys)}
                 for c in config.consumers
@@ -314,14 +462,14 @@ class Runtime:
         }
 
 
-def route_summary(route: Route) -> dict[str, Any]:
+def route_summary(route: Route, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
     return {
         "name": route.key,
         "generation": route.generation,
         "hosts": list(route.hosts),
         "paths": [f"{p.type} {p.value}" for p in route.paths],
         "backend": route.backend.service,
-        "endpoints": [str(e) for e in route.backend.endpoints],
+        "endpoints": [str(e) for e in endpoints],
         "auth": route.auth.mode if route.auth.mode == "None" else list(route.auth.methods),
     }
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .admin import admin_app
 from .config import GatewayConfig
+from .config_stream import ConfigChange
 from .frames import CloseCode
 from .gateway import Gateway
 from .leases import LeaseStore, StoreOptions
@@ -30,11 +31,12 @@ TICK_SECONDS = 0.25
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
-# A config source is given a function to apply configs with and one to report why
+# A config source is given a function to apply changes with (a delta or a whole
+# config, built a slice at a time) and one to report why
 # the last one it read could not be used (an empty list once one applied): /readyz
 # shows it.
-ConfigSource = Callable[[Callable[[GatewayConfig], bool], Callable[[list[str]], None]],
-                        Awaitable[None]]
+ConfigSource = Callable[[Callable[[ConfigChange], Awaitable[bool]],
+                         Callable[[list[str]], None]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -66,18 +68,23 @@ async def serve(
     runtime = Runtime(password_queue=options.password_queue, shared=store)
     state = StateDir(options.state_dir) if options.state_dir else None
 
-    def apply(config: GatewayConfig) -> bool:
-        changed = runtime.apply(config)
-        if changed and state is not None:
-            state.save_soon(config)
+    def keep(changed: bool) -> bool:
+        if changed and state is not None and runtime.active is not None:
+            state.save_soon(runtime.active)
         return changed
+
+    def apply(config: GatewayConfig) -> bool:
+        return keep(runtime.apply(config))
+
+    async def apply_change(change: ConfigChange) -> bool:
+        return keep(await runtime.apply_change(change))
 
     if state is not None and (saved := state.load()) is not None:
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # The low-level server: every request goes to the gateway, no router in between.
     proxy_runner = web.ServerRunner(Listener(gateway.handle, options.heads, access_log=None))
-    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply),
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_change),
                                  access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
@@ -95,7 +102,7 @@ async def serve(
             "listen": addresses[0], "admin_listen": _address(admin_runner),
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
-            tasks.append(asyncio.create_task(config_source(apply, runtime.report_source)))
+            tasks.append(asyncio.create_task(config_source(apply_change, runtime.report_source)))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))

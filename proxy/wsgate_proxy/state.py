@@ -11,15 +11,23 @@ never holds the event loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from .config import GatewayConfig
+from .config import ITEM_FIELDS, GatewayConfig
+
+
+class HasConfig(Protocol):
+    @property
+    def config(self) -> GatewayConfig: ...
 
 log = logging.getLogger("wsgate.state")
 
@@ -32,10 +40,24 @@ class StateDir:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)  # an existing directory too: it holds secrets
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="wsgate-state")
+        # The config to save next; a burst of changes makes one save of the latest.
+        self._next: HasConfig | None = None
+        self._lock = threading.Lock()
 
-    def save_soon(self, config: GatewayConfig) -> None:
-        """Save on the writer thread; saves happen in the order they were asked for."""
-        self._writer.submit(self.save, config)
+    def save_soon(self, active: HasConfig) -> None:
+        """Save an active config on the writer thread (the whole config is put together
+        there too). Saves happen in order; one asked for while another waits replaces
+        it."""
+        with self._lock:
+            waiting, self._next = self._next is not None, active
+        if not waiting:
+            self._writer.submit(self._save_next)
+
+    def _save_next(self) -> None:
+        with self._lock:
+            active, self._next = self._next, None
+        if active is not None:
+            self.save(active.config)
 
     def close(self) -> None:
         """Wait for the saves asked for so far."""
@@ -69,7 +91,16 @@ class StateDir:
             # mkstemp creates the file 0600 and with a name of its own.
             fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=directory)
             with os.fdopen(fd, "wb") as file:
-                file.write(config.model_dump_json().encode())
+                # Item by item: one call serialising ten thousand consumers would hold
+                # the interpreter (and the event loop) for its whole length.
+                file.write(f'{{"version":{json.dumps(config.version)}'.encode())
+                for field in ITEM_FIELDS.values():
+                    file.write(f',"{field}":['.encode())
+                    for i, item in enumerate(getattr(config, field)):
+                        file.write(b"," if i else b"")
+                        file.write(item.model_dump_json().encode())
+                    file.write(b"]")
+                file.write(b"}")
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self.path)

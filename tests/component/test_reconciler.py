@@ -23,7 +23,7 @@ from tests.support import (
     route_of,
 )
 from wsgate_operator.cache import ClusterCache
-from wsgate_operator.compiler import Snapshot
+from wsgate_operator.compiler import ObjectRef, Snapshot
 from wsgate_operator.kinds import BY_KIND
 from wsgate_operator.pusher import ProxyTarget, Pusher
 from wsgate_operator.reconciler import ClusterView, Reconciler
@@ -144,6 +144,28 @@ async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream)
         assert op.pushes() - pushes == 2
 
 
+async def test_a_change_to_one_consumer_writes_one_status(proxies, upstream):
+    objects = objects_for(upstream.port)
+    for i in range(50):
+        objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        await eventually(lambda: _programmed(op))
+        await eventually(lambda: _all_written(op))
+        assert len([k for k in op.writer.statuses if k[0] == "WsConsumer"]) == 51
+        await asyncio.wait_for(op.pusher.wait_idle(), 5)
+        builds, writes = op.reconciler.builds, op.writer.writes
+        # c7's Secret loses its key: c7 alone is no longer Ready.
+        secret = next(o for o in objects if o["metadata"]["name"] == "c7-key")
+        objects[objects.index(secret)] = {**secret, "stringData": {"other": "x"}}
+        op.reconciler.objects_changed()
+        await asyncio.wait_for(op.reconciler.wait_for_build(builds), 5)
+        assert op.reconciler.compiled.changed_refs == {
+            ObjectRef("Secret", "default", "c7-key"), ObjectRef("WsConsumer", "default", "c7")}
+        await eventually(lambda: _all_written(op))
+        assert op.writer.writes - writes == 1
+        assert condition(op.status("WsConsumer", "c7"), "Ready")["status"] == "False"
+
+
 async def _holds_consumers(op, count):
     assert len(op.reconciler.compiled.config.consumers) == count
 
@@ -188,7 +210,11 @@ async def test_a_proxy_restarted_with_an_old_config_is_brought_up_to_date(
         await eventually(lambda: _programmed(op))
         first = op.reconciler.compiled.config.version
         proxy.stop()  # down while the config changes
-        route_of(objects)["spec"]["limits"] = {"maxConnections": 5}
+        # A new body in the route's place, as the cache stores every change (the
+        # compiler takes a body it has seen as unchanged).
+        route = route_of(objects)
+        objects[objects.index(route)] = {
+            **route, "spec": {**route["spec"], "limits": {"maxConnections": 5}}}
         op.reconciler.objects_changed()
         await eventually(lambda: _version_changed(op, first))
         restarted = start_proxy("--state-dir", str(tmp_path), "--admin-listen",

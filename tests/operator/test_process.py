@@ -53,8 +53,9 @@ async def test_the_operator_command_serves_probe_and_metrics(api, proxies, admin
         assert 'wsgate_operator_objects{kind="WsRoute"} 1.0' in text
         assert TOKEN not in operator.output()
     finally:
-        assert operator.stop() == 0
+        stopped = operator.stop()
         print(operator.output())
+        assert stopped == 0
 
 
 async def test_namespaces_limit_what_the_operator_sees(api, proxies, operator_options, apply,

@@ -30,6 +30,12 @@ def route_ref(name="echo", ns="default"):
     return ObjectRef("WsRoute", ns, name)
 
 
+def endpoints_of(compiled, route):
+    """The ready endpoints a compiled route's sessions go to, as text."""
+    (found,) = [e for e in compiled.config.endpoints if e.key == route.endpoints_key]
+    return [str(e) for e in found.endpoints]
+
+
 def reasons(compiled, ref=None):
     return [p.reason for p in compiled.problems if ref is None or p.ref == ref]
 
@@ -40,7 +46,8 @@ def test_quickstart_compiles_without_problems():
     (route,) = compiled.config.routes
     assert route.key == "default/echo"
     assert [(p.type, p.value) for p in route.paths] == [("Prefix", "/.ws")]
-    assert [str(e) for e in route.backend.endpoints] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert route.endpoints_key == "default/echo:8080"
+    assert endpoints_of(compiled, route) == ["127.0.0.1:9001", "127.0.0.1:9002"]
     assert route.auth.mode == "Handshake"
     assert route.auth.methods == ("KeyAuth",)
     assert route.auth.key_auth.header == "apikey"
@@ -95,7 +102,7 @@ def test_every_route_field_is_compiled():
     assert r.generation == 7
     assert r.hosts == ("ws.example.com", "*.example.org")
     assert [(p.type, p.value) for p in r.paths] == [("Exact", "/chat"), ("Prefix", "/rooms/")]
-    assert len(r.backend.endpoints) == 2  # port by name
+    assert (r.backend.port, len(endpoints_of(compiled, r))) == ("ws", 2)  # port by name
     assert r.backend.path_rewrite == "/internal"
     assert (r.backend.connect_timeout_seconds, r.backend.retries) == (2.5, 3)
     k = r.auth.key_auth
@@ -148,7 +155,7 @@ def test_missing_service_keeps_the_route_with_no_endpoints():
     objs = [o for o in objects() if o["kind"] != "Service"]
     compiled = compile_(objs)
     (r,) = compiled.config.routes
-    assert r.backend.endpoints == ()
+    assert endpoints_of(compiled, r) == []
     (problem,) = compiled.problems
     assert (problem.reason, problem.field, problem.invalid) == (
         "BackendNotFound", "spec.backend.service.name", False)
@@ -171,8 +178,9 @@ def test_endpoints_not_ready_or_of_other_services_are_left_out():
     no_conditions = endpoint_slice("implicit", "echo", "10.0.0.7", 8080)
     del no_conditions["endpoints"][0]["conditions"]
     objs.append(no_conditions)
-    (r,) = compile_(objs).config.routes
-    assert [str(e) for e in r.backend.endpoints] == ["10.0.0.7:8080", "127.0.0.1:9001"]
+    compiled = compile_(objs)
+    (r,) = compiled.config.routes
+    assert endpoints_of(compiled, r) == ["10.0.0.7:8080", "127.0.0.1:9001"]
 
 
 def test_secret_data_is_base64_and_string_data_wins():

@@ -37,7 +37,8 @@ def test_endpoint_slice_port_out_of_range():
     assert "EndpointSlice default/big: ports[0].port: must be a port number (1-65535), " \
            "not 70000" in problem_texts(compiled)
     # The rest still compiles: the good slice's endpoint is served.
-    assert [str(e) for e in compiled.config.routes[0].backend.endpoints] == ["127.0.0.1:9001"]
+    (endpoints,) = compiled.config.endpoints
+    assert [str(e) for e in endpoints.endpoints] == ["127.0.0.1:9001"]
 
 
 def test_service_ports_not_a_list():

@@ -17,7 +17,7 @@ def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
 
 def route(**external) -> Route:
     return Route(namespace="default", name="r", paths=(PathMatch(type="Prefix", value="/"),),
-                 backend=BackendConfig(service="s"),
+                 backend=BackendConfig(service="s", port="80"),
                  auth=RouteAuth(methods=("External",), external=ExternalAuth(
                      url="http://auth.test/verify", **external)))
 

@@ -112,7 +112,7 @@ async def test_a_token_without_kid_is_tried_against_a_few_keys_only():
     issuer = "https://idp.test"
     provider = JwtProvider(issuer=issuer)
     route = Route(namespace="default", name="r", paths=(PathMatch(type="Prefix", value="/"),),
-                  backend=Backend(service="s"),
+                  backend=Backend(service="s", port="80"),
                   auth=RouteAuth(methods=("JWT",), jwt=JwtOptions(providers=(provider,))))
     private = [rsa.generate_private_key(public_exponent=65537, key_size=2048)
                for _ in range(MAX_KEYLESS_CANDIDATES + 1)]

@@ -10,7 +10,7 @@ def route(name, *paths, hosts=(), rewrite=None):
     return Route(
         namespace="ns", name=name, hosts=hosts,
         paths=tuple(PathMatch(type=t, value=v) for t, v in paths),
-        backend=Backend(service="svc", path_rewrite=rewrite),
+        backend=Backend(service="svc", port="80", path_rewrite=rewrite),
     )
 
 

@@ -7,6 +7,7 @@ import stat
 
 from tests.support import compile_objects, objects_for
 from wsgate_proxy.config import GatewayConfig
+from wsgate_proxy.runtime import Runtime
 from wsgate_proxy.state import FILENAME, StateDir
 
 
@@ -32,7 +33,9 @@ def test_saving_over_a_world_readable_file_replaces_it_with_a_private_one(tmp_pa
     os.chmod(tmp_path / FILENAME, 0o644)
     state = StateDir(tmp_path)
     config = GatewayConfig.model_validate(compile_objects(objects_for(9001)))
-    state.save_soon(config)
+    runtime = Runtime()
+    runtime.apply(config)
+    state.save_soon(runtime.active)  # the active config, put together on the writer thread
     state.close()
     assert mode(tmp_path / FILENAME) == 0o600
     assert state.load() == config

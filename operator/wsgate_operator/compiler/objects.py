@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..kinds import BY_KIND, COMPILED
 
@@ -16,8 +16,10 @@ K8sObject = Mapping[str, Any]
 SNAPSHOT_KINDS: dict[str, str] = {k.kind: k.field for k in COMPILED if k.field}
 
 
-@dataclass(frozen=True, order=True)
-class ObjectRef:
+class ObjectRef(NamedTuple):
+    """Which object: a tuple, so that the tens of thousands of them an index holds hash
+    and compare at C speed."""
+
     kind: str
     namespace: str
     name: str

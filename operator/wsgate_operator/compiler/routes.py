@@ -5,18 +5,17 @@ from __future__ import annotations
 from wsgate_proxy import config as cfg
 
 from ..resources import WsRouteSpec
-from .backends import resolve_endpoints
+from .backends import check_backend, port_text
 from .context import BuildContext
 from .objects import K8sObject, ObjectRef
 from .secrets import ca_pem, upstream_tls
 
 
 def compile_route(ctx: BuildContext, ref: ObjectRef, obj: K8sObject, spec: WsRouteSpec
-                  ) -> tuple[cfg.Route, int]:
-    """The compiled route and its count of ready endpoints."""
+                  ) -> cfg.Route:
     backend = spec.backend
-    endpoints = resolve_endpoints(ctx, ref, backend.service.name, backend.service.port)
-    route = cfg.Route(
+    check_backend(ctx, ref, backend.service.name, backend.service.port)
+    return cfg.Route(
         namespace=ref.namespace,
         name=ref.name,
         generation=int((obj.get("metadata") or {}).get("generation") or 0),
@@ -24,7 +23,7 @@ def compile_route(ctx: BuildContext, ref: ObjectRef, obj: K8sObject, spec: WsRou
         paths=tuple(cfg.PathMatch(type=p.type, value=p.value) for p in spec.paths),
         backend=cfg.Backend(
             service=backend.service.name,
-            endpoints=tuple(endpoints),
+            port=port_text(backend.service.port),
             tls=upstream_tls(ctx, ref, spec),
             path_rewrite=backend.path,
             load_balancing=cfg.LoadBalancing(
@@ -41,7 +40,6 @@ def compile_route(ctx: BuildContext, ref: ObjectRef, obj: K8sObject, spec: WsRou
         on_credential_revoked=spec.on_credential_revoked,
         on_credential_expired=spec.on_credential_expired,
     )
-    return route, len(endpoints)
 
 
 def route_auth(ctx: BuildContext, ref: ObjectRef, spec: WsRouteSpec) -> cfg.RouteAuth:

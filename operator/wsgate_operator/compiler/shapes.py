@@ -10,53 +10,31 @@ and never raises on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from .context import BuildContext
-from .objects import DEFAULT_NAMESPACE, SNAPSHOT_KINDS, K8sObject, ObjectRef, Snapshot
+from .objects import DEFAULT_NAMESPACE, K8sObject, ObjectRef
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 Bad = Callable[[str, str], None]
 
 
 def uncompilable(ctx: BuildContext, ref: ObjectRef, exc: Exception, where: str = "") -> None:
-    """The last line of defence: what ``well_formed`` did not foresee still becomes a
+    """The last line of defence: what ``checked_object`` did not foresee still becomes a
     problem on its object, never an exception out of the compiler."""
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     ctx.problem(ref, where, "InvalidSpec", f"cannot be compiled: {detail}", invalid=True)
 
 
-def well_formed(snapshot: Snapshot, ctx: BuildContext) -> Snapshot:
-    """The snapshot with every object held to the shape the build reads.
-
-    An object whose metadata is unusable (not a mapping, no name, a non-integer
-    generation, labels that are not strings) is left out with a problem on it; within
-    Secrets, Services and EndpointSlices, a malformed entry (a non-string value, a port
-    outside 1-65535, ports that are not a list) is dropped with a problem naming it,
-    and the rest of the object is kept. A second object of the same kind, namespace
-    and name is left out.
-    """
-    clean = Snapshot()
-    for attr in SNAPSHOT_KINDS.values():
-        seen: set[ObjectRef] = set()
-        for obj in getattr(snapshot, attr):
-            checked = checked_object(obj, ctx)
-            if checked is None:
-                continue
-            ref = ObjectRef.of(checked)
-            if ref in seen:
-                ctx.problem(ref, "metadata.name", "Duplicate",
-                            "is defined more than once; only the first is used", invalid=True)
-                continue
-            seen.add(ref)
-            getattr(clean, attr).append(checked)
-    return clean
-
-
 def checked_object(obj: object, ctx: BuildContext) -> K8sObject | None:
+    """The object held to the shape the build reads (None, with a problem on it, when
+    its metadata is unusable: not a mapping, no name, a non-integer generation, labels
+    that are not strings); within Secrets, Services and EndpointSlices a malformed entry
+    (a non-string value, a port outside 1-65535, ports that are not a list) is dropped
+    with a problem naming it, and the rest of the object is kept."""
     if not isinstance(obj, Mapping):
         ctx.problem(ObjectRef("?", DEFAULT_NAMESPACE, "?"), "", "InvalidObject",
                     f"is not a Kubernetes object (a mapping) but {_kind_of(obj)}", invalid=True)
@@ -208,18 +186,6 @@ def _kind_of(value: object) -> str:
 
 
 # --- specs -------------------------------------------------------------------
-
-
-def parse_all(ctx: BuildContext, objects: Iterable[K8sObject], model: type[SpecT]
-              ) -> list[tuple[ObjectRef, K8sObject, SpecT]]:
-    """The objects whose spec is valid, parsed; a problem per error on the others."""
-    parsed = []
-    for obj in objects:
-        ref = ObjectRef.of(obj)
-        spec = parse_spec(ctx, ref, obj, model)
-        if spec is not None:
-            parsed.append((ref, obj, spec))
-    return parsed
 
 
 def parse_spec(ctx: BuildContext, ref: ObjectRef, obj: K8sObject, model: type[SpecT]

@@ -1,0 +1,117 @@
+"""The body of a config push, one item per line: a full config, or what changed.
+
+A config of ten thousand consumers is several MB of JSON. Parsed and validated in one
+call (json.loads, then pydantic) it holds the interpreter for the better part of a
+second, in a thread or not. Item by item, the proxy parses a slice, lets its event
+loop run, and parses on.
+
+    {"version": "<B>", "base": "<A>"}     the header: the version this body brings
+                                          the proxy to, from version A (a delta), or
+                                          from anything ("base": null, a full config)
+    set <kind> <item JSON>                an item added or changed
+    del <kind> <key>                      an item removed
+
+Kinds are route, consumer, certificate and endpoints (config.ITEM_MODELS); an item's
+key is the one it carries (namespace/name, or namespace/service:port).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from .config import ITEM_MODELS, Item, item_digest
+
+MEDIA_TYPE = "application/vnd.wsgate.config-stream"
+# How long one slice of parsing may hold the loop before it lets other work run.
+SLICE_SECONDS = 0.002
+
+
+class StreamError(ValueError):
+    """A body that is not a config stream, with the line that is wrong."""
+
+
+@dataclass
+class ConfigChange:
+    """What a push carries: items set and keys removed, by kind, with each set item's
+    digest (config.item_digest)."""
+
+    version: str
+    base: str | None
+    set: dict[str, dict[str, Item]] = field(default_factory=lambda: {k: {} for k in ITEM_MODELS})
+    removed: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in ITEM_MODELS})
+    digests: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        return self.base is None
+
+    def count(self) -> int:
+        return sum(map(len, self.set.values())) + sum(map(len, self.removed.values()))
+
+
+def encode(version: str, base: str | None, items: Iterable[tuple[str, bytes]],
+           removed: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A body: ``items`` as (kind, item JSON), ``removed`` as (kind, key)."""
+    lines = [json.dumps({"version": version, "base": base}).encode()]
+    lines += [b"set " + kind.encode() + b" " + body for kind, body in items]
+    lines += [f"del {kind} {key}".encode() for kind, key in removed]
+    return b"\n".join(lines) + b"\n"
+
+
+def parse(body: bytes) -> Iterator[ConfigChange | None]:
+    """Parse a body: yields None between slices (the caller lets its loop run), then
+    the change. Raises StreamError naming the line that is wrong."""
+    lines = body.split(b"\n")
+    try:
+        header = json.loads(lines[0])
+        version, base = header["version"], header.get("base")
+        if not isinstance(version, str) or not (base is None or isinstance(base, str)):
+            raise TypeError("version must be a string, base a string or null")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StreamError(f'line 1: not a header {{"version": ..., "base": ...}} ({exc})') \
+            from None
+    change = ConfigChange(version, base)
+    started = time.perf_counter()
+    for number, line in enumerate(lines[1:], 2):
+        if not line:
+            continue
+        op, _, rest = line.partition(b" ")
+        kind_bytes, _, payload = rest.partition(b" ")
+        kind = kind_bytes.decode("ascii", "replace")
+        model = ITEM_MODELS.get(kind)
+        if model is None or op not in (b"set", b"del") or not payload:
+            raise StreamError(f"line {number}: expected 'set <kind> <JSON>' or 'del <kind> "
+                              f"<key>' with a kind among {', '.join(ITEM_MODELS)}")
+        if op == b"del":
+            change.removed[kind].add(payload.decode("utf-8", "replace"))
+        else:
+            try:
+                item = model.model_validate_json(payload)
+            except ValidationError as exc:
+                errors = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors(include_url=False, include_input=False)[:5])
+                raise StreamError(f"line {number}: invalid {kind}: {errors}") from None
+            if item.key in change.set[kind]:
+                raise StreamError(f"line {number}: {kind} {item.key} is set twice")
+            change.set[kind][item.key] = item
+            change.digests[(kind, item.key)] = item_digest(kind, item)
+        if time.perf_counter() - started > SLICE_SECONDS:
+            yield None
+            started = time.perf_counter()
+    yield change
+
+
+def from_items(version: str, items: dict[str, dict[str, Item]]) -> ConfigChange:
+    """A full config as a change (a saved config, a JSON push, a standalone load)."""
+    change = ConfigChange(version, None)
+    for kind, by_key in items.items():
+        change.set[kind] = dict(by_key)
+        for key, item in by_key.items():
+            change.digests[(kind, key)] = item_digest(kind, item)
+    return change
