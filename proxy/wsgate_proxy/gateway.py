@@ -29,8 +29,7 @@ from .first_message import AUTH_OK, AuthMessageError, FirstMessageReader
 from .forwarding import (
     forwarded_subprotocols,
     is_credential_entry,
-    upstream_headers,
-    upstream_target,
+    upstream_request,
 )
 from .frames import close_frame
 from .handshake import Handshake, check_upgrade, hash_key, read_handshake
@@ -42,7 +41,6 @@ from .upstream import (
     UpstreamProtocol,
     UpstreamResponse,
     accept_for,
-    build_request,
     open_upstream,
 )
 
@@ -79,24 +77,21 @@ class Gateway:
         key = request.headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
         extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
-        upstream_request = build_request(upstream_target(handshake),
-                                         upstream_headers(request, handshake, protocols))
         async with self.runtime.admission(route, handshake.consumer):
-            connected = await self._dial(handshake, candidates, upstream_request, key,
+            connected = await self._dial(handshake, candidates,
+                                         upstream_request(request, handshake, protocols), key,
                                          (protocols, extensions))
-            transport, _protocol, response, _endpoint = connected
+            transport = connected[0]
             try:
-                response_101 = await _upgrade(request, _answer_headers(response, handshake))
-                if response_101 is None:
+                if not _upgrade(request, _answer_101(connected[2], handshake)):
                     transport.abort()
                     return web.Response(status=499)
                 session = self._start_session(request, handshake, connected)
-                request.protocol.set_parser(session)  # type: ignore[arg-type]
             except BaseException:
                 transport.abort()
                 raise
             await _until_done(session)
-        return response_101
+        return UPGRADED
 
     async def _first_message(self, request: web.BaseRequest,
                              handshake: Handshake) -> web.StreamResponse:
@@ -105,12 +100,8 @@ class Gateway:
         # The proxy answers the handshake itself: without extensions (the upstream is
         # not there yet to agree on them) and with the client's first subprotocol.
         chosen = handshake.protocols[0] if handshake.protocols else None
-        headers = {"Upgrade": "websocket", "Connection": "Upgrade",
-                   "Sec-WebSocket-Accept": accept_for(request.headers["Sec-WebSocket-Key"])}
-        if chosen:
-            headers["Sec-WebSocket-Protocol"] = chosen
-        response_101 = await _upgrade(request, headers)
-        if response_101 is None:
+        answer = _head_101(accept_for(request.headers["Sec-WebSocket-Key"]), chosen, None)
+        if not _upgrade(request, answer):
             return web.Response(status=499)
         client = request.transport
         assert client is not None
@@ -123,7 +114,7 @@ class Gateway:
             if not client.is_closing():
                 client.write(close_frame(refusal.close_code, refusal.reason, masked=False))
                 client.close()
-        return response_101
+        return UPGRADED
 
     async def _first_message_session(self, request: web.BaseRequest, handshake: Handshake,
                                      reader: FirstMessageReader, chosen: str | None) -> None:
@@ -143,14 +134,11 @@ class Gateway:
         candidates = self._candidates(handshake, request)
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []
-        upstream_request = build_request(upstream_target(handshake), [
-            (name, value) for name, value in upstream_headers(request, handshake, protocols)
-            if name.lower() not in ("sec-websocket-key", "sec-websocket-extensions")
-        ] + [("Sec-WebSocket-Key", key)])
+        to_upstream = upstream_request(request, handshake, protocols, key)
         async with self.runtime.admission(route, handshake.consumer):
             if reader.client_gone:
                 return
-            connected = await self._dial(handshake, candidates, upstream_request, key,
+            connected = await self._dial(handshake, candidates, to_upstream, key,
                                          (protocols, []))
             transport = connected[0]
             client = request.transport
@@ -159,8 +147,7 @@ class Gateway:
                     transport.abort()  # left during the dial: nothing to relay
                     return
                 client.write(AUTH_OK)
-                session = self._start_session(request, handshake, connected)
-                reader.attach(session)
+                session = self._start_session(request, handshake, connected, reader)
             except BaseException:
                 transport.abort()
                 raise
@@ -210,7 +197,8 @@ class Gateway:
                          + "; ".join(_distinct(e.message for e in errors)))
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
-                       connected: Connected) -> Session:
+                       connected: Connected,
+                       reader: FirstMessageReader | None = None) -> Session:
         transport, protocol, _response, endpoint = connected
         client = request.transport
         assert client is not None
@@ -218,13 +206,18 @@ class Gateway:
             handshake, endpoint,
             client_transport=client,
             client_protocol=request.protocol,
-            client_writer=request.writer,
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
         )
         self.runtime.session_started(session)
         metrics.handshake(handshake.route.key, "ok")
+        # First what aiohttp (or the auth message's reader) read past the handshake...
+        if reader is None:
+            request.protocol.set_parser(session)  # type: ignore[arg-type]
+        else:
+            reader.attach(session)
+        # ...then the session owns both connections.
         session.start()
         return session
 
@@ -240,38 +233,54 @@ class Gateway:
                             headers=list(refusal.headers) or None)
 
 
-def _answer_headers(response: UpstreamResponse, handshake: Handshake) -> dict[str, str]:
+def _answer_101(response: UpstreamResponse, handshake: Handshake) -> bytes:
     """The client's 101: the upstream's answer (already checked against the offers)."""
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Accept": response.headers["Sec-WebSocket-Accept"],
-    }
-    chosen = response.headers.get("Sec-WebSocket-Protocol")
+    headers = response.headers
+    chosen = headers.get("Sec-WebSocket-Protocol")
     if chosen is None:
         # A browser that offered subprotocols fails a handshake that selects none; a
         # credential entry is the one offer certain to be acceptable.
         chosen = next((p for p in handshake.protocols if is_credential_entry(p)), None)
-    if chosen:
-        headers["Sec-WebSocket-Protocol"] = chosen
-    if extensions := response.headers.get("Sec-WebSocket-Extensions"):
-        headers["Sec-WebSocket-Extensions"] = extensions
-    return headers
+    return _head_101(headers["Sec-WebSocket-Accept"], chosen,
+                     headers.get("Sec-WebSocket-Extensions"))
 
 
-async def _upgrade(request: web.BaseRequest, headers: dict[str, str]
-                   ) -> web.StreamResponse | None:
-    """Send the 101; None when the client is already gone."""
-    response = web.StreamResponse(status=101, headers=headers)
-    response.force_close()
-    try:
-        await response.prepare(request)
-    except (ConnectionError, RuntimeError):
-        return None
+_HEAD_101 = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
+
+
+def _head_101(accept: str, protocol: str | None, extensions: str | None) -> bytes:
+    head = _HEAD_101 + accept.encode("latin-1")
+    if protocol:
+        head += b"\r\nSec-WebSocket-Protocol: " + protocol.encode("latin-1")
+    if extensions:
+        head += b"\r\nSec-WebSocket-Extensions: " + extensions.encode("latin-1")
+    return head + b"\r\n\r\n"
+
+
+def _upgrade(request: web.BaseRequest, head: bytes) -> bool:
+    """Write the 101 raw on the transport (aiohttp's response objects would build, copy
+    and check headers for a head this fixed); False when the client is already gone."""
     client = request.transport
     if client is None or client.is_closing():
+        return False
+    client.write(head)
+    return True
+
+
+class _Upgraded(web.StreamResponse):
+    """What a handler returns to aiohttp once it wrote the 101 itself and the session
+    is over: nothing more to send, and the connection is not kept alive."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
         return None
-    return response
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+UPGRADED = _Upgraded(status=101)
+UPGRADED.force_close()
 
 
 async def _until_done(session: Session) -> None:

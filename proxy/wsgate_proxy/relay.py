@@ -7,6 +7,13 @@ writes frames of its own only to end a session: an unmasked close frame to the c
 and a masked one upstream, each at a frame boundary of its stream. A side that broke
 the protocol gets its close frame and its connection closed at once: its stream can
 no longer be read, so no close reply from it will be recognised.
+
+Once a session starts it owns both connections: each transport's protocol is swapped
+(``set_protocol``) for a ``_Side`` whose callbacks are the session's own methods, so a
+chunk goes from the event loop to ``feed_data``/``upstream_data`` with no adapter in
+between (aiohttp's handler, the dialler's protocol), and each side's
+``pause_writing``/``resume_writing`` pauses and resumes reading on the other side: no
+check after each write, no drain task.
 """
 
 from __future__ import annotations
@@ -16,8 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.base_protocol import BaseProtocol
+from aiohttp.web_protocol import RequestHandler
 
 from .config import Endpoint
 from .frames import CloseCode, FrameInspector, close_frame
@@ -30,13 +36,29 @@ if TYPE_CHECKING:
 CLOSE_GRACE_SECONDS = 5.0
 
 
+class _Side(asyncio.Protocol):
+    """A connection's protocol whose callbacks are a session's bound methods."""
+
+    __slots__ = ("connection_lost", "data_received", "pause_writing", "resume_writing")
+
+    def __init__(self, data_received: Callable[[bytes], object],
+                 connection_lost: Callable[[BaseException | None], None],
+                 pause_writing: Callable[[], None], resume_writing: Callable[[], None]) -> None:
+        self.data_received = data_received  # type: ignore[method-assign]
+        self.connection_lost = connection_lost  # type: ignore[method-assign]
+        self.pause_writing = pause_writing  # type: ignore[method-assign]
+        self.resume_writing = resume_writing  # type: ignore[method-assign]
+
+
 class Session:
     """One relayed WebSocket session.
 
-    aiohttp feeds the client's bytes to ``feed_data``/``feed_eof`` (the session is
-    installed with ``request.protocol.set_parser``); the upstream connection feeds
-    ``upstream_data``/``upstream_lost``. Each side's write buffer pauses reading on
-    the other side, so a slow reader never makes the proxy buffer without bound.
+    The client's bytes arrive at ``feed_data`` (first those aiohttp read with the
+    handshake, through ``set_parser``; then straight from the transport), its end at
+    ``feed_eof`` (through aiohttp's handler, which keeps its own bookkeeping of the
+    connection); the upstream's at ``upstream_data``/``upstream_lost``. Each side's
+    write buffer pauses reading on the other side, so a slow reader never makes the
+    proxy buffer without bound.
     """
 
     def __init__(
@@ -45,8 +67,7 @@ class Session:
         endpoint: Endpoint,
         *,
         client_transport: asyncio.Transport,
-        client_protocol: BaseProtocol,
-        client_writer: AbstractStreamWriter,
+        client_protocol: RequestHandler,
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
@@ -75,7 +96,6 @@ class Session:
         self.close_reason = ""
         self._client = client_transport
         self._client_protocol = client_protocol
-        self._client_writer = client_writer
         self._upstream = upstream_transport
         self._upstream_protocol = upstream_protocol
         self._client_open = True
@@ -84,7 +104,6 @@ class Session:
         self._sent_to_client = False
         self._sent_to_upstream = False
         self._proxy_frames: tuple[bytes, bytes] | None = None
-        self._draining_client: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._on_end = on_end
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -98,7 +117,13 @@ class Session:
         return self._closing
 
     def start(self) -> None:
-        self._upstream_protocol.attach(self)
+        """Take both connections over (the client's bytes read with the handshake must
+        have been handed over already, through aiohttp's ``set_parser``)."""
+        self._upstream.set_protocol(_Side(self.upstream_data, self.upstream_lost,
+                                          self._pause_client, self._resume_client))
+        self._upstream_protocol.hand_over(self)
+        self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
+                                        self._pause_upstream, self._resume_upstream))
 
     # -- client -> upstream (aiohttp's payload-parser interface) ---------------
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
@@ -129,9 +154,6 @@ class Session:
         out = inspector.feed(data)
         if out and self._client_open:
             self._client.write(out)
-            if self._client_protocol.writing_paused and self._draining_client is None:
-                self._upstream.pause_reading()
-                self._draining_client = asyncio.ensure_future(self._wait_client_drain())
         if inspector.close_code is not None:
             self._saw_close("upstream", inspector.close_code)
         if inspector.halted:
@@ -152,23 +174,22 @@ class Session:
                 self._client.close()
         self._maybe_done()
 
-    def upstream_pause_writing(self) -> None:
+    # -- flow control: a side that cannot take more stops the other side's reading ---
+    def _pause_client(self) -> None:
         if self._client_open:
             self._client.pause_reading()
 
-    def upstream_resume_writing(self) -> None:
+    def _resume_client(self) -> None:
         if self._client_open:
             self._client.resume_reading()
 
-    async def _wait_client_drain(self) -> None:
-        try:
-            await self._client_writer.drain()
-        except (ConnectionError, RuntimeError):
-            pass
-        finally:
-            self._draining_client = None
-            if self._upstream_open:
-                self._upstream.resume_reading()
+    def _pause_upstream(self) -> None:
+        if self._upstream_open:
+            self._upstream.pause_reading()
+
+    def _resume_upstream(self) -> None:
+        if self._upstream_open:
+            self._upstream.resume_reading()
 
     # -- ending ------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:

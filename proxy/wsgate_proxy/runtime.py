@@ -11,12 +11,11 @@ live one is held against the live one at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 from . import metrics
@@ -25,7 +24,7 @@ from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import Consumer, Endpoint, GatewayConfig, Route
 from .frames import CloseCode
 from .leases import LeaseStore
-from .limits import ConnectionLimits
+from .limits import Admission, ConnectionLimits
 from .passwords import MAX_PENDING, PasswordVerifier
 from .relay import Session
 from .routing import Router
@@ -158,17 +157,12 @@ class Runtime:
         return consumer is not None and allows(route, consumer)
 
     # -- limits --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def admission(self, route: Route, consumer: Consumer | None) -> AsyncIterator[None]:
+    def admission(self, route: Route, consumer: Consumer | None) -> Held:
         """Hold a place under the connection limits (the route's, and the consumer's on it
         and on all routes) for the whole handshake and the session after it; every way
         out (a refusal, a client gone, an error, the session's end) gives it back. With
         a shared store, one round trip on a limited route (limits.py)."""
-        admission = await self.limits.admit(route, consumer)
-        try:
-            yield
-        finally:
-            self.limits.release(admission)
+        return Held(self.limits, route, consumer)
 
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
@@ -271,6 +265,25 @@ class Runtime:
             "sessions": len(self.sessions),
             **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
+
+
+class Held:
+    """``async with runtime.admission(...)``: a place under the limits while inside (a
+    class rather than a generator-based context manager: one per handshake)."""
+
+    __slots__ = ("_admission", "_consumer", "_limits", "_route")
+
+    def __init__(self, limits: ConnectionLimits, route: Route, consumer: Consumer | None) -> None:
+        self._limits, self._route, self._consumer = limits, route, consumer
+        self._admission: Admission | None = None
+
+    async def __aenter__(self) -> None:
+        self._admission = await self._limits.admit(self._route, self._consumer)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._admission is not None:
+            self._limits.release(self._admission)
+            self._admission = None
 
 
 def route_summary(route: Route) -> dict[str, Any]:
