@@ -6,8 +6,13 @@ FirstMessage mode, where the credential only comes after the upgrade, as a close
 frame (4401/4403, 1013, 1014) with a short reason.
 
 What a handshake takes it gives back on every way out: its place under the route's
-limits is held by ``Runtime.admission`` around everything from the dial to the end of
-the session, and an upstream connection is aborted unless a session owns it.
+limits is held by ``Runtime.admission`` from the dial on and handed over to the session,
+which gives it back when it ends; an upstream connection is aborted unless a session
+owns it.
+
+Once a session has started, the handler returns at once and aiohttp's handler task ends
+without closing the connection (the session owns it): an idle session holds no task,
+no coroutine frames and no request object, only its transports and the session.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .frames import close_frame
 from .handshake import Handshake, check_upgrade, hash_key, read_handshake
 from .refusals import BadGateway, Refusal, Unauthorized, Unavailable
 from .relay import Session
-from .runtime import Runtime
+from .runtime import Held, Runtime
 from .upstream import (
     UpstreamError,
     UpstreamProtocol,
@@ -77,7 +82,7 @@ class Gateway:
         key = request.headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
         extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
-        async with self.runtime.admission(route, handshake.consumer):
+        async with self.runtime.admission(route, handshake.consumer) as held:
             connected = await self._dial(handshake, candidates,
                                          upstream_request(request, handshake, protocols), key,
                                          (protocols, extensions))
@@ -86,12 +91,11 @@ class Gateway:
                 if not _upgrade(request, _answer_101(connected[2], handshake)):
                     transport.abort()
                     return web.Response(status=499)
-                session = self._start_session(request, handshake, connected)
+                self._start_session(request, handshake, connected, held)
             except BaseException:
                 transport.abort()
                 raise
-            await _until_done(session)
-        return UPGRADED
+        return _handed_over(request)
 
     async def _first_message(self, request: web.BaseRequest,
                              handshake: Handshake) -> web.StreamResponse:
@@ -108,7 +112,8 @@ class Gateway:
         reader = FirstMessageReader(client)
         request.protocol.set_parser(reader)  # type: ignore[arg-type]
         try:
-            await self._first_message_session(request, handshake, reader, chosen)
+            if await self._first_message_session(request, handshake, reader, chosen):
+                return _handed_over(request)
         except Refusal as refusal:
             self._count(route.key, refusal)
             if not client.is_closing():
@@ -117,7 +122,9 @@ class Gateway:
         return UPGRADED
 
     async def _first_message_session(self, request: web.BaseRequest, handshake: Handshake,
-                                     reader: FirstMessageReader, chosen: str | None) -> None:
+                                     reader: FirstMessageReader, chosen: str | None) -> bool:
+        """Authenticate the auth message, dial, start the session; False when the client
+        left meanwhile."""
         route = handshake.route
         try:
             async with asyncio.timeout(route.auth.first_message_timeout_seconds):
@@ -135,9 +142,9 @@ class Gateway:
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []
         to_upstream = upstream_request(request, handshake, protocols, key)
-        async with self.runtime.admission(route, handshake.consumer):
+        async with self.runtime.admission(route, handshake.consumer) as held:
             if reader.client_gone:
-                return
+                return False
             connected = await self._dial(handshake, candidates, to_upstream, key,
                                          (protocols, []))
             transport = connected[0]
@@ -145,13 +152,13 @@ class Gateway:
             try:
                 if reader.client_gone or client is None or client.is_closing():
                     transport.abort()  # left during the dial: nothing to relay
-                    return
+                    return False
                 client.write(AUTH_OK)
-                session = self._start_session(request, handshake, connected, reader)
+                self._start_session(request, handshake, connected, held, reader)
             except BaseException:
                 transport.abort()
                 raise
-            await _until_done(session)
+        return True
 
     def _candidates(self, handshake: Handshake, request: web.BaseRequest) -> list[Endpoint]:
         route = handshake.route
@@ -197,7 +204,7 @@ class Gateway:
                          + "; ".join(_distinct(e.message for e in errors)))
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
-                       connected: Connected,
+                       connected: Connected, held: Held,
                        reader: FirstMessageReader | None = None) -> Session:
         transport, protocol, _response, endpoint = connected
         client = request.transport
@@ -211,6 +218,7 @@ class Gateway:
             on_end=self.runtime.session_ended,
         )
         self.runtime.session_started(session)
+        held.hand_over(session)
         metrics.handshake(handshake.route.key, "ok")
         # First what aiohttp (or the auth message's reader) read past the handshake...
         if reader is None:
@@ -283,12 +291,18 @@ UPGRADED = _Upgraded(status=101)
 UPGRADED.force_close()
 
 
-async def _until_done(session: Session) -> None:
-    try:
-        await asyncio.shield(session.done)
-    except asyncio.CancelledError:
-        session.abort()
-        raise
+def _handed_over(request: web.BaseRequest) -> web.StreamResponse:
+    """End aiohttp's handling of a connection a session now owns: its handler task
+    finishes without closing the transport (``_force_close`` set as such, not through
+    ``force_close()``, which would close it), and what only served the request (the
+    HTTP parser with the last request's headers, the finished task) is let go. aiohttp
+    still hears of the connection's end: the session's client side calls its
+    ``connection_lost``. tests/component/test_aiohttp_hook.py checks these names."""
+    handler = request.protocol
+    handler._force_close = True  # type: ignore[attr-defined]
+    handler._parser = None  # type: ignore[attr-defined]
+    handler._task_handler = None  # type: ignore[attr-defined]
+    return UPGRADED
 
 
 def _distinct(items: Iterable[str]) -> list[str]:

@@ -31,6 +31,7 @@ from .upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from .handshake import Handshake
+    from .limits import Admission
 
 # How long a closing session waits for the peers' close replies before cutting TCP.
 CLOSE_GRACE_SECONDS = 5.0
@@ -60,6 +61,14 @@ class Session:
     write buffer pauses reading on the other side, so a slow reader never makes the
     proxy buffer without bound.
     """
+
+    # Slots: a pod holds tens of thousands of sessions, mostly idle.
+    __slots__ = ("_client", "_client_open", "_client_protocol", "_closing", "_grace",
+                 "_on_end", "_proxy_frames", "_sent_to_client", "_sent_to_upstream",
+                 "_upstream", "_upstream_open", "_upstream_protocol", "admission",
+                 "bytes_c2u", "bytes_u2c", "c2u", "close_code", "close_reason", "closed_by",
+                 "consumer_key", "credential_fingerprint", "done", "endpoint", "handshake",
+                 "host", "path", "route_key", "started", "u2c", "username")
 
     def __init__(
         self,
@@ -97,7 +106,7 @@ class Session:
         self._client = client_transport
         self._client_protocol = client_protocol
         self._upstream = upstream_transport
-        self._upstream_protocol = upstream_protocol
+        self._upstream_protocol: UpstreamProtocol | None = upstream_protocol
         self._client_open = True
         self._upstream_open = True
         self._closing = False
@@ -106,6 +115,9 @@ class Session:
         self._proxy_frames: tuple[bytes, bytes] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._on_end = on_end
+        # Its place under the connection limits (runtime.Held.hand_over), given back when
+        # it ends.
+        self.admission: Admission | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def set_limits(self, max_message_bytes: int, messages_per_second: float) -> None:
@@ -121,7 +133,9 @@ class Session:
         have been handed over already, through aiohttp's ``set_parser``)."""
         self._upstream.set_protocol(_Side(self.upstream_data, self.upstream_lost,
                                           self._pause_client, self._resume_client))
+        assert self._upstream_protocol is not None
         self._upstream_protocol.hand_over(self)
+        self._upstream_protocol = None  # done with: not held for the session's lifetime
         self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
                                         self._pause_upstream, self._resume_upstream))
 

@@ -203,6 +203,9 @@ class Runtime:
         self._flush(session)
         del self._flushed[session]
         self._idle_watch.pop(session, None)
+        if session.admission is not None:
+            self.limits.release(session.admission)
+            session.admission = None
         _decrement(self.endpoint_sessions, session.endpoint)
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).dec()
         metrics.session_closed(session.route_key, session.closed_by, session.close_code,
@@ -268,8 +271,9 @@ class Runtime:
 
 
 class Held:
-    """``async with runtime.admission(...)``: a place under the limits while inside (a
-    class rather than a generator-based context manager: one per handshake)."""
+    """``async with runtime.admission(...) as held``: a place under the limits while
+    inside, or until the session it is handed over to ends (a class rather than a
+    generator-based context manager: one per handshake)."""
 
     __slots__ = ("_admission", "_consumer", "_limits", "_route")
 
@@ -277,8 +281,13 @@ class Held:
         self._limits, self._route, self._consumer = limits, route, consumer
         self._admission: Admission | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> Held:
         self._admission = await self._limits.admit(self._route, self._consumer)
+        return self
+
+    def hand_over(self, session: Session) -> None:
+        """The session holds the place from now on; ``session_ended`` gives it back."""
+        session.admission, self._admission = self._admission, None
 
     async def __aexit__(self, *_exc: object) -> None:
         if self._admission is not None:
