@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def operator_command(args: argparse.Namespace) -> int:
     from wsgate_operator.main import run_operator, serve_metrics
+    from wsgate_operator.metrics import OperatorMetrics
     from wsgate_operator.options import OperatorOptions, parse_selector
 
     token = read_token(args.admin_token_file)
@@ -191,13 +192,14 @@ def operator_command(args: argparse.Namespace) -> int:
     options = OperatorOptions(namespaces=args.namespaces, proxy_selector=selector,
                               proxy_namespace=args.proxy_namespace,
                               proxy_admin_port=args.proxy_admin_port, admin_token=token)
+    metrics = OperatorMetrics()
     if args.metrics_listen:
-        serve_metrics(args.metrics_listen)
+        serve_metrics(args.metrics_listen, metrics)
     liveness = None
     if args.health_listen:
         host, port = args.health_listen
         liveness = f"http://{host}:{port}/healthz"
-    run(lambda stop: run_operator(options, stop, liveness=liveness))
+    run(lambda stop: run_operator(options, stop, liveness=liveness, metrics=metrics))
     return 0
 
 

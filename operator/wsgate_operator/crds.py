@@ -1,8 +1,9 @@
 """The CustomResourceDefinitions, generated from the resource models.
 
 ``python -m wsgate_operator.crds [DIR]`` writes ``crds/wsroutes.yaml`` and
-``crds/wsconsumers.yaml``; a test fails when the committed files differ from what the
-models generate, so the API server and the compiler can never disagree on a field.
+``crds/wsconsumers.yaml`` from the spec models (resources.py) and the status models
+(status.py); a test fails when the committed files differ from what the models
+generate, so the API server and the compiler can never disagree on a field.
 Pydantic's JSON Schema becomes a structural OpenAPI v3 schema: references inlined,
 optional fields plain, ``int | str`` as ``x-kubernetes-int-or-string``, CEL rules kept.
 """
@@ -18,74 +19,9 @@ import yaml
 from pydantic import BaseModel
 
 from .resources import API_GROUP, API_VERSION, WsConsumerSpec, WsRouteSpec
+from .status import WsConsumerStatus, WsRouteStatus
 
 Schema = dict[str, Any]
-
-_CONDITION: Schema = {
-    "type": "object",
-    "description": "A condition of the object, as Kubernetes conditions go.",
-    "required": ["type", "status", "lastTransitionTime", "reason", "message"],
-    "properties": {
-        "type": {"type": "string", "description": "The aspect the condition is about."},
-        "status": {"type": "string", "enum": ["True", "False", "Unknown"],
-                   "description": "Whether it holds."},
-        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0,
-                               "description": "The generation the condition was set for."},
-        "lastTransitionTime": {"type": "string", "format": "date-time",
-                               "description": "When the status last changed."},
-        "reason": {"type": "string", "description": "A CamelCase word for why."},
-        "message": {"type": "string", "description": "What is the matter, for a person."},
-    },
-}
-
-
-def _conditions(described: str) -> Schema:
-    return {"type": "array", "description": described, "items": _CONDITION,
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
-
-
-_GENERATION: Schema = {"type": "integer", "format": "int64",
-                       "description": "The generation this status was written for."}
-
-ROUTE_STATUS: Schema = {
-    "type": "object",
-    "description": "What the operator made of the route.",
-    "properties": {
-        "observedGeneration": _GENERATION,
-        "conditions": _conditions(
-            "Accepted: the spec is valid and compiled. ResolvedRefs: the backend Service and "
-            "port (and TLS Secrets) were found. Programmed: every running proxy pod runs a "
-            "config that includes this generation."),
-        "endpoints": {"type": "integer", "description": "Ready endpoints of the backend."},
-        "proxies": {
-            "type": "object",
-            "description": "The proxy pods the operator pushes to (those running, with an IP), "
-                           "and how many of them run this generation.",
-            "properties": {
-                "synced": {"type": "integer",
-                           "description": "Running proxy pods whose config includes this "
-                                          "generation of the route."},
-                "total": {"type": "integer",
-                          "description": "Running proxy pods (phase Running, with an IP) "
-                                         "that match the operator's proxy selector."},
-            },
-        },
-    },
-}
-
-CONSUMER_STATUS: Schema = {
-    "type": "object",
-    "description": "What the operator made of the consumer.",
-    "properties": {
-        "observedGeneration": _GENERATION,
-        "conditions": _conditions(
-            "Ready: the consumer can authenticate. ResolvedRefs: every credential's Secret "
-            "was found, labelled and complete."),
-        "username": {"type": "string", "description": "The name upstreams see."},
-        "credentials": {"type": "integer", "description": "Usable credentials."},
-    },
-}
-
 
 def structural(model: type[BaseModel]) -> Schema:
     """The model's JSON Schema as a Kubernetes structural schema."""
@@ -171,7 +107,7 @@ _METADATA: Schema = {
     "description": f"Standard object's metadata. More info: {_CONVENTIONS}#metadata"}
 
 
-def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: Schema,
+def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: type[BaseModel],
          described: str, spec_described: str, columns: list[dict[str, Any]]
          ) -> dict[str, Any]:
     return {
@@ -202,7 +138,7 @@ def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: Sche
                         "metadata": _METADATA,
                         "spec": {"description": spec_described, **{
                             k: v for k, v in structural(spec).items() if k != "description"}},
-                        "status": status,
+                        "status": structural(status),
                     },
                 }},
             }],
@@ -221,7 +157,7 @@ _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"
 
 CRDS: dict[str, dict[str, Any]] = {
     "wsroutes.yaml": _crd(
-        "WsRoute", "wsroutes", "wsr", WsRouteSpec, ROUTE_STATUS,
+        "WsRoute", "wsroutes", "wsr", WsRouteSpec, WsRouteStatus,
         "A WsRoute says which WebSocket handshakes (hosts, paths) go to which backend "
         "Service, how they authenticate, and with what limits.",
         "Which handshakes the route takes, where it sends them, how they authenticate.",
@@ -240,7 +176,7 @@ CRDS: dict[str, dict[str, Any]] = {
          _AGE],
     ),
     "wsconsumers.yaml": _crd(
-        "WsConsumer", "wsconsumers", "wsc", WsConsumerSpec, CONSUMER_STATUS,
+        "WsConsumer", "wsconsumers", "wsc", WsConsumerSpec, WsConsumerStatus,
         "A WsConsumer is an identity that WebSocket clients authenticate as, with its "
         "credentials in labelled Secrets.",
         "Who the consumer is to upstreams, and where its credentials are.",

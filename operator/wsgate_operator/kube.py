@@ -1,7 +1,8 @@
-"""Writing to the Kubernetes API: statuses and Events (the official client, in threads).
+"""Talking to the Kubernetes API on the operator's own: the list at start, statuses and
+Events (the official client, in threads).
 
-The operator reads through kopf's watches; it writes only here, so this is the one
-module that talks to the API server on its own. A write that finds its object gone
+Apart from that one list, the operator reads through kopf's watches; it writes only
+here. A write that finds its object gone
 (404) or changed under it (409) is dropped: the next build writes the truth again.
 """
 
@@ -9,23 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+import re
 from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
 from .compiler import K8sObject
+from .kinds import BY_KIND, KINDS, PROXY_POD, Kind
 from .options import OperatorOptions
-from .resources import API_GROUP, API_VERSION
 from .status import Event, Status
 
 log = logging.getLogger("wsgate.kube")
 
-PLURALS = {"WsRoute": "wsroutes", "WsConsumer": "wsconsumers"}
 COMPONENT = "wsgate-operator"
 
 
@@ -38,52 +39,44 @@ def load_client_config() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def list_initial(filters: dict[str, Callable[[Mapping[str, Any]], bool]],
-                 options: OperatorOptions) -> set[tuple[str, str, str]]:
-    """(kind, namespace, name) of every object the operator watches, listed once at
-    start: the view is complete when kopf has delivered all of them."""
-    custom = kubernetes.client.CustomObjectsApi()
-    core = kubernetes.client.CoreV1Api()
-    discovery = kubernetes.client.DiscoveryV1Api()
+def list_initial(options: OperatorOptions) -> dict[Kind, list[dict[str, Any]]]:
+    """Every object the operator watches, listed once at start (the kinds of kinds.py,
+    in the watched namespaces; the proxy pods in theirs, by label): the view is
+    complete when kopf has delivered all of them. Items carry their kind and
+    apiVersion (a list's items need not)."""
     namespaces: list[str | None] = list(options.namespaces) or [None]
+    listed: dict[Kind, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        if kind is PROXY_POD:
+            selector = ",".join(f"{k}={v}" for k, v in options.proxy_selector.items())
+            items = _list(kind, options.proxy_namespace, label_selector=selector)
+        else:
+            items = [item for ns in namespaces for item in _list(kind, ns)]
+        listed[kind] = [{**item, "kind": kind.kind, "apiVersion": kind.api_version}
+                        for item in items if kind.filter(item, options)]
+    return listed
 
-    def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        response = call(*args, _preload_content=False, **kwargs)
-        return json.loads(response.data).get("items") or []
 
-    def each_namespace(kind: str, plural: str, group: str = "", version: str = "v1"
-                       ) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        for ns in namespaces:
-            if group:
-                items += (raw(custom.list_namespaced_custom_object, group, version, ns, plural)
-                          if ns else raw(custom.list_cluster_custom_object, group, version,
-                                         plural))
-            elif kind == "secrets":
-                items += raw(core.list_namespaced_secret, ns) if ns else \
-                    raw(core.list_secret_for_all_namespaces)
-            elif kind == "services":
-                items += raw(core.list_namespaced_service, ns) if ns else \
-                    raw(core.list_service_for_all_namespaces)
-            else:
-                items += raw(discovery.list_namespaced_endpoint_slice, ns) if ns else \
-                    raw(discovery.list_endpoint_slice_for_all_namespaces)
-        return items
+# The client's API class of each built-in group (custom resources: CustomObjectsApi).
+_APIS = {"": kubernetes.client.CoreV1Api, "discovery.k8s.io": kubernetes.client.DiscoveryV1Api}
 
-    listed = {
-        "wsroutes": each_namespace("wsroutes", "wsroutes", API_GROUP, API_VERSION),
-        "wsconsumers": each_namespace("wsconsumers", "wsconsumers", API_GROUP, API_VERSION),
-        "secrets": each_namespace("secrets", "secrets"),
-        "services": each_namespace("services", "services"),
-        "endpointslices": each_namespace("endpointslices", "endpointslices"),
-        "proxypods": raw(core.list_namespaced_pod, options.proxy_namespace,
-                         label_selector=",".join(f"{k}={v}" for k, v in
-                                                 options.proxy_selector.items())),
-    }
-    return {
-        (kind, (item.get("metadata") or {}).get("namespace") or "", item["metadata"]["name"])
-        for kind, items in listed.items() for item in items if filters[kind](item)
-    }
+
+def _list(kind: Kind, namespace: str | None, **query: str) -> list[dict[str, Any]]:
+    """The items of one kind, in one namespace or all, as the API returns them (the
+    client's typed list call, its body read as JSON rather than deserialized)."""
+    if kind.group not in _APIS:
+        custom = kubernetes.client.CustomObjectsApi()
+        call: Any = functools.partial(
+            custom.list_namespaced_custom_object, kind.group, kind.version, namespace,
+            kind.plural) if namespace else functools.partial(
+            custom.list_cluster_custom_object, kind.group, kind.version, kind.plural)
+    else:
+        api = _APIS[kind.group]()
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.kind).lower()  # EndpointSlice: endpoint_slice
+        call = functools.partial(getattr(api, f"list_namespaced_{snake}"), namespace) \
+            if namespace else getattr(api, f"list_{snake}_for_all_namespaces")
+    response = call(_preload_content=False, **query)
+    return json.loads(response.data).get("items") or []
 
 
 class KubeWriter:
@@ -93,9 +86,9 @@ class KubeWriter:
         self._core = kubernetes.client.CoreV1Api(api)
 
     async def write_status(self, obj: K8sObject, status: Status) -> None:
-        meta = obj["metadata"]
+        meta, kind = obj["metadata"], BY_KIND[obj["kind"]]
         await self._call("status", self._custom.patch_namespaced_custom_object_status,
-                         API_GROUP, API_VERSION, meta["namespace"], PLURALS[obj["kind"]],
+                         kind.group, kind.version, meta["namespace"], kind.plural,
                          meta["name"], {"status": status})
 
     async def post_event(self, obj: K8sObject, event: Event) -> None:

@@ -1,16 +1,17 @@
-"""`wsgate operator`: kopf, with the handlers in handlers.py, until stopped."""
+"""`wsgate operator`: kopf, with the handlers of handlers.py, until stopped."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 
 import kopf
 from prometheus_client import start_http_server
 
-from .options import OPTIONS, OperatorOptions
+from .handlers import build_registry
+from .metrics import OperatorMetrics
+from .options import OperatorOptions
 
 log = logging.getLogger("wsgate.operator")
 
@@ -22,20 +23,22 @@ async def run_operator(
     liveness: str | None = None,
     ready: threading.Event | asyncio.Event | None = None,
     memo: kopf.Memo | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
     """Run the operator until ``stop`` is set. ``liveness`` is kopf's probe endpoint
     (e.g. http://0.0.0.0:8080/healthz); ``memo`` receives the operator's parts
-    (``cache``, ``reconciler``, ``pusher``) once it has started."""
-    for f in dataclasses.fields(OperatorOptions):
-        setattr(OPTIONS, f.name, getattr(options, f.name))
-    from . import handlers  # noqa: F401  (registers the handlers, once)
-
+    (``options``, ``metrics``, and once it has started ``cache``, ``reconciler``,
+    ``pusher``); ``metrics`` is where it counts (a registry of its own by default)."""
+    memo = memo if memo is not None else kopf.Memo()
+    memo.options = options
+    memo.metrics = metrics or OperatorMetrics()
     namespaces = sorted({*options.namespaces, options.proxy_namespace}) \
         if options.namespaces else []
     log.info("starting", extra={"namespaces": namespaces or "all",
                                 "proxy_selector": options.proxy_selector,
                                 "proxy_namespace": options.proxy_namespace})
     await kopf.operator(
+        registry=build_registry(options),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -46,5 +49,5 @@ async def run_operator(
     )
 
 
-def serve_metrics(listen: tuple[str, int]) -> None:
-    start_http_server(listen[1], addr=listen[0])
+def serve_metrics(listen: tuple[str, int], metrics: OperatorMetrics) -> None:
+    start_http_server(listen[1], addr=listen[0], registry=metrics.registry)

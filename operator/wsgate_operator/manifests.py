@@ -12,17 +12,12 @@ from pathlib import Path
 import yaml
 
 from .compiler import Compiled, ObjectRef, Problem, Snapshot, compile_snapshot
-from .resources import API_GROUP, API_VERSION
+from .kinds import COMPILED
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
-API_VERSIONS = {
-    "WsRoute": f"{API_GROUP}/{API_VERSION}",
-    "WsConsumer": f"{API_GROUP}/{API_VERSION}",
-    "Secret": "v1",
-    "Service": "v1",
-    "EndpointSlice": "discovery.k8s.io/v1",
-}
+# The kinds read from files, with the apiVersion each must have: the compiled kinds.
+API_VERSIONS = {k.kind: k.api_version for k in COMPILED}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The operator's settings, from its command line (set before kopf starts)."""
+"""The operator's settings, from its command line: built once and passed to what reads
+them (the kopf registry's filters, the memo), never a module global."""
 
 from __future__ import annotations
 
@@ -33,5 +34,3 @@ class OperatorOptions:
     def watches(self, namespace: str | None) -> bool:
         return not self.namespaces or namespace in self.namespaces
 
-
-OPTIONS = OperatorOptions()

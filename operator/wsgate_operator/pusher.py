@@ -16,18 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Counter, Histogram
 
 from wsgate_proxy.config import GatewayConfig
 
+from .metrics import OperatorMetrics
 from .status import ProxySync
 
 log = logging.getLogger("wsgate.pusher")
-
-PUSHES = Counter("wsgate_operator_pushes_total", "Config pushes to proxies, by outcome.",
-                 ["outcome"])
-PUSH_SECONDS = Histogram("wsgate_operator_push_seconds", "Time to push a config to a proxy.",
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 30.0
@@ -58,8 +53,10 @@ class Pusher:
         token: str,
         on_change: Callable[[], None],
         on_failure: Callable[[ProxyTarget, str], None] | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._token = token
+        self.metrics = metrics or OperatorMetrics()
         self._on_change = on_change  # called when what the proxies run changes
         # Called once when a proxy starts failing (not on every retry), with the reason.
         self._on_failure = on_failure or (lambda _target, _reason: None)
@@ -173,12 +170,12 @@ class Pusher:
             ) as response:
                 answer = await response.text()
                 if response.status == 200:
-                    PUSHES.labels("ok").inc()
-                    PUSH_SECONDS.observe(time.perf_counter() - started)
+                    self.metrics.pushes.labels("ok").inc()
+                    self.metrics.push_seconds.observe(time.perf_counter() - started)
                     log.info("config pushed", extra={"proxy": target.name, "version": version})
                     return None
                 outcome = "refused" if response.status in (401, 403) else "rejected"
-                PUSHES.labels(outcome).inc()
+                self.metrics.pushes.labels(outcome).inc()
                 log.error("proxy refused the config", extra={
                     "proxy": target.name, "status": response.status, "answer": answer[:500],
                     "version": version})
@@ -187,7 +184,7 @@ class Pusher:
                             "operator and the proxies must share the same token")
                 return f"the proxy rejected config {version} (HTTP {response.status})"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            PUSHES.labels("unreachable").inc()
+            self.metrics.pushes.labels("unreachable").inc()
             reason = str(exc) or type(exc).__name__
             log.warning("proxy unreachable", extra={"proxy": target.name, "error": reason})
             return f"cannot reach the proxy's admin API at {target.base}: {reason}"

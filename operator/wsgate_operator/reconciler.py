@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client import Gauge, Histogram
-
 from .compiler import Compiled, K8sObject, ObjectRef, Snapshot, compile_snapshot
+from .kinds import COMPILED
+from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
 from .status import Event, Status, consumer_status, route_status, transitions
 
@@ -28,10 +28,6 @@ log = logging.getLogger("wsgate.reconciler")
 # Status writes in flight at once (each is one API request).
 WRITE_CONCURRENCY = 8
 
-COMPILE_SECONDS = Histogram(
-    "wsgate_operator_compile_seconds", "Time to compile the whole view.",
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-OBJECTS = Gauge("wsgate_operator_objects", "Objects in the operator's view, by kind.", ["kind"])
 
 
 @dataclass
@@ -62,9 +58,11 @@ class Reconciler:
         holdoff: float = 0.05,
         max_holdoff: float = 0.5,
         verify_every: float = 30.0,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._read = read
         self.pusher = pusher
+        self.metrics = metrics or pusher.metrics  # one registry for the operator's parts
         self._writer = writer
         self._holdoff = holdoff
         self._max_holdoff = max_holdoff
@@ -150,13 +148,10 @@ class Reconciler:
             # shares nothing the loop changes meanwhile: the view's lists are its own, and
             # the cache replaces an object's body on every event, never edits it.
             self.compiled = await asyncio.to_thread(compile_snapshot, view.snapshot)
-            COMPILE_SECONDS.observe(time.perf_counter() - started)
-            for kind, objects in (("WsRoute", view.snapshot.routes),
-                                  ("WsConsumer", view.snapshot.consumers),
-                                  ("Secret", view.snapshot.secrets),
-                                  ("Service", view.snapshot.services),
-                                  ("EndpointSlice", view.snapshot.endpoint_slices)):
-                OBJECTS.labels(kind).set(len(objects))
+            self.metrics.compile_seconds.observe(time.perf_counter() - started)
+            for kind in COMPILED:
+                self.metrics.objects.labels(kind.kind).set(
+                    len(getattr(view.snapshot, str(kind.field))))
             log.info("compiled", extra={"version": self.compiled.config.version,
                                         "problems": len(self.compiled.problems),
                                         "seconds": round(time.perf_counter() - started, 4)})

@@ -3,18 +3,105 @@
 Conditions follow Kubernetes conventions: a condition keeps its lastTransitionTime
 while its status is unchanged, so an unchanged object computes to an identical
 status and is not written again. A transition a person should see also becomes an
-Event.
+Event. The statuses are models (WsRouteStatus, WsConsumerStatus), like the specs:
+crds.py puts their schemas into the CRDs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from .compiler import Compiled, K8sObject, ObjectRef, Problem
 
+# A status as the API carries it (camelCase keys): what is compared and written.
 Status = dict[str, Any]
+
+
+def _required(*names: str) -> Callable[[dict[str, Any]], None]:
+    """The fields a schema requires of whoever writes the status (only the operator does:
+    the statuses' own fields are all optional to the API server)."""
+    def adjust(schema: dict[str, Any]) -> None:
+        schema.pop("required", None)
+        if names:
+            schema["required"] = list(names)
+    return adjust
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
+                              populate_by_name=True, use_attribute_docstrings=True,
+                              json_schema_extra=_required())
+
+    def wire(self) -> Status:
+        return self.model_dump(by_alias=True)
+
+
+Int64 = Annotated[int, Field(json_schema_extra={"format": "int64"})]
+_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+class Condition(_Status):
+    """A condition of the object, as Kubernetes conditions go."""
+
+    model_config = ConfigDict(json_schema_extra=_required(
+        "type", "status", "lastTransitionTime", "reason", "message"))
+
+    type: str
+    """The aspect the condition is about."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether it holds."""
+    observed_generation: Annotated[Int64, Field(ge=0)]
+    """The generation the condition was set for."""
+    last_transition_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    """When the status last changed."""
+    reason: str
+    """A CamelCase word for why."""
+    message: str
+    """What is the matter, for a person."""
+
+
+class ProxyCount(_Status):
+    """The proxy pods the operator pushes to (those running, with an IP), and how many
+    of them run this generation."""
+
+    synced: int
+    """Running proxy pods whose config includes this generation of the route."""
+    total: int
+    """Running proxy pods (phase Running, with an IP) that match the operator's proxy
+    selector."""
+
+
+class WsRouteStatus(_Status):
+    """What the operator made of the route."""
+
+    observed_generation: Int64
+    """The generation this status was written for."""
+    conditions: Annotated[list[Condition], Field(json_schema_extra=_LIST_MAP)]
+    """Accepted: the spec is valid and compiled. ResolvedRefs: the backend Service and port
+    (and TLS Secrets) were found. Programmed: every running proxy pod runs a config that
+    includes this generation."""
+    endpoints: int
+    """Ready endpoints of the backend."""
+    proxies: ProxyCount
+
+
+class WsConsumerStatus(_Status):
+    """What the operator made of the consumer."""
+
+    observed_generation: Int64
+    """The generation this status was written for."""
+    conditions: Annotated[list[Condition], Field(json_schema_extra=_LIST_MAP)]
+    """Ready: the consumer can authenticate. ResolvedRefs: every credential's Secret was
+    found, labelled and complete."""
+    username: str
+    """The name upstreams see."""
+    credentials: int
+    """Usable credentials."""
 
 
 @dataclass(frozen=True)
@@ -35,17 +122,17 @@ class Event:
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int,
-               previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+               previous: Mapping[str, Any] | None, now: str) -> Condition:
     status = "True" if ok else "False"
     unchanged = previous is not None and previous.get("status") == status
-    return {
-        "type": kind,
-        "status": status,
-        "observedGeneration": generation,
-        "lastTransitionTime": previous["lastTransitionTime"] if unchanged else now,
-        "reason": reason,
-        "message": message,
-    }
+    return Condition(
+        type=kind,
+        status=status,
+        observed_generation=generation,
+        last_transition_time=previous["lastTransitionTime"] if unchanged else now,
+        reason=reason,
+        message=message,
+    )
 
 
 def _previous(obj: K8sObject) -> dict[str, dict[str, Any]]:
@@ -69,11 +156,11 @@ class _Conditions:
         self.invalid = [p for p in problems if p.invalid]
         self.unresolved = [p for p in problems if not p.invalid]
 
-    def __call__(self, kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    def __call__(self, kind: str, ok: bool, reason: str, message: str) -> Condition:
         return _condition(kind, ok, reason, message, self.generation,
                           self._previous.get(kind), self._now)
 
-    def resolved_refs(self, ok_message: str) -> dict[str, Any]:
+    def resolved_refs(self, ok_message: str) -> Condition:
         if self.unresolved:
             return self("ResolvedRefs", False, self.unresolved[0].reason,
                         _describe(self.unresolved))
@@ -106,12 +193,12 @@ def route_status(obj: K8sObject, compiled: Compiled, sync: ProxySync, now: str) 
         programmed = cond("Programmed", True, "Programmed",
                           "the running proxy pod runs this generation" if sync.total == 1 else
                           f"all {sync.total} running proxy pods run this generation")
-    return {
-        "observedGeneration": cond.generation,
-        "conditions": [accepted, resolved, programmed],
-        "endpoints": endpoints,
-        "proxies": {"synced": sync.synced, "total": sync.total},
-    }
+    return WsRouteStatus(
+        observed_generation=cond.generation,
+        conditions=[accepted, resolved, programmed],
+        endpoints=endpoints,
+        proxies=ProxyCount(synced=sync.synced, total=sync.total),
+    ).wire()
 
 
 def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
@@ -134,18 +221,18 @@ def consumer_status(obj: K8sObject, compiled: Compiled, now: str) -> Status:
     else:
         ready = cond("Ready", True, "Ready",
                      f"{count} credential{'s' if count != 1 else ''} usable")
-    status: Status = {
-        "observedGeneration": cond.generation,
-        "conditions": [ready, resolved],
-        "credentials": count,
-    }
     if compiled_consumer is not None:
-        status["username"] = compiled_consumer.username
+        username = compiled_consumer.username
     elif isinstance(spec.get("username"), str):
-        status["username"] = spec["username"]
+        username = spec["username"]
     else:
-        status["username"] = cond.ref.name
-    return status
+        username = cond.ref.name
+    return WsConsumerStatus(
+        observed_generation=cond.generation,
+        conditions=[ready, resolved],
+        username=username,
+        credentials=count,
+    ).wire()
 
 
 _WARN_WHEN_FALSE = {"Accepted", "ResolvedRefs", "Ready"}

@@ -24,7 +24,8 @@ from tests.support import (
 )
 from wsgate_operator.cache import ClusterCache
 from wsgate_operator.compiler import Snapshot
-from wsgate_operator.pusher import PUSHES, ProxyTarget, Pusher
+from wsgate_operator.kinds import BY_KIND
+from wsgate_operator.pusher import ProxyTarget, Pusher
 from wsgate_operator.reconciler import ClusterView, Reconciler
 
 
@@ -79,6 +80,9 @@ class Operator:
     def status(self, kind, name):
         return self.writer.statuses.get((kind, name))
 
+    def pushes(self):
+        return self.pusher.metrics.value("wsgate_operator_pushes_total", outcome="ok")
+
 
 @pytest.fixture
 def proxies(start_proxy):
@@ -120,7 +124,7 @@ async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream)
     async with Operator(objects, {n: p.admin_port for n, p in proxies.items()},
                         holdoff=0.2, max_holdoff=2.0) as op:
         await eventually(lambda: _programmed(op))
-        builds, pushes = op.reconciler.builds, PUSHES.labels("ok")._value.get()
+        builds, pushes = op.reconciler.builds, op.pushes()
         for i in range(500):
             objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
             op.reconciler.objects_changed()
@@ -129,7 +133,7 @@ async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream)
         await eventually(lambda: _holds_consumers(op, 501))
         await eventually(lambda: _all_run(op, proxies))
         assert op.reconciler.builds - builds == 1
-        assert PUSHES.labels("ok")._value.get() - pushes == 2
+        assert op.pushes() - pushes == 2
         # Unchanged content is not pushed again: once the rebuild is done, the pusher
         # has the same version and nothing to do.
         builds, version = op.reconciler.builds, op.reconciler.compiled.config.version
@@ -137,7 +141,7 @@ async def test_a_burst_makes_one_build_and_one_push_per_proxy(proxies, upstream)
         await asyncio.wait_for(op.reconciler.wait_for_build(builds), 5)
         assert op.reconciler.compiled.config.version == version
         await asyncio.wait_for(op.pusher.wait_idle(), 5)
-        assert PUSHES.labels("ok")._value.get() - pushes == 2
+        assert op.pushes() - pushes == 2
 
 
 async def _holds_consumers(op, count):
@@ -245,8 +249,7 @@ async def test_events_during_a_compile_never_reach_it():
     # The compiler runs in a thread while the loop goes on feeding the cache: the build
     # compiles the view it read, whole, and the next build sees what came meanwhile.
     cache = ClusterCache(lambda _body: None)
-    kinds = {"WsRoute": "wsroutes", "WsConsumer": "wsconsumers", "Secret": "secrets",
-             "Service": "services", "EndpointSlice": "endpointslices"}
+    kinds = BY_KIND
     objects = objects_for(1)
     for i in range(1500):
         objects += consumer_objects(f"c{i}", f"key-{i}")

@@ -21,13 +21,15 @@ CR = "wsgate.io/v1alpha1"
 BURST = 120
 
 
-def test_kopf_runs_every_change_handler_as_a_coroutine():
-    registry = kopf.get_default_registry()
-    ours = [h for h in registry._watching.get_all_handlers()  # kopf 1.45, pinned
-            if h.fn.__module__ == handlers.__name__]
+def test_kopf_runs_every_change_handler_as_a_coroutine(operator_options):
+    registry = handlers.build_registry(operator_options)
+    ours = registry._watching.get_all_handlers()  # kopf 1.45, pinned
     assert sorted(h.id for h in ours) == sorted(f"{kind}-changed" for kind in (
-        "wsroutes", "wsconsumers", "secrets", "services", "endpointslices", "proxypods"))
+        "wsroutes", "wsconsumers", "secrets", "services", "endpointslices", "pods"))
     assert all(inspect.iscoroutinefunction(h.fn) for h in ours)
+    # A registry of its own: nothing of ours is in kopf's global one.
+    assert not [h for h in kopf.get_default_registry()._watching.get_all_handlers()
+                if h.fn.__module__ == handlers.__name__]
 
 
 async def test_changes_delivered_while_builds_run_are_all_built(api, proxies, operator, upstream,
