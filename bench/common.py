@@ -26,6 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def echo_service(echo_port: int) -> list[dict[str, Any]]:
+    """Service echo (port 8080) and its one endpoint, 127.0.0.1:echo_port."""
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+         "spec": {"ports": [{"name": "ws", "port": 8080}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "echo", "labels": {"kubernetes.io/service-name": "echo"}},
+         "addressType": "IPv4", "ports": [{"name": "ws", "port": echo_port}],
+         "endpoints": [{"addresses": ["127.0.0.1"]}]},
+    ]
+
+
 def manifests(directory: Path, echo_port: int) -> Path:
     """The quickstart route and consumer, with one echo endpoint."""
     quickstart = Path(__file__).resolve().parent.parent / "examples" / "quickstart"

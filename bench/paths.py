@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import free_port
+from bench.common import echo_service, free_port
 from tests.certs import TestCA
 from wsgate.processes import WsgateProcess
 
@@ -121,12 +121,7 @@ def manifests(directory: Path, echo_port: int, cert: Certificate) -> Path:
              "backend": {"service": {"name": "echo", "port": 8080}},
              "auth": {"methods": ["KeyAuth"]}}
     objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
-         "spec": {"ports": [{"name": "ws", "port": 8080}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": "echo", "labels": {"kubernetes.io/service-name": "echo"}},
-         "addressType": "IPv4", "ports": [{"name": "ws", "port": echo_port}],
-         "endpoints": [{"addresses": ["127.0.0.1"]}]},
+        *echo_service(echo_port),
         {"apiVersion": "v1", "kind": "Secret",
          "metadata": {"name": "john-key", "labels": {"wsgate.io/credential": "true"}},
          "stringData": {"key": KEY}},
