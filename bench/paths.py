@@ -140,15 +140,23 @@ def manifests(directory: Path, echo_port: int, cert: Certificate) -> Path:
 
 
 def start_wsgate(stack: ExitStack, echo_port: int, cert: Certificate,
-                 extra: tuple[str, ...] = ()) -> Path_:
+                 extra: tuple[str, ...] = (), checkout: Path | None = None) -> Path_:
+    """`wsgate proxy` from this tree, or (``checkout``) from another checkout of wsgate,
+    an earlier build to compare with: its packages come first on the child's path."""
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wsgate-bench-")))
+    env, name = None, "wsgate"
+    if checkout is not None:
+        env = {"PYTHONPATH": os.pathsep.join(
+            str(checkout / p) for p in ("", "proxy", "operator"))}
+        name = f"wsgate ({checkout.name})"
     proxy = stack.enter_context(WsgateProcess(
         "proxy", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0",
         "--admin-listen", "127.0.0.1:0", "--manifests",
-        str(manifests(tmp / "manifests", echo_port, cert)), *extra))
+        str(manifests(tmp / "manifests", echo_port, cert)), *extra, env=env, cwd=str(checkout)
+        if checkout else None))
     assert proxy.proc is not None
     _wait_ready(proxy.admin_port)
-    return Path_("wsgate", proxy.port, proxy.address("tls_listen")[1],
+    return Path_(name, proxy.port, proxy.address("tls_listen")[1],
                  _with_children(proxy.proc.pid))
 
 

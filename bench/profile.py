@@ -1,13 +1,16 @@
 """Where the proxy's time goes, on bench/relay.py's loads.
 
 For each load (echo round trips, handshakes, wss:// handshakes, wss:// echo) the Node
-client runs against wsgate and against nginx, and the CPU time of the process in the
-middle (user + system, from /proc) is divided by the work done: µs per handshake, µs
-per relayed message (an echo round trip is two: one each way). With --py-spy (PyPI
-`py-spy`), wsgate is sampled during its runs and the top frames are printed, by own
-time and by time including callees; --native adds C frames (uvloop, aiohttp's parser,
-OpenSSL). Writes bench/results/profile.json and profile-<load>.txt (collapsed stacks,
-for flame graph tools).
+client runs against wsgate and against nginx, in --rounds interleaved rounds, and the
+CPU time of the process in the middle (user + system, from /proc) is divided by the
+work done: µs per handshake, µs per relayed message (an echo round trip is two: one
+each way); the median of the rounds is reported. With --baseline DIR, an earlier
+checkout of wsgate is measured alongside, as another path (the profile before and after
+a change, under the same load). With --py-spy (PyPI `py-spy`), a further run per load
+samples wsgate (its CPU time not counted) and prints the top frames of its event loop's
+thread, by own time and including callees; --native adds C frames (uvloop, aiohttp's
+parser, OpenSSL, the kernel's entry points). Writes bench/results/profile.json and
+profile-<load>.txt (collapsed stacks, for flame graph tools).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +31,6 @@ from typing import Any
 
 from bench.common import RESULTS, table, write_results
 from bench.paths import (
-    Certificate,
     Path_,
     certificate,
     client,
@@ -39,6 +42,8 @@ from bench.paths import (
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
+Load = tuple[Callable[[Path_], dict[str, Any]], Callable[[dict[str, Any]], int], str]
+
 
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
@@ -48,9 +53,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
+def us_per_unit(path: Path_, load: Load) -> float:
+    run, units, _ = load
+    before = cpu_seconds(path.pids)
+    result = run(path)
+    return (cpu_seconds(path.pids) - before) / units(result) * 1e6
+
+
+def sampled(path: Path_, load: Load, spy: list[str], out: Path) -> None:
+    sampler = subprocess.Popen([*spy, "--pid", str(path.pids[0]), "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    load[0](path)
+    sampler.send_signal(signal.SIGINT)
+    sampler.wait(30)
+
+
 def top_frames(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
                                                      list[tuple[str, float]]]:
-    """(own, inclusive): the frames with the largest share of samples."""
+    """(own, inclusive): the event loop thread's frames with the largest share of samples."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     samples = 0
@@ -58,10 +79,10 @@ def top_frames(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
         stack, _, n = line.rpartition(" ")
         if not stack:
             continue
-        weight = int(n)
         frames = [_short(f) for f in stack.split(";")]
         if not any(f.startswith("Runner.run") for f in frames):
             continue  # another thread: py-spy cannot always tell a thread blocked in C
+        weight = int(n)
         samples += weight
         own[frames[-1]] += weight
         for frame in set(frames):
@@ -73,29 +94,12 @@ def top_frames(collapsed: Path, count: int) -> tuple[list[tuple[str, float]],
 
 
 def _short(frame: str) -> str:
-    """'handle (wsgate_proxy/gateway.py:58)' -> 'handle (gateway.py:58)'."""
+    """'handle (/x/wsgate_proxy/gateway.py:58)' -> 'handle (gateway.py:58)'."""
     name, _, where = frame.partition(" (")
     if not where:
         return name
     file, _, line = where.rstrip(")").rpartition(":")
     return f"{name} ({Path(file).name}:{line})"
-
-
-def measured(path: Path_, run: Callable[[], dict[str, Any]], units: Callable[[dict], int],
-             spy: list[str] | None, out: Path | None) -> dict[str, Any]:
-    sampler = None
-    if spy is not None and out is not None:
-        sampler = subprocess.Popen([*spy, "--pid", str(path.pids[0]), "--output", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # py-spy attaches
-    before = cpu_seconds(path.pids)
-    result = run()
-    used = cpu_seconds(path.pids) - before
-    if sampler is not None:
-        sampler.send_signal(signal.SIGINT)
-        sampler.wait(30)
-    n = units(result)
-    return {"cpu_s": round(used, 3), "units": n, "us_per_unit": round(used / n * 1e6, 1)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -106,14 +110,17 @@ def run(args: argparse.Namespace) -> None:
         spy = [binary, "record", "--format", "raw", "--rate", "250"]
         if args.native:
             spy.append("--native")
+    report: dict[str, Any] = {}
     with ExitStack() as stack:
-        cert: Certificate = certificate(stack)
+        cert = certificate(stack)
         direct = start_echo(stack, cert)
         paths = [start_wsgate(stack, direct.port, cert)]
+        if args.baseline is not None:
+            paths.append(start_wsgate(stack, direct.port, cert, checkout=args.baseline))
         if (nginx := start_nginx(stack, direct.port, cert)) is not None:
             paths.append(nginx)
         echo = dict(connections=args.connections, roundTrips=args.round_trips, size=args.size)
-        loads: dict[str, tuple[Callable[[Path_], dict], Callable[[dict], int], str]] = {
+        loads: dict[str, Load] = {
             "echo": (lambda p: client("echo", p, cert, **echo),
                      lambda r: 2 * r["messages"], "relayed message"),
             "handshakes": (lambda p: client("handshakes", p, cert, total=args.handshakes,
@@ -128,29 +135,32 @@ def run(args: argparse.Namespace) -> None:
         }
         for path in paths:  # warm up
             client("handshakes", path, cert, total=200, concurrency=args.concurrency)
-        report: dict[str, Any] = {}
-        for name, (load, units, unit) in loads.items():
+        for name, load in loads.items():
             if args.only and name not in args.only:
                 continue
-            entry: dict[str, Any] = {"unit": unit}
-            for path in paths:
-                out = RESULTS / f"profile-{name}.txt" if path.name == "wsgate" else None
-                entry[path.name] = measured(path, lambda p=path, f=load: f(p), units,
-                                            spy if out else None, out)
-            report[name] = entry
-            _print(name, entry, paths, args.top)
-    write_results("profile", {"args": vars(args), "loads": report})
+            rounds: dict[str, list[float]] = {p.name: [] for p in paths}
+            for i in range(args.rounds):
+                for path in paths if i % 2 == 0 else paths[::-1]:
+                    rounds[path.name].append(us_per_unit(path, load))
+            report[name] = {"unit": load[2], "load_average": os.getloadavg()[0],
+                            "us": {n: statistics.median(v) for n, v in rounds.items()},
+                            "rounds": rounds}
+            out = RESULTS / f"profile-{name}.txt"
+            if spy is not None:
+                sampled(paths[0], load, spy, out)
+            _print(name, report[name], out if spy is not None else None, args.top)
+    write_results("profile", {"args": {k: str(v) for k, v in vars(args).items()},
+                              "loads": report})
 
 
-def _print(name: str, entry: dict[str, Any], paths: list[Path_], top: int) -> None:
-    print(f"\n== {name}: CPU µs per {entry['unit']} in the process in the middle")
-    rows = [["path", "cpu s", entry["unit"] + "s", "µs each"]]
-    for path in paths:
-        e = entry[path.name]
-        rows.append([path.name, f"{e['cpu_s']:.2f}", str(e["units"]), f"{e['us_per_unit']:.1f}"])
+def _print(name: str, entry: dict[str, Any], collapsed: Path | None, top: int) -> None:
+    print(f"\n== {name}: CPU µs per {entry['unit']} in the process in the middle "
+          f"(median of rounds; load average {entry['load_average']:.1f})")
+    rows = [["path", "µs each", "rounds"]]
+    for path, us in entry["us"].items():
+        rows.append([path, f"{us:.1f}", " ".join(f"{r:.0f}" for r in entry["rounds"][path])])
     print(table(rows))
-    collapsed = RESULTS / f"profile-{name}.txt"
-    if collapsed.exists() and collapsed.stat().st_mtime > time.time() - 600:
+    if collapsed is not None and collapsed.exists():
         own, inclusive = top_frames(collapsed, top)
         print("\nwsgate, own time:")
         print(table([["share", "frame"], *[[f"{s:.1%}", f] for f, s in own]]))
@@ -161,11 +171,14 @@ def _print(name: str, entry: dict[str, Any], paths: list[Path_], top: int) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--handshakes", type=int, default=4000)
+    parser.add_argument("--handshakes", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also measure wsgate from this checkout (an earlier build)")
     parser.add_argument("--py-spy", action="store_true", help="sample wsgate with py-spy")
     parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
     parser.add_argument("--top", type=int, default=25)

@@ -164,7 +164,7 @@ async def test_config_swaps_keep_live_sessions(upstream, serve):
             await ws.close()
 
 
-IDLE = 400
+IDLE = 300
 # Resident memory an idle session may cost the proxy. It was about 20 KiB while each
 # session kept aiohttp's request, parser and handler tasks alive (nginx 1.22: about
 # 17 KiB); bench/relay.py measures it against nginx.

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support import KEY
 
-STORM = 300
+STORM = 200
 
 
 async def _one(url: str) -> int | str:
