@@ -123,3 +123,21 @@ async def test_verifier_caches_successes_only_and_is_bounded():
     third = credential_objects("carl", "BasicAuth", {"username": "c", "password": "pw"})
     assert await verifier.verify("pw", consumer(compile_(third), "carl").basic[0].password_hash)
     assert len(verifier) == 2  # the least recently used went out
+
+
+def test_a_key_shared_by_thousands_names_a_few_and_counts_the_rest():
+    # One key pasted into 2,000 consumers: each holder's problem names three others and
+    # counts the rest (a status message of bounded size; the holders sorted once, where
+    # a sort per holder made this build quadratic and timed out a CI run).
+    objects = []
+    for i in range(2000):
+        objects += credential_objects(f"c{i:04d}", "KeyAuth", {"key": "pasted-everywhere"})
+    compiled = compile_(objects)
+    problems = [p for p in compiled.problems if p.reason == "DuplicateCredential"]
+    assert len(problems) == 2000
+    first = next(p for p in problems if p.ref.name == "c0000")
+    assert "WsConsumer c0001, c0002, c0003 and 1996 more in this namespace" in first.message
+    other = next(p for p in problems if p.ref.name == "c0002")
+    assert "WsConsumer c0000, c0001, c0003 and 1996 more" in other.message
+    assert max(len(p.message) for p in problems) < 300
+    assert all(consumer(compiled, f"c{i:04d}").keys == () for i in (0, 999, 1999))

@@ -40,7 +40,10 @@ def compile_snapshot(snapshot: Snapshot) -> Compiled:
         found[ref] = (spec, credentials)
         for credential in credentials:
             owners[(ref.namespace, *consumer_processor.identifier(credential))].append(ref)
-    consumers = [consumer_processor.settle(ctx, ref, spec, credentials, owners)
+    # Each identifier's holders sorted once: a key shared by thousands of consumers
+    # costs one sort, not one per holder.
+    holders = {owner: sorted(ref.name for ref in refs) for owner, refs in owners.items()}
+    consumers = [consumer_processor.settle(ctx, ref, spec, credentials, holders.__getitem__)
                  for ref, (spec, credentials) in found.items()]
 
     routes: list[cfg.Route] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -69,24 +69,30 @@ def identifier(credential: Credential) -> Identifier:
     return ("jwt", credential.issuer)
 
 
-Owners = Mapping[tuple[str, str, str], Iterable[ObjectRef]]
+# The names of the consumers holding a credential identifier, (namespace, type,
+# identifier), in order.
+Holders = Callable[[tuple[str, str, str]], Sequence[str]]
+# How many of the others a DuplicateCredential problem names (the rest are counted).
+NAMED_HOLDERS = 3
 
 
 def settle(ctx: BuildContext, ref: ObjectRef, spec: WsConsumerSpec,
-           found: tuple[Credential, ...], owners: Owners) -> cfg.Consumer:
+           found: tuple[Credential, ...], holders: Holders) -> cfg.Consumer:
     """The compiled consumer: its credentials less those another consumer of the
-    namespace holds too (a DuplicateCredential problem for each). ``owners`` maps
-    (namespace, type, identifier) to the consumers holding it."""
+    namespace holds too (a DuplicateCredential problem for each)."""
     kept = []
     for credential in found:
         kind, ident = identifier(credential)
-        others = sorted(r.name for r in owners.get((ref.namespace, kind, ident), ()) if r != ref)
-        if not others:
+        names = holders((ref.namespace, kind, ident))
+        if len(names) < 2:
             kept.append(credential)
             continue
+        others = [n for n in names[:NAMED_HOLDERS + 1] if n != ref.name][:NAMED_HOLDERS]
+        more = len(names) - 1 - len(others)
+        listed = ", ".join(others) + (f" and {more} more" if more else "")
         ctx.problem(ref, "spec.credentials", "DuplicateCredential",
-                    f"its {_DESCRIBED[kind]} is also that of WsConsumer {', '.join(others)} "
-                    "in this namespace; it is refused for all of them until each has its own")
+                    f"its {_DESCRIBED[kind]} is also that of WsConsumer {listed} in this "
+                    "namespace; it is refused for all of them until each has its own")
     return cfg.Consumer(
         namespace=ref.namespace,
         name=ref.name,
