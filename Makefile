@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 
+# The suite in two parts: most tests mostly wait on the processes they start, and run on
+# TEST_WORKERS workers (a file each at a time); the tests marked `serial` assert bounds on
+# time or memory under a load of their own, and run alone afterwards.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m serial
 
 demo: venv
 	$(BIN)/python examples/quickstart/demo.py

@@ -19,6 +19,14 @@ from tests.support import (
 from wsgate.processes import WsgateProcess
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The adversarial tier loads the proxy on purpose and bounds what a bystander waits:
+    # it runs alone (`make test` runs the serial tests after the parallel part).
+    for item in items:
+        if "adversarial" in item.path.parts:
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="module")
 def echo_a() -> Iterator[WsgateProcess]:
     with WsgateProcess("echo", "--listen", "127.0.0.1:0", "--id", "a", name="echo a") as proc:

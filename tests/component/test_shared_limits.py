@@ -26,6 +26,9 @@ from tests.support import (
 from wsgate.processes import ProcessFailed, WsgateProcess
 from wsgate_proxy.leases import Counter
 
+# Serial: asserts counts converge within a lease or renewal interval.
+pytestmark = pytest.mark.serial
+
 JOHN = {"apikey": "john-key"}
 JANE = {"apikey": "jane-key"}
 PER_CONSUMER = Counter.route_consumer("default", "echo", "default/john", 0).key

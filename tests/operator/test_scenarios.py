@@ -15,6 +15,9 @@ from tests.kube.store import ApiError
 from tests.support import KEY, Admin, consumer_objects, eventually, objects_for, route_of
 from wsgate.processes import WsgateProcess
 
+# Serial: asserts a change is enforced within a second of its write.
+pytestmark = pytest.mark.serial
+
 CR = "wsgate.io/v1alpha1"
 
 

@@ -12,6 +12,9 @@ from tests.operator.conftest import ProxyPods
 from tests.support import consumer_objects, objects_for
 from wsgate.processes import WsgateProcess
 
+# Serial: asserts a change is enforced within a second of its write (tests/scenarios.py).
+pytestmark = pytest.mark.serial
+
 
 class EmulatorCluster:
     """The quickstart on the emulator: two proxy processes (as Pods), echo upstreams as
