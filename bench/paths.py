@@ -4,8 +4,7 @@ Three paths to one upstream, a Node `ws` echo server (bench/node/echo.js):
   - direct: the client to the echo server (ws://, and wss:// served by Node itself);
   - wsgate: `wsgate proxy` with the quickstart's key check (ws:// on --listen, wss:// on
     --tls-listen with a route's certificate);
-  - nginx: one worker (or as many as wsgate has), the same key check, TLS 1.3 with the
-    same certificate.
+  - nginx: one worker, the same key check, TLS 1.3 with the same certificate.
 The client is a Node `ws` client (bench/node/client.js), run as its own process per
 measurement, so neither end of a path is wsgate's code. Every listener here takes a
 backlog of 4096 (the kernel caps it at net.core.somaxconn) and every process may hold
@@ -52,6 +51,7 @@ class Path_:
     port: int
     tls_port: int | None
     pids: list[int] = field(default_factory=list)  # empty: nothing in the middle
+    upstream_pids: list[int] = field(default_factory=list)  # the echo server (direct only)
 
     def url(self, tls: bool = False) -> str:
         if tls:
@@ -110,7 +110,7 @@ def start_echo(stack: ExitStack, cert: Certificate) -> Path_:
     stack.callback(_stop, proc)
     assert proc.stdout is not None
     ports = json.loads(proc.stdout.readline())
-    return Path_("direct", ports["port"], ports["tls_port"])
+    return Path_("direct", ports["port"], ports["tls_port"], upstream_pids=[proc.pid])
 
 
 def manifests(directory: Path, echo_port: int, cert: Certificate) -> Path:
@@ -161,7 +161,7 @@ def start_wsgate(stack: ExitStack, echo_port: int, cert: Certificate,
 
 
 NGINX_CONF = """
-worker_processes {workers};
+worker_processes 1;
 worker_rlimit_nofile {descriptors};
 daemon off;
 pid {tmp}/nginx.pid;
@@ -201,8 +201,7 @@ def nginx_binary() -> str | None:
                                      else None)
 
 
-def start_nginx(stack: ExitStack, echo_port: int, cert: Certificate,
-                workers: int = 1) -> Path_ | None:
+def start_nginx(stack: ExitStack, echo_port: int, cert: Certificate) -> Path_ | None:
     binary = nginx_binary()
     if binary is None:
         return None
@@ -210,7 +209,7 @@ def start_nginx(stack: ExitStack, echo_port: int, cert: Certificate,
     port, tls_port = free_port(), free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
-        tmp=tmp, key=KEY, port=port, tls_port=tls_port, upstream=echo_port, workers=workers,
+        tmp=tmp, key=KEY, port=port, tls_port=tls_port, upstream=echo_port,
         descriptors=DESCRIPTORS, backlog=BACKLOG, cert=cert.cert, cert_key=cert.key,
         cipher=TLS_CIPHER))
     proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp)],
@@ -219,7 +218,7 @@ def start_nginx(stack: ExitStack, echo_port: int, cert: Certificate,
     _wait_port(port)
     version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
     return Path_(f"nginx ({version.split('/')[-1]})", port, tls_port,
-                 _children(proc.pid, workers))
+                 _children(proc.pid))
 
 
 def client(mode: str, path: Path_, cert: Certificate, tls: bool = False,
@@ -270,12 +269,12 @@ def _client_options(path: Path_, cert: Certificate, tls: bool,
     return opts
 
 
-def _children(master: int, count: int) -> list[int]:
-    """nginx's worker processes, where the sessions live."""
+def _children(master: int) -> list[int]:
+    """nginx's worker process, where the sessions live."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         found = _child_pids(master)
-        if len(found) >= count:
+        if found:
             return found
         time.sleep(0.05)
     return [master]

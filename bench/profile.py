@@ -1,10 +1,12 @@
 """Where the proxy's time goes, on bench/relay.py's loads.
 
 For each load (echo round trips, handshakes, wss:// handshakes, wss:// echo) the Node
-client runs against wsgate and against nginx, in --rounds interleaved rounds, and the
-CPU time of the process in the middle (user + system, from /proc) is divided by the
-work done: µs per handshake, µs per relayed message (an echo round trip is two: one
-each way); the median of the rounds is reported. With --baseline DIR, an earlier
+client runs direct, against wsgate and against nginx, in --rounds interleaved rounds,
+and the CPU time of the process in the middle (user + system, from /proc) is divided by
+the work done: µs per handshake, µs per relayed message (an echo round trip is two: one
+each way); the median of the rounds is reported. So is the CPU time of the whole path
+(the Node client and echo server too) per unit: on a machine whose cores are all busy,
+what bounds a path's rate is that sum, not which process spends it. With --baseline DIR, an earlier
 checkout of wsgate is measured alongside, as another path (the profile before and after
 a change, under the same load). With --py-spy (PyPI `py-spy`), a further run per load
 samples wsgate (its CPU time not counted) and prints the top frames of its event loop's
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -53,11 +56,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def us_per_unit(path: Path_, load: Load) -> float:
+def us_per_unit(path: Path_, upstream: list[int], load: Load) -> tuple[float, float]:
+    """CPU µs per unit of the process in the middle, and of the whole path (the client,
+    a process of its own that has ended, and the upstream too)."""
     run, units, _ = load
-    before = cpu_seconds(path.pids)
+    before = cpu_seconds(path.pids), cpu_seconds(upstream), _children_cpu()
     result = run(path)
-    return (cpu_seconds(path.pids) - before) / units(result) * 1e6
+    middle = cpu_seconds(path.pids) - before[0]
+    rest = cpu_seconds(upstream) - before[1] + _children_cpu() - before[2]
+    n = units(result)
+    return middle / n * 1e6, (middle + rest) / n * 1e6
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def sampled(path: Path_, load: Load, spy: list[str], out: Path) -> None:
@@ -114,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         cert = certificate(stack)
         direct = start_echo(stack, cert)
-        paths = [start_wsgate(stack, direct.port, cert)]
+        paths = [direct, start_wsgate(stack, direct.port, cert)]
         if args.baseline is not None:
             paths.append(start_wsgate(stack, direct.port, cert, checkout=args.baseline))
         if (nginx := start_nginx(stack, direct.port, cert)) is not None:
@@ -139,26 +152,33 @@ def run(args: argparse.Namespace) -> None:
             if args.only and name not in args.only:
                 continue
             rounds: dict[str, list[float]] = {p.name: [] for p in paths}
+            whole: dict[str, list[float]] = {p.name: [] for p in paths}
             for i in range(args.rounds):
                 for path in paths if i % 2 == 0 else paths[::-1]:
-                    rounds[path.name].append(us_per_unit(path, load))
+                    middle, path_us = us_per_unit(path, direct.upstream_pids, load)
+                    rounds[path.name].append(middle)
+                    whole[path.name].append(path_us)
             report[name] = {"unit": load[2], "load_average": os.getloadavg()[0],
                             "us": {n: statistics.median(v) for n, v in rounds.items()},
-                            "rounds": rounds}
+                            "rounds": rounds,
+                            "path_us": {n: statistics.median(v) for n, v in whole.items()},
+                            "path_rounds": whole}
             out = RESULTS / f"profile-{name}.txt"
             if spy is not None:
-                sampled(paths[0], load, spy, out)
+                sampled(paths[1], load, spy, out)
             _print(name, report[name], out if spy is not None else None, args.top)
     write_results("profile", {"args": {k: str(v) for k, v in vars(args).items()},
                               "loads": report})
 
 
 def _print(name: str, entry: dict[str, Any], collapsed: Path | None, top: int) -> None:
-    print(f"\n== {name}: CPU µs per {entry['unit']} in the process in the middle "
-          f"(median of rounds; load average {entry['load_average']:.1f})")
-    rows = [["path", "µs each", "rounds"]]
+    print(f"\n== {name}: CPU µs per {entry['unit']}, in the process in the middle and "
+          f"on the whole path (median of rounds; load average {entry['load_average']:.1f})")
+    rows = [["path", "µs in the middle", "rounds", "µs on the whole path", "rounds"]]
     for path, us in entry["us"].items():
-        rows.append([path, f"{us:.1f}", " ".join(f"{r:.0f}" for r in entry["rounds"][path])])
+        rows.append([path, f"{us:.1f}", " ".join(f"{r:.0f}" for r in entry["rounds"][path]),
+                     f"{entry['path_us'][path]:.1f}",
+                     " ".join(f"{r:.0f}" for r in entry["path_rounds"][path])])
     print(table(rows))
     if collapsed is not None and collapsed.exists():
         own, inclusive = top_frames(collapsed, top)

@@ -1,8 +1,10 @@
 """The data path: wsgate against nginx and a direct connection, every figure in one run.
 
 Paths (bench/paths.py): direct to a Node `ws` echo server, through `wsgate proxy`, and
-through nginx (one worker unless --workers; the same key check; TLS 1.3 with the same
-certificate and cipher). The client is a Node `ws` client, one process per measurement.
+through nginx (one worker; the same key check; TLS 1.3 with the same certificate and
+cipher). The client is a Node `ws` client, one process per measurement. With --baseline
+DIR, wsgate from an earlier checkout is measured alongside, as another path in the same
+rounds (the table before and after a change, under the same load).
 
 Figures, each measured in --rounds interleaved rounds (direct, wsgate, nginx; then the
 other way round), reported as the median of the per-round ratios, so that drift on a
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, table, write_results
@@ -151,7 +154,7 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def summarize(values: dict[str, dict[str, list[float]]], wsgate: str, nginx: str | None,
-              direct: str) -> list[dict[str, Any]]:
+              direct: str, baseline: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for figure in FIGURES:
         per_path = values.get(figure.key, {})
@@ -165,6 +168,10 @@ def summarize(values: dict[str, dict[str, list[float]]], wsgate: str, nginx: str
             r = ratios(per_path[wsgate], per_path[nginx])
             row["wsgate_vs_nginx"] = statistics.median(r)
             row["wsgate_vs_nginx_rounds"] = r
+            if baseline in per_path:
+                r = ratios(per_path[baseline], per_path[nginx])
+                row["baseline_vs_nginx"] = statistics.median(r)
+                row["baseline_vs_nginx_rounds"] = r
         if direct in per_path:
             row["wsgate_vs_direct"] = statistics.median(ratios(per_path[wsgate],
                                                                per_path[direct]))
@@ -176,15 +183,18 @@ def summarize(values: dict[str, dict[str, list[float]]], wsgate: str, nginx: str
 
 
 def print_table(rows: list[dict[str, Any]], names: list[str]) -> None:
-    header = ["figure", *[f"{n} (median)" for n in names], "wsgate / nginx", "goal",
+    before = any("baseline_vs_nginx" in row for row in rows)
+    header = ["figure", *[f"{n} (median)" for n in names],
+              *(["baseline / nginx"] if before else []), "wsgate / nginx", "goal",
               "rounds' ratios"]
     lines = [header]
     for row in rows:
         goal = ">= 1.0" if row["higher_is_better"] else "<= 1.0"
+        ratio_columns = (["baseline_vs_nginx"] if before else []) + ["wsgate_vs_nginx"]
         lines.append([
             row["title"],
             *[_fmt(row["median"].get(n), row["unit"]) for n in names],
-            f"{row['wsgate_vs_nginx']:.2f}" if "wsgate_vs_nginx" in row else "-",
+            *[f"{row[c]:.2f}" if c in row else "-" for c in ratio_columns],
             goal,
             " ".join(f"{r:.2f}" for r in row.get("wsgate_vs_nginx_rounds", [])),
         ])
@@ -205,22 +215,24 @@ def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         cert = certificate(stack)
         direct = start_echo(stack, cert)
-        wsgate_extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
-        paths = [direct, start_wsgate(stack, direct.port, cert, wsgate_extra)]
+        paths = [direct, start_wsgate(stack, direct.port, cert)]
+        if args.baseline is not None:
+            paths.append(start_wsgate(stack, direct.port, cert, checkout=args.baseline))
         if not args.no_nginx:
-            nginx = start_nginx(stack, direct.port, cert, args.workers)
+            nginx = start_nginx(stack, direct.port, cert)
             if nginx is None:
                 print("(nginx not installed: apt-get install nginx; measuring without it)")
             else:
                 paths.append(nginx)
         names = [p.name for p in paths]
         print(f"paths: {', '.join(names)}; {args.rounds} interleaved rounds per figure; "
-              f"workers: {args.workers}; backlog {BACKLOG}; descriptors {descriptors}; "
+              f"backlog {BACKLOG}; descriptors {descriptors}; "
               f"load average at start {load[0]:.2f}", flush=True)
         values, raw = measure_all(args, paths, cert, lambda m: print(m, flush=True))
     load_end = os.getloadavg()
-    nginx_name = names[2] if len(names) > 2 else None
-    rows = summarize(values, "wsgate", nginx_name, "direct")
+    nginx_name = names[-1] if names[-1].startswith("nginx") else None
+    baseline = names[2] if args.baseline is not None else None
+    rows = summarize(values, "wsgate", nginx_name, "direct", baseline)
     print(f"\nwsgate against {nginx_name or '(no nginx)'} and direct; load average "
           f"{load[0]:.2f} at start, {load_end[0]:.2f} at the end\n")
     print_table(rows, names)
@@ -230,7 +242,8 @@ def run(args: argparse.Namespace) -> None:
         served = {name: [r["served"] for r in runs] for name, runs in raw["storm_s"].items()}
         print(f"reconnect storm, clients served per round (of {args.storm}): {served}")
     out = write_results("relay", {
-        "args": vars(args), "load_average": {"start": load, "end": load_end},
+        "args": {**vars(args), "baseline": args.baseline and str(args.baseline)},
+        "load_average": {"start": load, "end": load_end},
         "versions": _versions(), "summary": rows, "values": values, "raw": raw})
     print(f"\nwrote {out}")
     plot(rows, names)
@@ -301,8 +314,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--storm", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="wsgate's --workers and nginx's worker_processes")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also measure wsgate from this checkout (an earlier build)")
     parser.add_argument("--no-nginx", action="store_true")
     run(parser.parse_args())
 
