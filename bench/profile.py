@@ -6,13 +6,14 @@ and the CPU time of the process in the middle (user + system, from /proc) is div
 the work done: µs per handshake, µs per relayed message (an echo round trip is two: one
 each way); the median of the rounds is reported. So is the CPU time of the whole path
 (the Node client and echo server too) per unit: on a machine whose cores are all busy,
-what bounds a path's rate is that sum, not which process spends it. With --baseline DIR, an earlier
-checkout of wsgate is measured alongside, as another path (the profile before and after
-a change, under the same load). With --py-spy (PyPI `py-spy`), a further run per load
-samples wsgate (its CPU time not counted) and prints the top frames of its event loop's
-thread, by own time and including callees; --native adds C frames (uvloop, aiohttp's
-parser, OpenSSL, the kernel's entry points). Writes bench/results/profile.json and
-profile-<load>.txt (collapsed stacks, for flame graph tools).
+what bounds a path's rate is that sum, not which process spends it. With --baseline
+DIR, an earlier checkout of wsgate is measured alongside, as another path (the profile
+before and after a change, under the same load). With --py-spy (PyPI `py-spy`), a
+further run per load samples each wsgate (its CPU time not counted) and prints the top
+frames of its event loop's thread, by own time and including callees; --native adds C
+frames (uvloop, aiohttp's parser, OpenSSL, the kernel's entry points). Writes
+bench/results/profile.json and profile-<load>[-baseline].txt (collapsed stacks, for
+flame graph tools).
 """
 
 from __future__ import annotations
@@ -163,15 +164,18 @@ def run(args: argparse.Namespace) -> None:
                             "rounds": rounds,
                             "path_us": {n: statistics.median(v) for n, v in whole.items()},
                             "path_rounds": whole}
-            out = RESULTS / f"profile-{name}.txt"
+            _print(name, report[name])
             if spy is not None:
-                sampled(paths[1], load, spy, out)
-            _print(name, report[name], out if spy is not None else None, args.top)
+                for path in paths[1:3 if args.baseline is not None else 2]:  # each wsgate
+                    suffix = "-baseline" if path is not paths[1] else ""
+                    out = RESULTS / f"profile-{name}{suffix}.txt"
+                    sampled(path, load, spy, out)
+                    _print_frames(path.name, out, args.top)
     write_results("profile", {"args": {k: str(v) for k, v in vars(args).items()},
                               "loads": report})
 
 
-def _print(name: str, entry: dict[str, Any], collapsed: Path | None, top: int) -> None:
+def _print(name: str, entry: dict[str, Any]) -> None:
     print(f"\n== {name}: CPU µs per {entry['unit']}, in the process in the middle and "
           f"on the whole path (median of rounds; load average {entry['load_average']:.1f})")
     rows = [["path", "µs in the middle", "rounds", "µs on the whole path", "rounds"]]
@@ -180,12 +184,16 @@ def _print(name: str, entry: dict[str, Any], collapsed: Path | None, top: int) -
                      f"{entry['path_us'][path]:.1f}",
                      " ".join(f"{r:.0f}" for r in entry["path_rounds"][path])])
     print(table(rows))
-    if collapsed is not None and collapsed.exists():
-        own, inclusive = top_frames(collapsed, top)
-        print("\nwsgate, own time:")
-        print(table([["share", "frame"], *[[f"{s:.1%}", f] for f, s in own]]))
-        print("\nwsgate, including callees:")
-        print(table([["share", "frame"], *[[f"{s:.1%}", f] for f, s in inclusive]]))
+
+
+def _print_frames(name: str, collapsed: Path, top: int) -> None:
+    if not collapsed.exists():
+        return
+    own, inclusive = top_frames(collapsed, top)
+    print(f"\n{name}, own time:")
+    print(table([["share", "frame"], *[[f"{s:.1%}", f] for f, s in own]]))
+    print(f"\n{name}, including callees:")
+    print(table([["share", "frame"], *[[f"{s:.1%}", f] for f, s in inclusive]]))
 
 
 def main() -> None:
