@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.peers import AuthServerProcess, OidcProvider
 from tests.redis_server import RedisServer
 from tests.support import (
     TOKEN,
@@ -110,3 +111,19 @@ def serve(start_proxy, upstream) -> Callable[..., Awaitable[Served]]:
         await served.push()
         return served
     return start
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[AuthServerProcess]:
+    """The forward-auth server (a process of its own), for the module's tests."""
+    server = AuthServerProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def oidc() -> Iterator[OidcProvider]:
+    """An OpenID Connect provider (oidc-provider-mock), stopped after the test."""
+    provider = OidcProvider().start()
+    yield provider
+    provider.stop()

@@ -62,6 +62,15 @@ def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -
     return path
 
 
+def route(name: str, path: str, auth: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A WsRoute onto the quickstart's echo Service."""
+    return {"apiVersion": "wsgate.io/v1alpha1", "kind": "WsRoute",
+            "metadata": {"name": name},
+            "spec": {"paths": [{"type": "Prefix", "value": path}],
+                     "backend": {"service": {"name": "echo", "port": 8080}},
+                     "auth": auth, **spec}}
+
+
 def endpoint_slice(name: str, service: str, address: str, port: int,
                    port_name: str = "ws") -> dict[str, Any]:
     return {

@@ -16,6 +16,13 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from wsgate_proxy.config import (
+    MIN_RECHECK_SECONDS,
+    NOT_SET_BY_VERIFICATION,
+    NOT_SET_BY_VERIFICATION_WORDS,
+    spelled_any_way,
+)
+
 API_GROUP = "wsgate.io"
 API_VERSION = "v1alpha1"
 CREDENTIAL_LABEL = "wsgate.io/credential"
@@ -24,6 +31,14 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]*$")
 _ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+$")
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+# Headers an External auth call never carries, whatever a route lists: hop-by-hop
+# headers, the upgrade and the handshake's own, and those the proxy sets itself.
+NOT_SENT_TO_AUTH = re.compile(spelled_any_way((
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host",
+    "content-length", "content-type", "expect", "accept-encoding", "x-original-url",
+    "sec-websocket-.*", "x-forwarded-.*")))
 
 
 def _hostname(value: str) -> str:
@@ -37,6 +52,12 @@ def _hostname(value: str) -> str:
 def _header_name(value: str) -> str:
     if not _HEADER_TOKEN.match(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not _HTTP_URL.match(value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
     return value
 
 
@@ -56,6 +77,8 @@ HeaderName = Annotated[str, AfterValidator(_header_name), Field(
     max_length=256, json_schema_extra={"pattern": _HEADER_TOKEN.pattern})]
 Origin = Annotated[str, AfterValidator(_origin), Field(
     max_length=512, json_schema_extra={"pattern": _ORIGIN.pattern})]
+HttpUrl = Annotated[str, AfterValidator(_http_url), Field(
+    max_length=2048, json_schema_extra={"pattern": _HTTP_URL.pattern})]
 
 
 def cel(*rules: tuple[str, str]) -> dict:
@@ -199,30 +222,182 @@ class AllowedConsumersSpec(_Spec):
     neither: every consumer of the namespace."""
 
 
+class RequiredClaimSpec(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    """The claim, e.g. scope, roles, groups."""
+    values: Annotated[list[Annotated[str, Field(max_length=1024)]],
+                      Field(min_length=1, max_length=64)]
+    """The claim must equal one of these or, when it is an array or a space-separated
+    string (scope), contain one of them."""
+
+
+class ClaimToHeaderSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!self.header.matches('" + NOT_SET_BY_VERIFICATION + "')",
+         "header cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+    ))
+
+    claim: Annotated[str, Field(min_length=1, max_length=256)]
+    """The claim to send: strings as they are, numbers and booleans as JSON writes them,
+    arrays comma-joined; an object refuses the handshake (403)."""
+    header: HeaderName
+    """The upstream request header that carries it; a client's own copy of it (under any
+    spelling) is always removed."""
+
+    @model_validator(mode="after")
+    def _settable(self) -> ClaimToHeaderSpec:
+        if re.match(NOT_SET_BY_VERIFICATION, self.header):
+            raise ValueError(f"header cannot name {self.header!r}: not "
+                             + NOT_SET_BY_VERIFICATION_WORDS)
+        return self
+
+
+class JwtProviderSpec(_Spec):
+    issuer: HttpUrl
+    """The provider's issuer, exactly as tokens carry it in iss (e.g.
+    https://idp.example.com/realms/demo); it selects the provider."""
+    jwks_uri: HttpUrl | None = None
+    """Where the provider publishes its signing keys (JWKS). Default: the jwks_uri of
+    <issuer>/.well-known/openid-configuration. The proxies fetch it themselves."""
+    audiences: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
+                         Field(max_length=32)] = []
+    """A token's aud must include one of these. Empty: jwt.audience, when set; else aud
+    is not checked (any application's token from this provider would do: set it)."""
+    required_claims: Annotated[list[RequiredClaimSpec], Field(max_length=32)] = []
+    """Claims a token must carry (all of them), else 403."""
+    claims_to_headers: Annotated[list[ClaimToHeaderSpec], Field(max_length=32)] = []
+    """Claims sent to the upstream as request headers."""
+    identity_claim: Annotated[str, Field(min_length=1, max_length=256)] = "sub"
+    """The claim that says whose the token is: the session's identity (per-consumer
+    limits, ConsistentHash on Consumer, X-Consumer-Username, the access log)."""
+    ca_secret_ref: SecretRef | None = None
+    """For an https issuer or jwksUri with a private CA: a Secret whose 'ca.crt' holds the
+    CA certificates to trust. Default: the system's roots."""
+
+
 class JwtAuthSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.providers) || self.providers.all(p, self.providers.exists_one(q, "
+         "q.issuer == p.issuer))", "each provider's issuer must be different"),
+    ))
+
     audience: Annotated[str, Field(min_length=1)] | None = None
-    """When set, a token's aud claim must include it."""
+    """When set, a token's aud claim must include it (for a provider: unless it lists
+    audiences of its own)."""
+    providers: Annotated[list[JwtProviderSpec], Field(max_length=16)] = []
+    """OpenID Connect providers whose tokens the route accepts, verified with their
+    published keys; no WsConsumer needed. A token whose iss is none of them must be a
+    WsConsumer's JWT credential."""
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=600)] = 30
+    """Leeway for exp, nbf and iat; a session is closed this long after its token's exp."""
+    cookie: Annotated[str, Field(max_length=256)] = ""
+    """A cookie that may carry the token (e.g. an app's access_token cookie); empty (the
+    default): none."""
+
+    @model_validator(mode="after")
+    def _issuers_differ(self) -> JwtAuthSpec:
+        issuers = [p.issuer for p in self.providers]
+        if len(set(issuers)) != len(issuers):
+            raise ValueError("each provider's issuer must be different")
+        return self
+
+
+class ExternalAuthSpec(_Spec):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.requestHeaders.all(h, !h.matches('" + NOT_SENT_TO_AUTH.pattern + "'))",
+         "requestHeaders cannot name hop-by-hop headers, Upgrade, Connection, Host, "
+         "Sec-WebSocket-* or X-Forwarded-* (the proxy sets X-Forwarded-* itself)"),
+        ("!has(self.responseHeaders) || self.responseHeaders.all(h, !h.matches('"
+         + NOT_SET_BY_VERIFICATION + "'))",
+         "responseHeaders cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+        # double(): an integer written in YAML is a number all the same
+        ("double(self.recheckSeconds) == 0.0 || double(self.recheckSeconds) >= 0.5",
+         "recheckSeconds is 0 (never) or at least 0.5"),
+        ("!has(self.identityHeader) || !self.identityHeader.matches('"
+         + NOT_SET_BY_VERIFICATION + "')",
+         "identityHeader cannot name " + NOT_SET_BY_VERIFICATION_WORDS),
+    ))
+
+    url: HttpUrl
+    """The application's auth endpoint (http or https). Each handshake becomes a plain
+    GET to it with requestHeaders and X-Forwarded-Method, -Proto, -Host, -Uri, -For and
+    X-Original-URL: 2xx allows, 401/403 is passed to the client (with WWW-Authenticate,
+    Location and the body), anything else answers 503."""
+    request_headers: Annotated[list[HeaderName], Field(max_length=32)] = [
+        "Cookie", "Authorization"]
+    """The handshake's headers the auth call carries. With hideCredentials (the
+    default) they are not forwarded upstream."""
+    response_headers: Annotated[list[HeaderName], Field(max_length=32)] = []
+    """Headers of a 2xx answer passed to the upstream; a client's own copies of them
+    (under any spelling) are always removed first."""
+    identity_header: HeaderName | None = None
+    """A header of the 2xx answer naming who the session belongs to: per-consumer limits,
+    ConsistentHash on Consumer, X-Consumer-Username and the access log use it. An allow
+    without it answers 503."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """How long a handshake waits for the auth server; then 503."""
+    cache_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    """Remember an allow this long (never longer than the answer's Cache-Control
+    max-age; never a refusal or an error), for exactly the same forwarded headers. 0:
+    ask every time."""
+    recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    """Ask again for each live session this often (spread out; at least 0.5); a 401/403
+    closes it with 1008 "credential revoked". 0: never."""
+    ca_secret_ref: SecretRef | None = None
+    """For an https url with a private CA: a Secret whose 'ca.crt' holds the CA
+    certificates to trust. Default: the system's roots."""
+
+    @model_validator(mode="after")
+    def _sendable(self) -> ExternalAuthSpec:
+        for name in self.request_headers:
+            if NOT_SENT_TO_AUTH.match(name):
+                raise ValueError(
+                    f"requestHeaders cannot name {name!r}: hop-by-hop headers, Upgrade, "
+                    "Connection, Host, Sec-WebSocket-* and X-Forwarded-* never go to an auth "
+                    "server (the proxy sets X-Forwarded-* itself)")
+        if 0 < self.recheck_seconds < MIN_RECHECK_SECONDS:
+            raise ValueError(f"recheckSeconds is 0 (never) or at least {MIN_RECHECK_SECONDS}: "
+                             f"{self.recheck_seconds} would ask the auth server about every "
+                             "session many times a second")
+        for field, names in (("responseHeaders", self.response_headers),
+                             ("identityHeader", [self.identity_header or ""])):
+            for name in names:
+                if re.match(NOT_SET_BY_VERIFICATION, name):
+                    raise ValueError(f"{field} cannot name {name!r}: not "
+                                     + NOT_SET_BY_VERIFICATION_WORDS)
+        return self
 
 
 AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
+RouteAuthMethod = Literal["KeyAuth", "BasicAuth", "JWT", "External"]
 
 
 class AuthSpec(_Spec):
     model_config = ConfigDict(json_schema_extra=cel(
         ("self.mode == 'None' || size(self.methods) > 0",
          "this auth mode needs at least one entry in methods (e.g. [KeyAuth])"),
+        ("!('External' in self.methods) || has(self.external)",
+         "method External needs external: the auth endpoint's url"),
+        ("!has(self.external) || 'External' in self.methods",
+         "external applies to method External only: add External to methods"),
+        ("!('External' in self.methods) || self.mode != 'FirstMessage'",
+         "External reads the handshake's headers: it needs mode Handshake"),
     ))
 
     mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
     """Handshake: the credential comes with the upgrade request (401/403 before any
     upgrade). FirstMessage: the proxy upgrades, and the first message must be
     {"type": "auth", ...} with a credential (close 4401 otherwise). None: a public route."""
-    methods: list[AuthMethod] = ["KeyAuth"]
-    """The accepted credential types, tried in this order."""
+    methods: list[RouteAuthMethod] = ["KeyAuth"]
+    """The accepted credential types, tried in this order; the first one presented
+    decides. External (the application's own auth endpoint) always decides when it is
+    reached: list it last."""
     key_auth: KeyAuthSpec = KeyAuthSpec()
     """Where an API key may come from."""
     jwt: JwtAuthSpec = JwtAuthSpec()
-    """JWT options."""
+    """JWT options: WsConsumers' JWT credentials and OpenID Connect providers."""
+    external: ExternalAuthSpec | None = None
+    """Method External: the application's own auth endpoint (forward auth)."""
     first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     """FirstMessage mode: how long the proxy waits for the auth message."""
     hide_credentials: bool = True
@@ -237,6 +412,13 @@ class AuthSpec(_Spec):
         if self.mode != "None" and not self.methods:
             raise ValueError(
                 f"mode {self.mode} needs at least one entry in methods (e.g. [KeyAuth])")
+        if "External" in self.methods and self.external is None:
+            raise ValueError("method External needs external: the auth endpoint's url")
+        if self.external is not None and "External" not in self.methods:
+            raise ValueError("external applies to method External only: add External to "
+                             "methods")
+        if "External" in self.methods and self.mode == "FirstMessage":
+            raise ValueError("External reads the handshake's headers: it needs mode Handshake")
         k = self.key_auth
         if "KeyAuth" in self.methods and not (k.header or k.query or k.cookie or k.subprotocol):
             raise ValueError(
@@ -292,8 +474,13 @@ class WsRouteSpec(_Spec):
     """Connection, message and rate limits."""
     on_credential_revoked: Literal["Close", "Keep"] = "Close"
     """Close: live sessions of a consumer that was deleted, disabled, re-keyed or is no
-    longer allowed are closed with 1008. Keep: they run on; only new handshakes are
-    refused."""
+    longer allowed, or that an External recheck refused, are closed with 1008
+    "credential revoked". Keep: they run on; only new handshakes are refused."""
+    on_credential_expired: Literal["Close", "Keep"] = "Close"
+    """Close: a session ends with 1008 "credential expired" when its credential does: a
+    JWT's exp (plus jwt.clockSkewSeconds), an External answer's Cache-Control max-age or
+    Expires (unless a recheck renewed it). In FirstMessage mode a client renews it by
+    sending a new auth message. Keep: sessions outlive their credential."""
 
     @model_validator(mode="after")
     def _tls_needs_hosts(self) -> WsRouteSpec:

@@ -83,7 +83,8 @@ class WsRouteStatus(_Status):
     """The generation this status was written for."""
     conditions: Annotated[list[Condition], Field(json_schema_extra=_LIST_MAP)]
     """Accepted: the spec is valid and compiled. ResolvedRefs: the backend Service and port
-    (and TLS Secrets) were found. Programmed: every running proxy pod runs a config that
+    (and the TLS and CA Secrets: the backend's, the External auth server's, the identity
+    providers') were found. Programmed: every running proxy pod runs a config that
     includes this generation."""
     endpoints: int
     """Ready endpoints of the backend."""

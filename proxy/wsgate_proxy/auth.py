@@ -1,9 +1,16 @@
-"""Verifying a presented credential against the compiled consumers.
+"""Verifying a presented credential: against the compiled consumers, an identity
+provider's keys, or the application's own auth server.
 
 API keys are compared by SHA-256 digest (the proxy never holds a key in the clear);
-passwords against salted PBKDF2 hashes, through a cache of successes; JWTs by
-signature (PyJWT), ``exp`` and ``nbf`` with a small leeway, and ``aud`` when the route
-names an audience. A token's ``iss`` selects the consumer.
+passwords against salted PBKDF2 hashes, through a cache of successes; JWTs by signature
+(PyJWT), ``exp`` (required), ``nbf`` and ``iat`` with the route's clock skew, and
+``aud`` when the route names an audience. A token's ``iss`` selects one of the route's
+identity providers (oidc.py; no WsConsumer needed) or else the consumer holding that
+issuer. ``External`` asks the route's auth server (external_auth.py).
+
+Whatever verified it, the result is an ``Authenticated``: who (an ``Identity``, or
+nobody), until when the credential holds (a JWT's ``exp``, an External answer's
+lifetime), and the headers the upstream gets from the verification.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 import jwt
 from multidict import CIMultiDictProxy
 
-from .config import Consumer, JwtCredential, Route
+from .config import AuthMethod, Consumer, JwtCredential, Route
 from .credentials import (
     BEARER_QUERY,
     BEARER_SUBPROTOCOL_PREFIX,
@@ -24,26 +31,42 @@ from .credentials import (
     Presented,
     find_credential,
 )
+from .external_auth import AuthCall, ExternalAuthClient, Inbound
+from .jwks import KeySets
+from .oidc import decode, provider_for, verify
 from .passwords import PasswordVerifier
 from .refusals import Forbidden, Unauthorized
-
-JWT_LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    consumer: Consumer
+    """Who a session belongs to."""
+
+    key: str  # what per-consumer limits, ConsistentHash and revocation know it by
+    username: str  # X-Consumer-Username, the access log
     credential_id: str
     # What the credential was when it was verified (a key's digest, a password's hash,
     # a JWT key's fingerprint): a live session is revoked when its consumer no longer
     # holds a credential with this fingerprint.
     fingerprint: str
+    consumer: Consumer | None = None  # None: an identity provider's or an auth server's
+
+    @property
+    def max_connections(self) -> int | None:
+        """The WsConsumer's maxConnections (on all routes together); None for others."""
+        return self.consumer.max_connections if self.consumer is not None else None
 
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
-    identity: Identity | None  # None on a route with auth mode None
+    identity: Identity | None  # None on a public route, or External without identityHeader
     presented: Presented | None
+    method: AuthMethod | None = None
+    # What vouched for it besides the consumers: the External url, a provider's issuer.
+    grant: str | None = None
+    valid_until: float | None = None  # unix time the credential ends, skew included
+    headers: tuple[tuple[str, str], ...] = ()  # for the upstream request
+    external_call: AuthCall | None = None  # what a recheck asks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +77,12 @@ class _JwtEntry:
 
 
 class Authenticator:
-    def __init__(self, consumers: tuple[Consumer, ...], passwords: PasswordVerifier) -> None:
+    def __init__(self, consumers: tuple[Consumer, ...], passwords: PasswordVerifier,
+                 keysets: KeySets | None = None,
+                 external: ExternalAuthClient | None = None) -> None:
         self._passwords = passwords
+        self._keysets = keysets
+        self._external = external
         self._keys: dict[tuple[str, str], Identity] = {}
         self._basic: dict[tuple[str, str], tuple[Consumer, str, str]] = {}
         self._jwt: dict[tuple[str, str], _JwtEntry] = {}
@@ -65,7 +92,7 @@ class Authenticator:
             ns = consumer.namespace
             prints = set()
             for key in consumer.keys:
-                self._keys[(ns, key.sha256)] = Identity(consumer, key.id, key.sha256)
+                self._keys[(ns, key.sha256)] = _of(consumer, key.id, key.sha256)
                 prints.add(key.sha256)
             for basic in consumer.basic:
                 self._basic[(ns, basic.username)] = (consumer, basic.id, basic.password_hash)
@@ -89,6 +116,7 @@ class Authenticator:
         headers: CIMultiDictProxy[str],
         raw_query: str,
         protocols: list[str],
+        inbound: Inbound | None = None,
     ) -> Authenticated:
         if route.auth.mode == "None":
             return Authenticated(None, None)
@@ -99,19 +127,36 @@ class Authenticator:
         if presented is None:
             raise Unauthorized(f"no credential presented; send {describe_sources(route)}",
                                challenges=challenges(route))
+        if presented.method == "External":
+            assert inbound is not None, "External needs the handshake's request"
+            return await self._ask_external(route, presented, headers, inbound)
         return await self.check(route, presented)
 
     async def check(self, route: Route, presented: Presented) -> Authenticated:
         """Verify a presented credential and the consumer's access to the route."""
-        identity = await self._verify(route, presented)
-        if not allows(route, identity.consumer):
+        who = await self._verify(route, presented)
+        consumer = who.identity.consumer if who.identity is not None else None
+        if consumer is not None and not allows(route, consumer):
             # The HTTP answer goes to the credential's holder; a close reason (FirstMessage
             # mode) is Forbidden's default, which names nobody.
-            raise Forbidden(f"consumer {identity.consumer.username!r} is not allowed on this "
-                            "route")
-        return Authenticated(identity, presented)
+            raise Forbidden(f"consumer {consumer.username!r} is not allowed on this route")
+        return who
 
-    async def _verify(self, route: Route, presented: Presented) -> Identity:
+    async def _ask_external(self, route: Route, presented: Presented,
+                            headers: CIMultiDictProxy[str], inbound: Inbound) -> Authenticated:
+        assert self._external is not None
+        assert route.auth.external is not None
+        call = self._external.call_for(route, headers, inbound)
+        allowed = await self._external.check(route, call)
+        url = route.auth.external.url
+        identity = None
+        if allowed.identity is not None:
+            identity = Identity(f"external:{allowed.identity}", allowed.identity, "external",
+                                f"external:{url}")
+        return Authenticated(identity, presented, "External", url, allowed.valid_until,
+                             allowed.headers, call)
+
+    async def _verify(self, route: Route, presented: Presented) -> Authenticated:
         ns = route.namespace
         where = f"the {presented.source}" if presented.source != "message" else "the message"
         if presented.method == "KeyAuth":
@@ -120,45 +165,54 @@ class Authenticator:
             if identity is None:
                 raise Unauthorized(f"the API key in {where} is not valid",
                                    challenges=challenges(route))
-            return identity
+            return Authenticated(identity, presented, "KeyAuth")
         if presented.method == "BasicAuth":
             entry = self._basic.get((ns, presented.username))
             if entry is None or not await self._passwords.verify(presented.value, entry[2]):
                 raise Unauthorized("the user name or password is not valid",
                                    challenges=challenges(route))
-            return Identity(entry[0], entry[1], entry[2])
-        return self._verify_jwt(route, presented.value)
+            return Authenticated(_of(entry[0], entry[1], entry[2]), presented, "BasicAuth")
+        if presented.method == "JWT":
+            return await self._verify_jwt(route, presented)
+        raise Unauthorized(f"{presented.method} cannot be presented this way",
+                           challenges=challenges(route))
 
-    def _verify_jwt(self, route: Route, token: str) -> Identity:
+    async def _verify_jwt(self, route: Route, presented: Presented) -> Authenticated:
         def fail(message: str) -> Unauthorized:
             return Unauthorized(message, challenges=challenges(route, 'error="invalid_token"'))
 
+        def forbid(message: str) -> Forbidden:
+            return Forbidden(message, challenges=challenges(route, 'error="insufficient_scope"'))
+
+        token = presented.value
         try:
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError:
             raise fail("the bearer token is not a JWT") from None
         issuer = claims.get("iss")
+        skew = route.auth.jwt.clock_skew_seconds
+        provider = provider_for(route, issuer)
+        if provider is not None and self._keysets is not None:
+            keyset = self._keysets.get(provider)
+            granted = await verify(route, provider, keyset, token, fail, forbid)
+            identity = Identity(f"oidc:{provider.issuer}:{granted.identity}", granted.identity,
+                                "provider", f"provider:{provider.issuer}")
+            return Authenticated(identity, presented, "JWT", provider.issuer,
+                                 granted.expires + skew, granted.headers)
         entry = self._jwt.get((route.namespace, issuer)) if isinstance(issuer, str) else None
         if entry is None:
-            raise fail("the token's issuer (iss) is not a consumer's")
-        audience = route.auth.jwt_audience
-        try:
-            jwt.decode(
-                token, entry.key, algorithms=[entry.credential.algorithm], issuer=issuer,
-                audience=audience, leeway=JWT_LEEWAY_SECONDS,
-                options={"require": ["exp", "iss"], "verify_aud": audience is not None},
-            )
-        except jwt.ExpiredSignatureError:
-            raise fail("the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise fail("the token is not valid yet (nbf)") from None
-        except jwt.InvalidAudienceError:
-            raise fail(f"the token's audience (aud) does not include {audience!r}") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise fail(f"the token lacks the {exc.claim!r} claim") from None
-        except jwt.InvalidTokenError:
-            raise fail("the token's signature is not valid") from None
-        return Identity(entry.consumer, entry.credential.id, entry.credential.fingerprint)
+            raise fail("the token's issuer (iss) is neither an identity provider of this "
+                       "route nor a consumer's")
+        audience = route.auth.jwt.audience
+        verified = decode(token, entry.key, [entry.credential.algorithm],
+                          issuer=entry.credential.issuer,
+                          audiences=(audience,) if audience else (), leeway=skew, fail=fail)
+        identity = _of(entry.consumer, entry.credential.id, entry.credential.fingerprint)
+        return Authenticated(identity, presented, "JWT", valid_until=float(verified["exp"]) + skew)
+
+
+def _of(consumer: Consumer, credential_id: str, fingerprint: str) -> Identity:
+    return Identity(consumer.key, consumer.username, credential_id, fingerprint, consumer)
 
 
 def allows(route: Route, consumer: Consumer) -> bool:
@@ -185,9 +239,11 @@ def describe_sources(route: Route) -> str:
     if "BasicAuth" in auth.methods:
         phrases.append("a user name and password in 'Authorization: Basic'")
     if "JWT" in auth.methods:
-        phrases.append("a JWT " + _either([
-            "in 'Authorization: Bearer'", f"as query parameter {BEARER_QUERY!r}",
-            f"as subprotocol '{BEARER_SUBPROTOCOL_PREFIX}<token>'"]))
+        places = ["in 'Authorization: Bearer'", f"as query parameter {BEARER_QUERY!r}",
+                  f"as subprotocol '{BEARER_SUBPROTOCOL_PREFIX}<token>'"]
+        if auth.jwt.cookie:
+            places.append(f"in cookie {auth.jwt.cookie!r}")
+        phrases.append("a JWT " + _either(places))
     return "; or ".join(phrases)
 
 
@@ -210,6 +266,7 @@ def challenges(route: Route, bearer_error: str = "") -> tuple[str, ...]:
             found.append("ApiKey " + ", ".join(params))
         elif method == "BasicAuth":
             found.append(f'Basic {realm}, charset="UTF-8"')
-        else:
+        elif method == "JWT":
             found.append(f"Bearer {realm}" + (f", {bearer_error}" if bearer_error else ""))
+        # External: the auth server's own answer carries its challenges
     return tuple(found)

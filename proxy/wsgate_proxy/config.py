@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=253)]
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -69,7 +70,96 @@ class KeyAuthSources(_Model):
     subprotocol: bool = True
 
 
-AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT"]
+AuthMethod = Literal["KeyAuth", "BasicAuth", "JWT", "External"]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)]
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$", max_length=256)]
+
+
+def spelled_any_way(names: tuple[str, ...]) -> str:
+    """A regex (Python's and CEL's RE2) matching these header names in any case and with
+    ``_`` for ``-`` (CGI and WSGI servers read underscores as dashes)."""
+    return "(?i)^(" + "|".join(n.replace("-", "[-_]") for n in names) + ")$"
+
+
+# Headers a verification (an auth server's answer, a token's claims) can never set on the
+# upstream request: the body's framing (Content-Length, Transfer-Encoding: smuggling),
+# what makes it a WebSocket handshake, hop-by-hop headers, and those the proxy sets.
+NOT_SET_BY_VERIFICATION = spelled_any_way((
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host",
+    "content-length", "content-type", "expect", "sec-websocket-.*", "x-consumer-username",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+NOT_SET_BY_VERIFICATION_WORDS = (
+    "hop-by-hop headers, Host, Content-Length, Transfer-Encoding, Upgrade, Connection, "
+    "Sec-WebSocket-*, X-Consumer-Username or X-Forwarded-For/-Proto/-Host (the proxy "
+    "sets those itself)")
+_NOT_SET_BY_VERIFICATION = re.compile(NOT_SET_BY_VERIFICATION)
+
+
+def _settable_upstream(name: str) -> str:
+    if _NOT_SET_BY_VERIFICATION.match(name):
+        raise ValueError(f"{name!r} cannot be set on the upstream request by an auth server's "
+                         f"answer or a token's claims: not {NOT_SET_BY_VERIFICATION_WORDS}")
+    return name
+
+
+# A header an auth server's answer or a token's claim fills in on the upstream request.
+UpstreamHeaderName = Annotated[HeaderName, AfterValidator(_settable_upstream)]
+
+
+MIN_RECHECK_SECONDS = 0.5
+
+
+class ExternalAuth(_Model):
+    """The application's own auth endpoint, asked about each handshake (forward auth)."""
+
+    url: Url
+    request_headers: tuple[HeaderName, ...] = ("Cookie", "Authorization")
+    response_headers: tuple[UpstreamHeaderName, ...] = ()
+    identity_header: UpstreamHeaderName | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    cache_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    recheck_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    ca_pem: str | None = None  # https with a private CA; None: the system's roots
+
+    @model_validator(mode="after")
+    def _recheck_bounded(self) -> ExternalAuth:
+        if 0 < self.recheck_seconds < MIN_RECHECK_SECONDS:
+            raise ValueError(f"recheck_seconds is 0 (never) or at least {MIN_RECHECK_SECONDS}")
+        return self
+
+
+class ClaimRequirement(_Model):
+    """A claim that must equal one of ``values`` or, for an array or a space-separated
+    string (``scope``), contain one of them."""
+
+    name: Annotated[str, Field(min_length=1)]
+    values: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class ClaimHeader(_Model):
+    claim: Annotated[str, Field(min_length=1)]
+    header: UpstreamHeaderName
+
+
+class JwtProvider(_Model):
+    """An OpenID Connect provider whose tokens a route accepts, verified by its JWKS."""
+
+    issuer: Url
+    jwks_uri: Url | None = None  # None: discovered from <issuer>/.well-known/openid-configuration
+    audiences: tuple[str, ...] = ()  # a token's aud must include one; empty: the route's audience
+    required_claims: tuple[ClaimRequirement, ...] = ()
+    claims_to_headers: tuple[ClaimHeader, ...] = ()
+    identity_claim: Annotated[str, Field(min_length=1)] = "sub"
+    ca_pem: str | None = None
+
+
+class JwtOptions(_Model):
+    audience: str | None = None  # when set, a token's aud must include it
+    providers: tuple[JwtProvider, ...] = ()
+    # Leeway for exp, nbf and iat, and after exp before a live session is closed.
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=600)] = 30
+    cookie: str = ""  # a cookie that may carry the token; empty: none
 
 
 class RouteAuth(_Model):
@@ -78,7 +168,8 @@ class RouteAuth(_Model):
     mode: Literal["Handshake", "FirstMessage", "None"] = "Handshake"
     methods: tuple[AuthMethod, ...] = ("KeyAuth",)
     key_auth: KeyAuthSources = KeyAuthSources()
-    jwt_audience: str | None = None  # when set, a token's aud must include it
+    jwt: JwtOptions = JwtOptions()
+    external: ExternalAuth | None = None
     first_message_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     hide_credentials: bool = True
     # Consumers allowed on the route, as names within the route's namespace;
@@ -89,6 +180,10 @@ class RouteAuth(_Model):
     def _methods_match_mode(self) -> RouteAuth:
         if self.mode != "None" and not self.methods:
             raise ValueError(f"auth mode {self.mode} needs at least one method")
+        if ("External" in self.methods) != (self.external is not None):
+            raise ValueError("method External and the external settings go together")
+        if self.mode == "FirstMessage" and "External" in self.methods:
+            raise ValueError("External reads the handshake's headers: it needs mode Handshake")
         return self
 
 
@@ -116,6 +211,7 @@ class Route(_Model):
     allowed_origins: tuple[str, ...] = ()
     limits: Limits = Limits()
     on_credential_revoked: Literal["Close", "Keep"] = "Close"
+    on_credential_expired: Literal["Close", "Keep"] = "Close"
 
     @property
     def key(self) -> str:

@@ -130,13 +130,24 @@ def _find_bearer(auth: RouteAuth, headers: CIMultiDictProxy[str], raw_query: str
             if token.count(".") != 2:  # not a JWT as it is: base64url of one
                 token = _decode_b64url(token)
             return Presented("JWT", token, "subprotocol", subprotocol_entry=entry)
+    cookie = auth.jwt.cookie
+    if cookie and (token := cookie_value(headers, cookie)) is not None:
+        return Presented("JWT", token, "cookie", cookie)
     return None
+
+
+def _find_external(auth: RouteAuth, headers: CIMultiDictProxy[str], raw_query: str,
+                   protocols: list[str]) -> Presented:
+    """External always decides when it is reached: the auth server is asked even when
+    none of the headers it reads is present (it may answer with a login Location)."""
+    return Presented("External", "", "header")
 
 
 _FINDERS: dict[str, Callable[..., Presented | None]] = {
     "KeyAuth": _find_key,
     "BasicAuth": _find_basic,
     "JWT": _find_bearer,
+    "External": _find_external,
 }
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .frames import Opcode, ProtocolError, read_frame, text_frame
-from .relay import Session
+
+if TYPE_CHECKING:
+    from .relay import Session
 
 MAX_AUTH_MESSAGE_BYTES = 16 * 1024
 
@@ -91,11 +93,8 @@ class FirstMessageReader:
         if frame.opcode != Opcode.TEXT or not frame.fin or not frame.masked:
             self._fail("the first message must be a text auth message")
             return
-        try:
-            message = json.loads(frame.payload)
-            if not isinstance(message, dict) or message.get("type") != "auth":
-                raise ValueError
-        except ValueError:
+        message = parse_auth_message(frame.payload)
+        if message is None:
             self._fail('the first message must be JSON {"type": "auth", ...}')
             return
         self._message.set_result(message)
@@ -105,4 +104,26 @@ class FirstMessageReader:
         self._message.set_exception(AuthMessageError(reason))
 
 
-AUTH_OK = text_frame(json.dumps({"type": "auth", "ok": True}))
+def parse_auth_message(payload: bytes) -> dict[str, Any] | None:
+    """The auth message a text payload holds, or None when it is something else."""
+    if b'"auth"' not in payload:  # most messages: no JSON parsing
+        return None
+    try:
+        message = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(message, dict) or message.get("type") != "auth":
+        return None
+    return message
+
+
+def auth_answer(ok: bool, *, valid_until: float | None = None, error: str = "") -> bytes:
+    """The proxy's answer to an auth message: ``{"type": "auth", "ok": true}`` with
+    ``expiresAt`` (unix seconds) when the credential has an end, or ``"ok": false`` with
+    the ``error``."""
+    answer: dict[str, Any] = {"type": "auth", "ok": ok}
+    if ok and valid_until is not None:
+        answer["expiresAt"] = int(valid_until)
+    if not ok:
+        answer["error"] = error
+    return text_frame(json.dumps(answer))

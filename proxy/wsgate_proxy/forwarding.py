@@ -1,10 +1,13 @@
 """What the upstream receives: the request target and headers of its handshake.
 
 Three rules, each closing a way to smuggle something past the proxy:
-- hop-by-hop headers and every header the proxy sets itself are dropped, and a
-  client header whose name *normalizes* to one of them (``X_Consumer_Username``:
-  CGI and WSGI servers read underscores as dashes) is dropped too: nothing a client
-  sends can become an identity header;
+- hop-by-hop headers and every header the proxy sets itself are dropped (the identity
+  headers, and those an External auth server's answer or a provider token's claims
+  fill in: ``responseHeaders``, ``identityHeader``, ``claimsToHeaders``, whether or not
+  this handshake's verification filled them), and a client header whose name
+  *normalizes* to one of them (``X_Consumer_Username``: CGI and WSGI servers read
+  underscores as dashes) is dropped too: nothing a client sends can become an identity
+  header;
 - with ``hideCredentials`` (the default), every place the route's methods read a
   credential from is stripped (header, query parameter, cookie, Authorization),
   not only the one that authenticated: a second credential must not ride along;
@@ -73,25 +76,27 @@ def upstream_request(request: web.BaseRequest, handshake: Handshake, protocols: 
     Built as bytes from the raw header lines aiohttp parsed: names and values are passed
     on as they came, never decoded and encoded again."""
     route = handshake.route
-    dropped = _NOT_FORWARDED
+    dropped = _NOT_FORWARDED | _verified_headers(route)
     if key is not None:
         dropped = dropped | _PROXY_ANSWERED
     connection = request.headers.get("Connection", "")
     if connection.lower() != "upgrade":  # the usual value; anything else may name more
         dropped = dropped | {_normalized(t.encode("latin-1")) for t in connection.split(",")
                              if t.strip()}
-    cookie = None
+    cookies: list[str] = []
     if route.auth.hide_credentials:
         dropped = dropped | _credential_headers(route)
-        if "KeyAuth" in route.auth.methods and route.auth.key_auth.cookie:
-            cookie = route.auth.key_auth.cookie
+        cookies = _credential_cookies(route)
     lines = [b"GET ", upstream_target(handshake).encode("latin-1"), b" HTTP/1.1\r\n"]
     for name, value in request.raw_headers:
         normalized = _normalized(name)
         if normalized in dropped:
             continue
-        if cookie and normalized == b"cookie":
-            value = strip_cookie(value.decode("latin-1"), cookie).encode("latin-1")
+        if cookies and normalized == b"cookie":
+            text = value.decode("latin-1")
+            for cookie in cookies:
+                text = strip_cookie(text, cookie)
+            value = text.encode("latin-1")
             if not value:
                 continue
         lines += (name, b": ", value, b"\r\n")
@@ -101,9 +106,11 @@ def upstream_request(request: web.BaseRequest, handshake: Handshake, protocols: 
     if protocols:
         lines += (b"Sec-WebSocket-Protocol: ", ", ".join(protocols).encode("latin-1"),
                   b"\r\n")
-    if (identity := handshake.who.identity) is not None:
-        lines += (b"X-Consumer-Username: ", identity.consumer.username.encode("latin-1"),
-                  b"\r\n")
+    who = handshake.who
+    for name, value in who.headers:  # what a verification vouches for
+        lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    if (identity := who.identity) is not None:
+        lines += (b"X-Consumer-Username: ", identity.username.encode("latin-1"), b"\r\n")
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     forwarded_for = f"{prior}, {peer}" if prior else peer
@@ -124,6 +131,36 @@ def _credential_headers(route: Route) -> frozenset[bytes]:
         names.add(_normalized(route.auth.key_auth.header.encode("latin-1")))
     if "BasicAuth" in methods or "JWT" in methods:
         names.add(b"authorization")
+    if route.auth.external is not None:
+        names.update(_normalized(n.encode("latin-1"))
+                     for n in route.auth.external.request_headers)
+    return frozenset(names)
+
+
+def _credential_cookies(route: Route) -> list[str]:
+    auth = route.auth
+    names = []
+    if "KeyAuth" in auth.methods and auth.key_auth.cookie:
+        names.append(auth.key_auth.cookie)
+    if "JWT" in auth.methods and auth.jwt.cookie:
+        names.append(auth.jwt.cookie)
+    return names
+
+
+def _verified_headers(route: Route) -> frozenset[bytes]:
+    """Headers only a verification may set: a client's copies never pass."""
+    auth = route.auth
+    external = auth.external
+    if external is None and not auth.jwt.providers:
+        return frozenset()
+    names = set()
+    if external is not None:
+        names.update(_normalized(n.encode("latin-1")) for n in external.response_headers)
+        if external.identity_header:
+            names.add(_normalized(external.identity_header.encode("latin-1")))
+    for provider in auth.jwt.providers:
+        names.update(_normalized(m.header.encode("latin-1"))
+                     for m in provider.claims_to_headers)
     return frozenset(names)
 
 

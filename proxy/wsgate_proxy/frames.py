@@ -2,7 +2,9 @@
 
 - ``Opcode`` and ``CloseCode``: the numbers, including the proxy's own 4401/4403;
 - ``FrameInspector``: follows frame headers through one direction of a byte stream
-  without unmasking or copying payloads (the relay's hot path);
+  without unmasking or copying payloads (the relay's hot path); it can hold small text
+  frames whole until they are looked at (FirstMessage mode's mid-session auth
+  messages) and stop at a frame boundary for the proxy to insert a frame of its own;
 - ``read_frame``: reads one whole frame from a buffer, unmasked (FirstMessage mode's
   auth message);
 - ``apply_mask``, ``close_frame``, ``text_frame``: the frames the proxy writes itself;
@@ -91,11 +93,12 @@ class FrameInspector:
     this is the relay's hot path.
     """
 
-    __slots__ = ("_held", "_masked", "_skip", "_stamp", "_tokens", "broken", "close_code",
-                 "halt_requested", "halted", "max_message_bytes", "message_bytes", "messages",
-                 "rate", "violation")
+    __slots__ = ("_held", "_masked", "_skip", "_stamp", "_tokens", "broken", "capture",
+                 "captured", "close_code", "halt_requested", "halted", "max_message_bytes",
+                 "message_bytes", "messages", "pause_requested", "paused", "rate", "violation")
 
-    def __init__(self, *, masked: bool, max_message_bytes: int = 0, rate: float = 0) -> None:
+    def __init__(self, *, masked: bool, max_message_bytes: int = 0, rate: float = 0,
+                 capture: int = 0) -> None:
         self._masked = masked
         self._skip = 0  # payload bytes of the current frame still to pass
         # An incomplete header (or close frame, at most 139 bytes) waiting for more bytes.
@@ -113,6 +116,16 @@ class FrameInspector:
         self.rate = rate
         self._tokens = max(rate, 1.0)
         self._stamp = time.monotonic()
+        # Unfragmented text frames of at most ``capture`` payload bytes are held until
+        # whole, and ``feed`` lists where each lies in what it returns (start, end), so
+        # that the caller can look at them before they are forwarded. 0: off.
+        self.capture = capture
+        self.captured: list[tuple[int, int]] = []
+        # Stop at the next frame boundary (``paused`` then says so; what follows is kept
+        # and comes out of the next ``feed``, even an empty one): the proxy writes a frame
+        # of its own there.
+        self.pause_requested = False
+        self.paused = False
 
     def set_limits(self, max_message_bytes: int, rate: float) -> None:
         self.max_message_bytes = max_message_bytes
@@ -126,6 +139,8 @@ class FrameInspector:
     def feed(self, data: bytes) -> bytes:
         if self.broken:
             return b""
+        if self.captured:
+            self.captured = []
         if self._held:
             data = self._held + data
             self._held = b""
@@ -143,11 +158,17 @@ class FrameInspector:
             now = time.monotonic()
             self._tokens = min(max(rate, 1.0), self._tokens + (now - self._stamp) * rate)
             self._stamp = now
+        capture = self.capture
         while True:
             # pos is a frame boundary here
             if cut < 0 and self.halt_requested:
                 self.halted = True
                 cut = pos
+            if cut < 0 and self.pause_requested:
+                self.pause_requested = False
+                self.paused = True
+                self._held = data[pos:]
+                return data[:pos]
             if pos == n:
                 break
             if n - pos < 2:
@@ -177,6 +198,11 @@ class FrameInspector:
                         break
                     self.close_code = self._read_close_code(data, pos, header, length, b1 & 0x80)
             else:
+                if capture and opcode == 0x01 and b0 & 0x80 and length <= capture:
+                    if n - pos < header + length:  # held until whole, then looked at
+                        self._held = data[pos:]
+                        break
+                    self.captured.append((pos, pos + header + length))
                 if opcode:  # a text or binary frame starts a new message
                     self.message_bytes = 0
                     if rate and cut < 0:

@@ -3,7 +3,15 @@
 Every refusal is a ``Refusal`` (refusals.py), answered in one place: before any
 upgrade as an HTTP status with a plain-text body that says what to change; in
 FirstMessage mode, where the credential only comes after the upgrade, as a close
-frame (4401/4403, 1013, 1014) with a short reason.
+frame (4401/4403, 1013, 1014) with a short reason. An External auth server's own
+401/403 reaches the client as the auth server gave it.
+
+In FirstMessage mode a client may send another auth message at any time during the
+session, of the same shape as the first, to extend the session with a new credential
+(a fresh JWT before the old one expires); it is answered ``{"type": "auth", "ok":
+true, "expiresAt": ...}`` or ``{"type": "auth", "ok": false, "error": ...}``, and never
+reaches the upstream. One is checked at a time: another sent before the answer (a
+flood, each of which would cost a check and an answer) closes the session with 1008.
 
 What a handshake takes it gives back on every way out: its place under the route's
 limits is held by ``Runtime.admission`` from the dial on and handed over to the session,
@@ -23,20 +31,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
 from . import metrics
 from .config import Endpoint
 from .credentials import from_auth_message
-from .first_message import AUTH_OK, AuthMessageError, FirstMessageReader
+from .external_auth import Inbound
+from .first_message import AuthMessageError, FirstMessageReader, auth_answer
 from .forwarding import (
     forwarded_subprotocols,
     is_credential_entry,
     upstream_request,
 )
-from .frames import close_frame
+from .frames import CloseCode, close_frame
 from .handshake import Handshake, check_upgrade, hash_key, read_handshake
 from .refusals import BadGateway, Refusal, Unauthorized, Unavailable
 from .relay import Session
@@ -57,6 +67,8 @@ Connected = tuple[asyncio.Transport, UpstreamProtocol, UpstreamResponse, Endpoin
 class Gateway:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # FirstMessage sessions whose mid-session auth message is being checked.
+        self._reauthenticating: dict[Session, asyncio.Task[None]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -75,14 +87,16 @@ class Gateway:
                              handshake: Handshake) -> web.StreamResponse:
         """Handshake mode: the credential is in the request; refusals are HTTP answers."""
         route = handshake.route
+        inbound = Inbound(handshake.host, request.raw_path, request.remote or "",
+                          request.secure, request.headers.get("X-Forwarded-For"))
         who = await handshake.active.authenticator.authenticate(
-            route, request.headers, handshake.raw_query, list(handshake.protocols))
+            route, request.headers, handshake.raw_query, list(handshake.protocols), inbound)
         handshake = handshake.authenticated(who)
         candidates = self._candidates(handshake, request)
         key = request.headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
         extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
-        async with self.runtime.admission(route, handshake.consumer) as held:
+        async with self.runtime.admission(route, handshake.who.identity) as held:
             connected = await self._dial(handshake, candidates,
                                          upstream_request(request, handshake, protocols), key,
                                          (protocols, extensions))
@@ -142,7 +156,7 @@ class Gateway:
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []
         to_upstream = upstream_request(request, handshake, protocols, key)
-        async with self.runtime.admission(route, handshake.consumer) as held:
+        async with self.runtime.admission(route, handshake.who.identity) as held:
             if reader.client_gone:
                 return False
             connected = await self._dial(handshake, candidates, to_upstream, key,
@@ -153,8 +167,9 @@ class Gateway:
                 if reader.client_gone or client is None or client.is_closing():
                     transport.abort()  # left during the dial: nothing to relay
                     return False
-                client.write(AUTH_OK)
-                self._start_session(request, handshake, connected, held, reader)
+                client.write(auth_answer(True, valid_until=who.valid_until))
+                self._start_session(request, handshake, connected, held, reader,
+                                    on_auth_message=self._reauthenticate)
             except BaseException:
                 transport.abort()
                 raise
@@ -205,7 +220,9 @@ class Gateway:
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
                        connected: Connected, held: Held,
-                       reader: FirstMessageReader | None = None) -> Session:
+                       reader: FirstMessageReader | None = None,
+                       on_auth_message: Callable[[Session, dict[str, Any]], None] | None = None,
+                       ) -> Session:
         transport, protocol, _response, endpoint = connected
         client = request.transport
         assert client is not None
@@ -216,6 +233,7 @@ class Gateway:
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
+            on_auth_message=on_auth_message,
         )
         self.runtime.session_started(session)
         held.hand_over(session)
@@ -229,6 +247,51 @@ class Gateway:
         session.start()
         return session
 
+    def _reauthenticate(self, session: Session, message: dict[str, Any]) -> None:
+        """A FirstMessage session's client sent another auth message: check it off the
+        relay's path and answer in-band. One at a time: a client that sends the next
+        before the answer to the last is flooding, and its session ends."""
+        if session.closing:
+            return
+        if session in self._reauthenticating:
+            session.close(CloseCode.POLICY_VIOLATION,
+                          "auth message sent before the previous one was answered")
+            return
+        self._reauthenticating[session] = asyncio.ensure_future(
+            self._check_reauth(session, message))
+
+    async def _check_reauth(self, session: Session, message: dict[str, Any]) -> None:
+        try:
+            answer = await self._reauth_answer(session, message)
+        finally:
+            del self._reauthenticating[session]
+        if answer is not None:
+            session.send_to_client(answer)
+
+    async def _reauth_answer(self, session: Session, message: dict[str, Any]
+                             ) -> bytes | None:
+        active = self.runtime.active
+        route = self.runtime.live_route(session)
+        if active is None or route is None:
+            return None  # the route is gone: the config review closes the session
+        presented = from_auth_message(route.auth, message)
+        if presented is None:
+            return auth_answer(False, error="the auth message carries no credential this "
+                                            "route accepts")
+        try:
+            who = await active.authenticator.check(route, presented)
+        except Refusal as refusal:
+            return auth_answer(False, error=refusal.reason)
+        identity = who.identity
+        if identity is None or identity.key != session.consumer_key:
+            return auth_answer(False, error="the credential is not the session's: open a new "
+                                            "session for another identity")
+        if session.closing or session.done.done():  # it ended (or is ending) meanwhile
+            return None
+        session.credential_fingerprint = identity.fingerprint
+        self.runtime.lifetimes.renew(session, who.valid_until)
+        return auth_answer(True, valid_until=who.valid_until)
+
     def _count(self, route_key: str | None, refusal: Refusal) -> None:
         metrics.handshake(route_key or "", refusal.outcome)
         log.info("handshake refused",
@@ -237,6 +300,9 @@ class Gateway:
 
     def _refused(self, route_key: str | None, refusal: Refusal) -> web.Response:
         self._count(route_key, refusal)
+        if refusal.body is not None:  # an auth server's own answer, passed on
+            return web.Response(status=refusal.status, body=refusal.body,
+                                headers=list(refusal.headers) or None)
         return web.Response(status=refusal.status, text=refusal.message + "\n",
                             headers=list(refusal.headers) or None)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .auth import Authenticated
-from .config import Consumer, Route
+from .config import Route
 from .credentials import offered_subprotocols
 from .refusals import BadRequest, Forbidden, NoRoute, Unavailable, UpgradeRequired
 from .routing import BadPath, Match, normalize_path
@@ -63,14 +63,11 @@ class Handshake:
                          self.protocols, who)
 
     @property
-    def consumer(self) -> Consumer | None:
-        identity = self.who.identity
-        return identity.consumer if identity is not None else None
-
-    @property
     def consumer_key(self) -> str | None:
-        consumer = self.consumer
-        return consumer.key if consumer is not None else None
+        """Who the session belongs to, for limits and ConsistentHash: a WsConsumer, or an
+        identity an auth server or an identity provider vouched for."""
+        identity = self.who.identity
+        return identity.key if identity is not None else None
 
 
 def read_handshake(request: web.BaseRequest, active: ActiveConfig | None) -> Handshake:

@@ -15,11 +15,23 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from .config import Consumer, Route
+from .config import Route
 from .leases import Counter, Full, Lease, LeaseStore, StoreUnavailable
 from .refusals import LimitReached, LimitsUnavailable
+
+
+class Holder(Protocol):
+    """Whom a handshake counts against (auth.Identity): a WsConsumer, or an identity an
+    External auth server or an identity provider vouched for (no maxConnections of its
+    own)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def max_connections(self) -> int | None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -38,7 +50,7 @@ class ConnectionLimits:
         self._per_route_consumer: Tally[tuple[str, str]] = Tally()
         self._per_consumer: Tally[str] = Tally()
 
-    async def admit(self, route: Route, consumer: Consumer | None) -> Admission:
+    async def admit(self, route: Route, consumer: Holder | None) -> Admission:
         """Count a handshake, or raise LimitReached (503 for the route's limit, 429 for
         the consumer's)."""
         counters = self._counters(route, consumer) if self.shared is not None else []
@@ -80,7 +92,7 @@ class ConnectionLimits:
         return self._per_route[route_key]
 
     @staticmethod
-    def _counters(route: Route, consumer: Consumer | None) -> list[Counter]:
+    def _counters(route: Route, consumer: Holder | None) -> list[Counter]:
         limits, namespace, name = route.limits, route.namespace, route.name
         counters = []
         if limits.max_connections:
@@ -94,7 +106,7 @@ class ConnectionLimits:
                                                  consumer.max_connections))
         return counters
 
-    def _check_locally(self, route: Route, consumer: Consumer | None) -> None:
+    def _check_locally(self, route: Route, consumer: Holder | None) -> None:
         limits = route.limits
         if limits.max_connections and self._per_route[route.key] >= limits.max_connections:
             raise LimitReached(f"route {route.key} is at its limit of "

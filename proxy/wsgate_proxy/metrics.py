@@ -52,6 +52,41 @@ UPSTREAM_CONNECT = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+EXTERNAL_AUTH = Counter(
+    "wsgate_external_auth_total",
+    "External auth decisions by route, phase (handshake, recheck) and result: allow, deny "
+    "(the auth server's 401/403), error (anything else: another status, a timeout, a "
+    "refused connection; the handshake gets 503), cached (an allow from the cache), "
+    "shared (the answer of an identical call in flight), "
+    "overloaded (too many calls waiting; 503).",
+    ["route", "phase", "result"],
+)
+CREDENTIALS_EXPIRED = Counter(
+    "wsgate_credentials_expired_total",
+    "Live sessions whose credential ended (a JWT's exp plus the clock skew, an External "
+    "answer's max-age or Expires), by route and action: closed (1008 credential expired) "
+    "or kept (onCredentialExpired: Keep).",
+    ["route", "action"],
+)
+EXTERNAL_AUTH_SECONDS = Histogram(
+    "wsgate_external_auth_seconds",
+    "Duration of External auth calls (answered or not), by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+JWKS_FETCHES = Counter(
+    "wsgate_jwks_fetches_total",
+    "Fetches of identity providers' discovery documents and key sets, by issuer (from "
+    "the config) and result (ok, error).",
+    ["issuer", "result"],
+)
+JWKS_KEYS = Gauge(
+    "wsgate_jwks_keys",
+    "Signing keys held per identity provider (the last good key set; kept when a fetch "
+    "fails).",
+    ["issuer"],
+)
+
 CLIENT_TO_UPSTREAM = "client_to_upstream"
 UPSTREAM_TO_CLIENT = "upstream_to_client"
 
@@ -119,3 +154,13 @@ def forget_routes(keys: Iterable[str]) -> None:
             metric, *values = key
             with contextlib.suppress(KeyError):
                 metric.remove(*values)
+
+
+def forget_issuer(issuer: str) -> None:
+    """Remove the series of an identity provider no route names any more (they are kept
+    apart from the per-route children: their first label is an issuer, not a route)."""
+    with contextlib.suppress(KeyError):
+        JWKS_KEYS.remove(issuer)
+    for result in ("ok", "error"):
+        with contextlib.suppress(KeyError):
+            JWKS_FETCHES.remove(issuer, result)

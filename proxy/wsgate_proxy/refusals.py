@@ -11,6 +11,8 @@ refusal is counted under its ``outcome``, a label from a fixed set.
     │   └── UpgradeRequired 426 (not an upgrade at all)
     ├── NoRoute             404
     ├── Unavailable         503 (no config yet, no endpoints)  1014
+    │   └── AuthUnavailable 503 (an auth server or an identity
+    │                       provider cannot answer: fail closed) 1013
     ├── AuthFailure
     │   ├── Unauthorized    401 + WWW-Authenticate            4401
     │   └── Forbidden       403                               4403
@@ -18,6 +20,9 @@ refusal is counted under its ``outcome``, a label from a fixed set.
     │   └── LimitsUnavailable 503 (shared store down, closed)  1013
     ├── Overloaded          503 + Retry-After                 1013
     └── BadGateway          502                               1014
+
+An External auth server's 401 or 403 is passed on as it is: its status, its
+``WWW-Authenticate`` and ``Location`` headers and its ``body`` (bounded).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Refusal(Exception):
         status: int | None = None,
         headers: Iterable[tuple[str, str]] = (),
         reason: str | None = None,
+        body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -50,6 +56,8 @@ class Refusal(Exception):
             self.status = status
         self.headers: tuple[tuple[str, str], ...] = tuple(headers)
         self.reason = reason or self.default_reason or message
+        # The HTTP answer's body when it is not the message (an auth server's own answer).
+        self.body = body
 
     def __str__(self) -> str:
         return f"{self.status} {self.outcome}: {self.message}"
@@ -85,13 +93,28 @@ class Unavailable(Refusal):
     default_reason = "no upstream available"
 
 
+class AuthUnavailable(Unavailable):
+    """Authentication cannot be decided now: an External auth server failed to answer
+    (or answered something other than 2xx, 401 or 403), or an identity provider's keys
+    are not available. The handshake is refused (fail closed), never let through."""
+
+    outcome = "auth_unavailable"
+    close_code = CloseCode.TRY_AGAIN_LATER
+    default_reason = "authentication unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers=(("Retry-After", str(retry_after)),))
+
+
 class AuthFailure(Refusal):
     """Refused by authentication or access control."""
 
     def __init__(self, message: str, *, challenges: tuple[str, ...] = (),
-                 reason: str | None = None) -> None:
-        super().__init__(message, headers=(("WWW-Authenticate", c) for c in challenges),
-                         reason=reason)
+                 reason: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                 body: bytes | None = None) -> None:
+        super().__init__(message, headers=[*(("WWW-Authenticate", c) for c in challenges),
+                                           *headers],
+                         reason=reason, body=body)
         self.challenges = challenges
 
 

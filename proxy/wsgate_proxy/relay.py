@@ -3,10 +3,17 @@
 After the handshake the proxy forwards each chunk as it arrives. A FrameInspector
 (frames.py) walks the RFC 6455 frame headers in each direction to know message
 boundaries, sizes and close frames without unmasking or copying payloads. The proxy
-writes frames of its own only to end a session: an unmasked close frame to the client
-and a masked one upstream, each at a frame boundary of its stream. A side that broke
-the protocol gets its close frame and its connection closed at once: its stream can
-no longer be read, so no close reply from it will be recognised.
+writes frames of its own only to end a session (an unmasked close frame to the client
+and a masked one upstream) and, in FirstMessage mode, to answer an auth message sent
+mid-session; each at a frame boundary of its stream. A side that broke the protocol
+gets its close frame and its connection closed at once: its stream can no longer be
+read, so no close reply from it will be recognised.
+
+FirstMessage mode's mid-session auth messages (a client extending its session with a
+new credential, first_message.py) are the one thing read out of the client's stream:
+its small unfragmented text frames are held until whole and unmasked, and an auth
+message among them is taken out of the stream and handed to ``on_auth_message``; every
+other frame is forwarded untouched.
 
 Once a session starts it owns both connections: each transport's protocol is swapped
 (``set_protocol``) for a ``_Side`` whose callbacks are the session's own methods, so a
@@ -21,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp.web_protocol import RequestHandler
 
 from .config import Endpoint
-from .frames import CloseCode, FrameInspector, close_frame
+from .first_message import MAX_AUTH_MESSAGE_BYTES, parse_auth_message
+from .frames import CloseCode, FrameInspector, ProtocolError, close_frame, read_frame
 from .upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -35,6 +43,10 @@ if TYPE_CHECKING:
 
 # How long a closing session waits for the peers' close replies before cutting TCP.
 CLOSE_GRACE_SECONDS = 5.0
+# Frames of the proxy's own waiting for the upstream's stream to reach a frame boundary
+# (auth answers): more means a client sending auth messages faster than they can be
+# answered, and its session is closed.
+MAX_WAITING_FRAMES = 16
 
 
 class _Side(asyncio.Protocol):
@@ -63,12 +75,14 @@ class Session:
     """
 
     # Slots: a pod holds tens of thousands of sessions, mostly idle.
-    __slots__ = ("_client", "_client_open", "_client_protocol", "_closing", "_grace",
-                 "_on_end", "_proxy_frames", "_sent_to_client", "_sent_to_upstream",
-                 "_upstream", "_upstream_open", "_upstream_protocol", "admission",
-                 "bytes_c2u", "bytes_u2c", "c2u", "close_code", "close_reason", "closed_by",
-                 "consumer_key", "credential_fingerprint", "done", "endpoint", "handshake",
-                 "host", "path", "route_key", "started", "u2c", "username")
+    __slots__ = ("_answers_backed_up", "_client", "_client_full", "_client_open",
+                 "_client_protocol", "_closing", "_grace", "_on_auth_message", "_on_end",
+                 "_proxy_frames", "_sent_to_client", "_sent_to_upstream", "_to_client",
+                 "_upstream", "_upstream_full", "_upstream_open", "_upstream_protocol",
+                 "admission", "bytes_c2u", "bytes_u2c", "c2u", "close_code", "close_reason",
+                 "closed_by", "consumer_key", "credential_fingerprint",
+                 "credential_valid_until", "done", "endpoint", "handshake", "host", "path",
+                 "route_key", "started", "u2c", "username")
 
     def __init__(
         self,
@@ -80,6 +94,7 @@ class Session:
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
+        on_auth_message: Callable[[Session, dict[str, Any]], None] | None = None,
     ) -> None:
         self.handshake = handshake
         self.endpoint = endpoint
@@ -89,14 +104,19 @@ class Session:
         self.host = handshake.host
         self.path = handshake.path
         identity = handshake.who.identity
-        self.consumer_key = identity.consumer.key if identity else None
-        self.username = identity.consumer.username if identity else None
+        self.consumer_key = identity.key if identity else None
+        self.username = identity.username if identity else None
         self.credential_fingerprint = identity.fingerprint if identity else None
+        # When the credential that opened the session (or renewed it since) ends: unix
+        # time, None for none (expiry.py watches it).
+        self.credential_valid_until = handshake.who.valid_until
         self.started = time.monotonic()
         max_message_bytes = route.limits.max_message_bytes or 0
         messages_per_second = route.limits.messages_per_second or 0
+        self._on_auth_message = on_auth_message
         self.c2u = FrameInspector(masked=True, max_message_bytes=max_message_bytes,
-                                  rate=messages_per_second)
+                                  rate=messages_per_second,
+                                  capture=MAX_AUTH_MESSAGE_BYTES if on_auth_message else 0)
         self.u2c = FrameInspector(masked=False, max_message_bytes=max_message_bytes)
         self.bytes_c2u = 0
         self.bytes_u2c = 0
@@ -114,6 +134,13 @@ class Session:
         self._sent_to_upstream = False
         self._proxy_frames: tuple[bytes, bytes] | None = None
         self._grace: asyncio.TimerHandle | None = None
+        self._to_client: list[bytes] = []  # frames of the proxy's own, for a boundary
+        # Why reading from the client is paused: the upstream's write buffer is full, or
+        # the proxy's own answers to the client are (auth messages never reach the
+        # upstream, so its back-pressure alone would not slow their sender).
+        self._upstream_full = False
+        self._answers_backed_up = False
+        self._client_full = False  # the client's write buffer is full
         self._on_end = on_end
         # Its place under the connection limits (runtime.Held.hand_over), given back when
         # it ends.
@@ -144,6 +171,8 @@ class Session:
         self.bytes_c2u += len(data)
         inspector = self.c2u
         out = inspector.feed(data)
+        if inspector.captured:
+            out = self._take_auth_messages(out, inspector.captured)
         if out and self._upstream_open:
             self._upstream.write(out)
         if inspector.close_code is not None:
@@ -161,11 +190,66 @@ class Session:
             self._upstream.close()
         self._maybe_done()
 
+    def _take_auth_messages(self, out: bytes, frames: list[tuple[int, int]]) -> bytes:
+        """``out`` without the auth messages among these frames (each handed on)."""
+        kept, last = [], 0
+        for start, end in frames:
+            try:
+                found = read_frame(out[start:end], MAX_AUTH_MESSAGE_BYTES)
+            except ProtocolError:
+                continue
+            message = parse_auth_message(found[0].payload) if found is not None else None
+            if message is None:
+                continue
+            if self._closing:  # the one before closed the session (a flood)
+                break
+            kept.append(out[last:start])
+            last = end
+            assert self._on_auth_message is not None
+            self._on_auth_message(self, message)
+        if not kept:
+            return out
+        kept.append(out[last:])
+        return b"".join(kept)
+
+    def send_to_client(self, frame: bytes) -> None:
+        """Write a frame of the proxy's own to the client between two of the upstream's
+        frames: now, when its stream is at a frame boundary, else at the next one."""
+        if not self._client_open or self._closing:
+            return
+        if self.u2c.at_boundary and not self._to_client:
+            self._client.write(frame)
+            self._hold_client_if_backed_up()
+            return
+        if len(self._to_client) >= MAX_WAITING_FRAMES:
+            self.close(CloseCode.POLICY_VIOLATION, "auth messages sent faster than answered")
+            return
+        self._to_client.append(frame)
+        self.u2c.pause_requested = True
+
+    def _hold_client_if_backed_up(self) -> None:
+        """Stop reading the client while the proxy's answers to it are not read: each
+        auth message it sends is answered, so reading on would buffer answers without
+        bound. Reading resumes once the client drained them."""
+        if not self._client_full or self._answers_backed_up:
+            return
+        self._answers_backed_up = True
+        self._client.pause_reading()
+
     # -- upstream -> client ------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
         self.bytes_u2c += len(data)
         inspector = self.u2c
         out = inspector.feed(data)
+        while inspector.paused:  # at a boundary, with frames of the proxy's own to send
+            inspector.paused = False
+            if out and self._client_open:
+                self._client.write(out)
+            frames, self._to_client = self._to_client, []
+            if self._client_open and not self._closing:
+                self._client.write(b"".join(frames))
+                self._hold_client_if_backed_up()
+            out = inspector.feed(b"")
         if out and self._client_open:
             self._client.write(out)
         if inspector.close_code is not None:
@@ -189,21 +273,29 @@ class Session:
         self._maybe_done()
 
     # -- flow control: a side that cannot take more stops the other side's reading ---
-    def _pause_client(self) -> None:
+    def _pause_client(self) -> None:  # the upstream's write buffer is full
+        self._upstream_full = True
         if self._client_open:
             self._client.pause_reading()
 
     def _resume_client(self) -> None:
-        if self._client_open:
+        self._upstream_full = False
+        if self._client_open and not self._answers_backed_up:
             self._client.resume_reading()
 
-    def _pause_upstream(self) -> None:
+    def _pause_upstream(self) -> None:  # the client's write buffer is full
+        self._client_full = True
         if self._upstream_open:
             self._upstream.pause_reading()
 
     def _resume_upstream(self) -> None:
+        self._client_full = False
         if self._upstream_open:
             self._upstream.resume_reading()
+        if self._answers_backed_up:
+            self._answers_backed_up = False
+            if self._client_open and not self._upstream_full:
+                self._client.resume_reading()
 
     # -- ending ------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:

@@ -21,10 +21,15 @@ from typing import Any
 from . import metrics
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
-from .config import Consumer, Endpoint, GatewayConfig, Route
+from .config import Endpoint, GatewayConfig, Route
+from .expiry import Lifetimes
+from .external_auth import ExternalAuthClient
 from .frames import CloseCode
+from .jwks import KeySets
 from .leases import LeaseStore
-from .limits import Admission, ConnectionLimits
+from .limits import Admission, ConnectionLimits, Holder
+from .oidc import provider_for
+from .outbound import Outbound
 from .passwords import MAX_PENDING, PasswordVerifier
 from .relay import Session
 from .routing import Router
@@ -42,10 +47,13 @@ class ActiveConfig:
         endpoint_sessions: Counter[Endpoint],
         health: EndpointHealth,
         passwords: PasswordVerifier,
+        keysets: KeySets | None = None,
+        external: ExternalAuthClient | None = None,
     ) -> None:
         self.config = config
         self.router = Router(config.routes)
-        self.authenticator = Authenticator(config.consumers, passwords)
+        self.routes = {route.key: route for route in config.routes}
+        self.authenticator = Authenticator(config.consumers, passwords, keysets, external)
         # Client contexts for wss:// backends, with the name to verify.
         self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {
             route.key: (upstream_context(route.backend.tls.ca_pem),
@@ -76,6 +84,11 @@ class Runtime:
         self.endpoint_sessions: Counter[Endpoint] = Counter()
         self.health = EndpointHealth()
         self.passwords = PasswordVerifier(max_pending=password_queue)
+        # What authentication asks outside the proxy: auth servers, identity providers.
+        self.outbound = Outbound()
+        self.external = ExternalAuthClient(self.outbound)
+        self.keysets = KeySets(self.outbound)
+        self.lifetimes = Lifetimes(self.external, self.live_route)
         self.certificates = CertificateStore()
         # Why the config source's last read was refused (standalone's manifest errors).
         self.source_errors: list[str] = []
@@ -98,7 +111,8 @@ class Runtime:
             return False
         previous = self.active
         self.active = ActiveConfig(config, previous, self.endpoint_sessions, self.health,
-                                   self.passwords)
+                                   self.passwords, self.keysets, self.external)
+        self.keysets.sync(p for route in config.routes for p in route.auth.jwt.providers)
         self.certificates.update(config.certificates)
         if previous is not None:
             metrics.CONFIG_INFO.remove(previous.config.version)
@@ -141,6 +155,9 @@ class Runtime:
                 session.close(CloseCode.POLICY_VIOLATION, "credential revoked")
                 return True
             return False
+        if route.on_credential_expired == "Close" and self.lifetimes.expired(session):
+            session.close(CloseCode.POLICY_VIOLATION, "credential expired")
+            return True
         limits = route.limits
         session.set_limits(limits.max_message_bytes or 0, limits.messages_per_second or 0)
         self._watch_idle(session, route)
@@ -150,19 +167,34 @@ class Runtime:
     def _still_authorized(active: ActiveConfig, route: Route, session: Session) -> bool:
         if route.auth.mode == "None":
             return True
-        if session.consumer_key is None or session.credential_fingerprint is None:
-            return False  # the route requires authentication now
-        consumer = active.authenticator.holder(session.consumer_key,
-                                               session.credential_fingerprint)
-        return consumer is not None and allows(route, consumer)
+        who = session.handshake.who
+        identity = who.identity
+        if identity is not None and identity.consumer is not None:
+            assert session.consumer_key is not None
+            assert session.credential_fingerprint is not None
+            consumer = active.authenticator.holder(session.consumer_key,
+                                                   session.credential_fingerprint)
+            return consumer is not None and allows(route, consumer)
+        # Vouched for by an auth server or an identity provider: still so while the route
+        # still asks the same one.
+        if who.method == "External":
+            external = route.auth.external
+            return external is not None and external.url == who.grant
+        if who.method == "JWT":
+            return "JWT" in route.auth.methods and provider_for(route, who.grant) is not None
+        return False  # the route requires authentication now
+
+    def live_route(self, session: Session) -> Route | None:
+        """The session's route as the live config has it (None once it is gone)."""
+        return self.active.routes.get(session.route_key) if self.active else None
 
     # -- limits --------------------------------------------------------------------
-    def admission(self, route: Route, consumer: Consumer | None) -> Held:
+    def admission(self, route: Route, holder: Holder | None) -> Held:
         """Hold a place under the connection limits (the route's, and the consumer's on it
         and on all routes) for the whole handshake and the session after it; every way
         out (a refusal, a client gone, an error, the session's end) gives it back. With
         a shared store, one round trip on a limited route (limits.py)."""
-        return Held(self.limits, route, consumer)
+        return Held(self.limits, route, holder)
 
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
@@ -188,6 +220,7 @@ class Runtime:
         self._flushed[session] = (0, 0, 0, 0)
         self.endpoint_sessions[session.endpoint] += 1
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).inc()
+        self.lifetimes.started(session)
         snapshot = session.handshake.active
         if self.active is not None and self.active is not snapshot:
             # A config arrived while this handshake was under way: the session is held
@@ -203,6 +236,7 @@ class Runtime:
         self._flush(session)
         del self._flushed[session]
         self._idle_watch.pop(session, None)
+        self.lifetimes.ended(session)
         if session.admission is not None:
             self.limits.release(session.admission)
             session.admission = None
@@ -249,6 +283,12 @@ class Runtime:
         for session in list(self.sessions):
             session.close(code, reason)
 
+    async def close(self) -> None:
+        """Stop what runs in the background: rechecks, key refreshes, outbound connections."""
+        await self.lifetimes.close()
+        await self.keysets.close()
+        await self.outbound.close()
+
     # -- summary -------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """What GET /config shows: topology and counts, never credential material."""
@@ -265,6 +305,7 @@ class Runtime:
             ],
             "certificates": [{"name": c.key, "hosts": list(c.hosts)}
                              for c in config.certificates],
+            "identityProviders": self.keysets.summary(),
             "sessions": len(self.sessions),
             **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
@@ -275,14 +316,14 @@ class Held:
     inside, or until the session it is handed over to ends (a class rather than a
     generator-based context manager: one per handshake)."""
 
-    __slots__ = ("_admission", "_consumer", "_limits", "_route")
+    __slots__ = ("_admission", "_holder", "_limits", "_route")
 
-    def __init__(self, limits: ConnectionLimits, route: Route, consumer: Consumer | None) -> None:
-        self._limits, self._route, self._consumer = limits, route, consumer
+    def __init__(self, limits: ConnectionLimits, route: Route, holder: Holder | None) -> None:
+        self._limits, self._route, self._holder = limits, route, holder
         self._admission: Admission | None = None
 
     async def __aenter__(self) -> Held:
-        self._admission = await self._limits.admit(self._route, self._consumer)
+        self._admission = await self._limits.admit(self._route, self._holder)
         return self
 
     def hand_over(self, session: Session) -> None:
@@ -311,6 +352,7 @@ def session_record(session: Session) -> dict[str, Any]:
     return {
         "route": session.route_key,
         "consumer": session.username,
+        "auth": session.handshake.who.method,
         "upstream": str(session.endpoint),
         "duration_s": round(time.monotonic() - session.started, 3),
         "bytes_in": session.bytes_c2u,

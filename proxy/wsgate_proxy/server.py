@@ -122,6 +122,7 @@ async def serve(
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
         await proxy_runner.cleanup()
         await admin_runner.cleanup()
+        await runtime.close()
         if state is not None:
             await asyncio.to_thread(state.close)
         if store is not None:

@@ -214,3 +214,65 @@ def test_the_kmock_internals_the_emulator_builds_on():
     assert hasattr(kmock.KubernetesScaffold, "_handle")
     assert {"resource", "namespace", "name", "subresource", "_raw_request"} <= {
         f.name for f in rendering.Request.__attrs_attrs__}
+
+
+async def test_the_api_refuses_auth_settings_that_cannot_work(http):
+    """The CEL rules of External and the identity providers, as the API server runs them."""
+    def auth(**fields):
+        return {"auth": fields}
+    cases = [
+        (auth(methods=["External"]), "spec.auth",
+         "method External needs external: the auth endpoint's url"),
+        (auth(methods=["KeyAuth"], external={"url": "http://a/verify"}), "spec.auth",
+         "external applies to method External only: add External to methods"),
+        (auth(mode="FirstMessage", methods=["External"], external={"url": "http://a/v"}),
+         "spec.auth", "External reads the handshake's headers: it needs mode Handshake"),
+        (auth(methods=["External"], external={"url": "http://a/v",
+                                              "requestHeaders": ["Cookie", "Upgrade"]}),
+         "spec.auth.external", "requestHeaders cannot name hop-by-hop headers, Upgrade, "
+         "Connection, Host, Sec-WebSocket-* or X-Forwarded-* (the proxy sets X-Forwarded-* "
+         "itself)"),
+        (auth(methods=["JWT"], jwt={"providers": [{"issuer": "https://idp.test"},
+                                                  {"issuer": "https://idp.test"}]}),
+         "spec.auth.jwt", "each provider's issuer must be different"),
+        (auth(methods=["External"], external={"url": "http://a/v",
+                                              "requestHeaders": ["X_Forwarded_For"]}),
+         "spec.auth.external", "requestHeaders cannot name hop-by-hop headers, Upgrade, "
+         "Connection, Host, Sec-WebSocket-* or X-Forwarded-* (the proxy sets X-Forwarded-* "
+         "itself)"),
+    ]
+    cases.append((auth(methods=["External"], external={"url": "http://a/v",
+                                                       "recheckSeconds": 0.001}),
+                   "spec.auth.external", "recheckSeconds is 0 (never) or at least 0.5"))
+    not_settable = ("cannot name hop-by-hop headers, Host, Content-Length, Transfer-Encoding, "
+                    "Upgrade, Connection, Sec-WebSocket-*, X-Consumer-Username or "
+                    "X-Forwarded-For/-Proto/-Host (the proxy sets those itself)")
+    for name in ("Transfer-Encoding", "content_length", "Sec-WebSocket-Accept", "Host",
+                 "X-Consumer-Username", "x_forwarded_for"):
+        cases += [
+            (auth(methods=["External"], external={"url": "http://a/v",
+                                                  "responseHeaders": ["X-User", name]}),
+             "spec.auth.external", "responseHeaders " + not_settable),
+            (auth(methods=["External"], external={"url": "http://a/v",
+                                                  "identityHeader": name}),
+             "spec.auth.external", "identityHeader " + not_settable),
+            (auth(methods=["JWT"], jwt={"providers": [{"issuer": "https://idp.test",
+                                                       "claimsToHeaders": [
+                                                           {"claim": "sub", "header": name}]}]}),
+             "spec.auth.jwt.providers[0].claimsToHeaders[0]", "header " + not_settable),
+        ]
+    for i, (spec, field, message) in enumerate(cases):
+        status, error = await call(http, "POST", ROUTES, route(f"bad{i}", **spec))
+        assert status == 422, spec
+        assert error["details"]["causes"] == [
+            {"reason": "FieldValueInvalid", "field": field, "message": message}], spec
+    good = auth(methods=["JWT", "External"],
+                external={"url": "https://auth.test/verify", "requestHeaders": ["Cookie"],
+                          "recheckSeconds": 30,
+                          "responseHeaders": ["X-User-Roles", "X-Forwarded-User"],
+                          "identityHeader": "X-User-Id"},
+                jwt={"providers": [{"issuer": "https://idp.test", "audiences": ["chat"]}]})
+    status, made = await call(http, "POST", ROUTES, route("good", **good))
+    assert status == 201, made
+    assert made["spec"]["auth"]["external"]["timeoutSeconds"] == 2
+    assert made["spec"]["onCredentialExpired"] == "Close"

@@ -1,7 +1,7 @@
-"""The manifests users apply (examples/kind/, examples/quickstart/) are what an API server
-accepts: the Kubernetes schemas (kubernetes-validate, strict) for the oldest and newest
-supported version, and the CRDs' schemas through the emulator's admission, with strict
-field validation as `kubectl apply` asks for it."""
+"""The manifests users apply (examples/kind/, examples/quickstart/, examples/browser-apps/)
+are what an API server accepts: the Kubernetes schemas (kubernetes-validate, strict) for
+the oldest and newest supported version, and the CRDs' schemas through the emulator's
+admission, with strict field validation as `kubectl apply` asks for it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.kube.validation import KUBERNETES_VERSIONS
 from tests.support import ROOT
 
 EXAMPLES = sorted([*(ROOT / "examples" / "kind").glob("*.yaml"),
+                   *(ROOT / "examples" / "browser-apps").glob("*.yaml"),
                    *(ROOT / "examples" / "quickstart").glob("*.yaml")])
 
 

@@ -105,7 +105,7 @@ def test_first_message_mode_and_audience_compile():
                                  jwt={"audience": "chat"}, firstMessageTimeoutSeconds=3)
     (r,) = compile_snapshot(Snapshot.of(objects)).config.routes
     assert (r.auth.mode, r.auth.methods) == ("FirstMessage", ("JWT", "KeyAuth"))
-    assert (r.auth.jwt_audience, r.auth.first_message_timeout_seconds) == ("chat", 3)
+    assert (r.auth.jwt.audience, r.auth.first_message_timeout_seconds) == ("chat", 3)
 
 
 async def test_verifier_caches_successes_only_and_is_bounded():

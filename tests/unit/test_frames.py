@@ -200,3 +200,34 @@ def test_close_code_labels_come_from_a_fixed_set():
     labels = {close_code_label(code) for code in range(0, 70_000)}
     assert labels == {*(str(int(c)) for c in CloseCode if c < 3000), "3xxx", "4xxx", "invalid"}
     assert close_code_label(None) == "none"
+
+
+def test_small_text_frames_are_held_whole_and_listed_for_a_look():
+    """FirstMessage sessions: a text frame of at most ``capture`` bytes is never split
+    across what feed returns, and feed says where each lies."""
+    data = frames(Frame(OP_BINARY, b"b" * 10), Frame(OP_TEXT, b'{"type": "auth"}'),
+                  Frame(OP_TEXT, b"t" * 300), Frame(OP_TEXT, b"frag", fin=False),
+                  Frame(OP_CONT, b"ment"), mask=True)
+    inspector = FrameInspector(masked=True, capture=64)
+    out, spans = b"", []
+    for i in range(0, len(data), 7):  # in 7-byte chunks
+        chunk = inspector.feed(data[i:i + 7])
+        spans += [(len(out) + start, len(out) + end) for start, end in inspector.captured]
+        out += chunk
+    assert out == data
+    assert inspector.messages == 4
+    (start, end), = spans  # the small unfragmented text frame only
+    frame, size = read_frame(out[start:end], 64)
+    assert (frame.payload, size) == (b'{"type": "auth"}', end - start)
+
+
+def test_a_pause_stops_at_the_next_boundary_and_the_rest_follows():
+    data = frames(Frame(OP_BINARY, b"a" * 100), Frame(OP_BINARY, b"b" * 100), mask=False)
+    inspector = FrameInspector(masked=False)
+    first = inspector.feed(data[:50])  # mid-frame: no boundary yet
+    inspector.pause_requested = True
+    second = inspector.feed(data[50:])
+    assert inspector.paused
+    assert first + second == data[:102]  # up to the end of the first frame
+    inspector.paused = False
+    assert inspector.feed(b"") == data[102:]  # the proxy's own frame went in between

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from wsgate_proxy import config as cfg
 
-from ..resources import CREDENTIAL_LABEL, WsRouteSpec
+from ..resources import CREDENTIAL_LABEL, SecretRef, WsRouteSpec
 from .context import BuildContext
 from .objects import K8sObject, ObjectRef
 
@@ -140,11 +140,17 @@ def upstream_tls(ctx: BuildContext, ref: ObjectRef, spec: WsRouteSpec) -> cfg.Up
     if tls is None:
         return None
     server_name = tls.server_name or f"{spec.backend.service.name}.{ref.namespace}.svc"
-    ca = None
-    if tls.ca_secret_ref is not None:
-        values = pem_values(ctx, ref, "spec.backend.tls.caSecretRef", tls.ca_secret_ref.name,
-                            ("ca.crt",))
-        if values is None:
-            return cfg.UpstreamTls(server_name=server_name, ca_pem=UNUSABLE_CA)
-        ca = values["ca.crt"]
+    ca = ca_pem(ctx, ref, "spec.backend.tls.caSecretRef", tls.ca_secret_ref)
     return cfg.UpstreamTls(server_name=server_name, ca_pem=ca)
+
+
+def ca_pem(ctx: BuildContext, ref: ObjectRef, where: str, secret_ref: SecretRef | None
+           ) -> str | None:
+    """The 'ca.crt' of a referenced Secret (a backend's, an External auth server's, an
+    identity provider's); None when none is named; when the Secret is missing or
+    unusable, a CA nothing is signed by (and a problem says so): never the system's
+    roots, so those connections fail closed."""
+    if secret_ref is None:
+        return None
+    values = pem_values(ctx, ref, where, secret_ref.name, ("ca.crt",))
+    return UNUSABLE_CA if values is None else values["ca.crt"]
