@@ -14,7 +14,9 @@ from websockets.asyncio.client import connect
 from tests.support import credential_objects, eventually, metric_value
 from wsgate_proxy.gateway import auth_message
 
-pytestmark = pytest.mark.timeout(60)
+# Serial: asserts a session ends within a second of its token's exp.
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(60)]
+
 HMAC = "an-hmac-secret-of-at-least-32-bytes"
 CONSUMERS = (credential_objects("hs", "JWT", {"issuer": "hs-issuer", "secret": HMAC})
              + credential_objects("other", "JWT", {"issuer": "other-issuer",
