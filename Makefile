@@ -32,8 +32,14 @@ test: lint
 demo: venv
 	$(BIN)/python examples/quickstart/demo.py
 
+# bench/relay.py's client and upstream are Node `ws` (bench/node, locked versions) and
+# its comparison nginx 1.22 (Debian's); both are installed here when missing.
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	command -v node >/dev/null || (apt-get update && apt-get install -y nodejs npm)
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		(apt-get update && apt-get install -y nginx)
+	npm ci --prefix bench/node --no-audit --no-fund
 	$(BIN)/python -m bench.relay
 	$(BIN)/python -m bench.auth
 	$(BIN)/python -m bench.limits

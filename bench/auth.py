@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bench.common import handshakes, run_main, table, write_results
+from bench.common import echo_service, handshakes, run_main, table, write_results
 from tests.peers import AuthServerProcess, OidcProvider
 from wsgate.processes import WsgateProcess
 from wsgate_operator.compiler import Snapshot, compile_snapshot
@@ -54,12 +54,7 @@ def objects(echo_port: int, auth_url: str = "http://127.0.0.1:1/verify",
              "spec": {"credentials": [{"type": kind, "secretRef": {"name": name}}]}},
         ]
     return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
-         "spec": {"ports": [{"name": "ws", "port": 8080}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": "echo", "labels": {"kubernetes.io/service-name": "echo"}},
-         "addressType": "IPv4", "ports": [{"name": "ws", "port": echo_port}],
-         "endpoints": [{"addresses": ["127.0.0.1"]}]},
+        *echo_service(echo_port),
         {"apiVersion": "wsgate.io/v1alpha1", "kind": "WsRoute", "metadata": {"name": "echo"},
          "spec": {"paths": [{"value": "/"}], "backend": {"service": {"name": "echo", "port": 8080}},
                   "auth": {"methods": ["KeyAuth", "BasicAuth", "JWT"], "jwt": {

@@ -130,8 +130,10 @@ class RecordingUpstream:
         self.close_codes.append(ws.close_code)
 
     async def __aenter__(self) -> RecordingUpstream:
+        # A backlog that holds a storm of the proxy's dials (tests/component/test_storm.py).
         self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None,
-                                   select_subprotocol=_echo_if_offered, ssl=self._ssl)
+                                   select_subprotocol=_echo_if_offered, ssl=self._ssl,
+                                   backlog=1024)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -97,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--keepalive-timeout", type=positive(float), default=15.0,
                         metavar="SECONDS", help="an open connection with no request under "
                                                 "way is closed after this long (default 15)")
+    limits.add_argument("--backlog", type=positive(int), default=4096, metavar="N",
+                        help="connections accepted by the kernel and not yet by the proxy, "
+                             "per listener: a reconnect storm beyond it waits for SYN "
+                             "retries (default 4096; the kernel caps it at "
+                             "net.core.somaxconn)")
     limits.add_argument("--password-queue", type=positive(int), default=32, metavar="N",
                         help="BasicAuth password checks waiting or running at once; beyond, "
                              "503 with Retry-After (default 32)")
@@ -212,6 +217,7 @@ def proxy_command(args: argparse.Namespace) -> int:
         heads=HeadLimits(timeout_seconds=args.head_timeout, max_bytes=args.max_head_bytes,
                          keepalive_seconds=args.keepalive_timeout),
         password_queue=args.password_queue,
+        backlog=args.backlog,
         limits_store=store_options(args),
     )
     source = None

@@ -12,19 +12,27 @@ from aiohttp.http_exceptions import HttpProcessingError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # kopf attaches its whole settings object and a flag of its own to each record.
 _DROPPED = {"settings", "k8s_skip"}
+_OMITTED = frozenset(_STANDARD | _DROPPED)
 
 
 class JsonFormatter(logging.Formatter):
+    # The proxy writes a line per session (the access log): the time of day is formatted
+    # once per second, not per line (one tuple, so that threads never mix two seconds).
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
+        second, prefix = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{prefix}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
         }
-        entry.update((k, v) for k, v in vars(record).items()
-                     if k not in _STANDARD and k not in _DROPPED)
+        entry.update((k, v) for k, v in vars(record).items() if k not in _OMITTED)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -44,6 +52,13 @@ class ClientErrorFilter(logging.Filter):
 
 
 def configure(level: str = "info") -> None:
+    # What a record would collect and no line shows (the caller's file and line: a stack
+    # walk; the thread and process: a system call) is not collected (the logging HOWTO's
+    # "Optimization").
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ClientErrorFilter())

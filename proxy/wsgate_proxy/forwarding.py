@@ -35,13 +35,15 @@ IDENTITY_HEADERS = ("X-Consumer-Username", "X-Forwarded-For", "X-Forwarded-Proto
 # Hop-by-hop headers (RFC 9110 section 7.6.1), those the proxy sets itself, and the
 # body's framing (a handshake has no body).
 _NOT_FORWARDED = frozenset(
-    h.lower()
+    h.lower().encode()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
         "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
         "Content-Length", "Sec-WebSocket-Protocol", *IDENTITY_HEADERS,
     )
 )
+# What the proxy answered itself in FirstMessage mode: its own key, no extensions.
+_PROXY_ANSWERED = frozenset((b"sec-websocket-key", b"sec-websocket-extensions"))
 
 
 def is_credential_entry(protocol: str) -> bool:
@@ -63,61 +65,76 @@ def upstream_target(handshake: Handshake) -> str:
     return f"{target}?{raw_query}" if raw_query else target
 
 
-def upstream_headers(
-    request: web.BaseRequest, handshake: Handshake, protocols: list[str]
-) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, minus credentials and anything posing as the
-    proxy's own, plus the upgrade, the subprotocols, identity and X-Forwarded-*."""
+def upstream_request(request: web.BaseRequest, handshake: Handshake, protocols: list[str],
+                     key: str | None = None) -> bytes:
+    """The upstream's handshake request: the target, the client's end-to-end headers
+    minus credentials and anything posing as the proxy's own, plus the upgrade, the
+    subprotocols, identity and X-Forwarded-*. With ``key`` (FirstMessage mode, where the
+    proxy answered the client itself) the proxy's own key replaces the client's and no
+    extension is offered.
+
+    Built as bytes from the raw header lines aiohttp parsed: names and values are passed
+    on as they came, never decoded and encoded again."""
     route = handshake.route
-    connection_tokens = {
-        _normalized(t) for t in request.headers.get("Connection", "").split(",") if t.strip()
-    }
-    dropped = set(_NOT_FORWARDED) | connection_tokens | _verified_headers(route)
+    dropped = _NOT_FORWARDED | _verified_headers(route)
+    if key is not None:
+        dropped = dropped | _PROXY_ANSWERED
+    connection = request.headers.get("Connection", "")
+    if connection.lower() != "upgrade":  # the usual value; anything else may name more
+        dropped = dropped | {_normalized(t.encode("latin-1")) for t in connection.split(",")
+                             if t.strip()}
     cookies: list[str] = []
     if route.auth.hide_credentials:
-        dropped |= _credential_headers(route)
+        dropped = dropped | _credential_headers(route)
         cookies = _credential_cookies(route)
-    headers: list[tuple[str, str]] = []
-    for raw_name, raw_value in request.raw_headers:
-        name = raw_name.decode("latin-1")
-        if _normalized(name) in dropped:
+    lines = [b"GET ", upstream_target(handshake).encode("latin-1"), b" HTTP/1.1\r\n"]
+    for name, value in request.raw_headers:
+        normalized = _normalized(name)
+        if normalized in dropped:
             continue
-        value = raw_value.decode("latin-1")
-        if cookies and name.lower() == "cookie":
+        if cookies and normalized == b"cookie":
+            text = value.decode("latin-1")
             for cookie in cookies:
-                value = strip_cookie(value, cookie)
+                text = strip_cookie(text, cookie)
+            value = text.encode("latin-1")
             if not value:
                 continue
-        headers.append((name, value))
-    headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
+    if key is not None:
+        lines += (b"Sec-WebSocket-Key: ", key.encode("latin-1"), b"\r\n")
     if protocols:
-        headers.append(("Sec-WebSocket-Protocol", ", ".join(protocols)))
+        lines += (b"Sec-WebSocket-Protocol: ", ", ".join(protocols).encode("latin-1"),
+                  b"\r\n")
     who = handshake.who
-    headers += who.headers
+    for name, value in who.headers:  # what a verification vouches for
+        lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
     if (identity := who.identity) is not None:
-        headers.append(("X-Consumer-Username", identity.username))
+        lines += (b"X-Consumer-Username: ", identity.username.encode("latin-1"), b"\r\n")
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
-    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    headers.append(("X-Forwarded-Proto", "https" if request.secure else "http"))
-    headers.append(("X-Forwarded-Host", handshake.host))
-    return headers
+    forwarded_for = f"{prior}, {peer}" if prior else peer
+    lines += (b"X-Forwarded-For: ", forwarded_for.encode("latin-1"),
+              b"\r\nX-Forwarded-Proto: ", b"https" if request.secure else b"http",
+              b"\r\nX-Forwarded-Host: ", handshake.host.encode("latin-1"), b"\r\n\r\n")
+    return b"".join(lines)
 
 
-def _normalized(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
+def _normalized(name: bytes) -> bytes:
+    return name.strip().lower().replace(b"_", b"-")
 
 
-def _credential_headers(route: Route) -> set[str]:
+def _credential_headers(route: Route) -> frozenset[bytes]:
     methods = route.auth.methods
     names = set()
     if "KeyAuth" in methods and route.auth.key_auth.header:
-        names.add(_normalized(route.auth.key_auth.header))
+        names.add(_normalized(route.auth.key_auth.header.encode("latin-1")))
     if "BasicAuth" in methods or "JWT" in methods:
-        names.add("authorization")
+        names.add(b"authorization")
     if route.auth.external is not None:
-        names.update(_normalized(n) for n in route.auth.external.request_headers)
-    return names
+        names.update(_normalized(n.encode("latin-1"))
+                     for n in route.auth.external.request_headers)
+    return frozenset(names)
 
 
 def _credential_cookies(route: Route) -> list[str]:
@@ -130,17 +147,21 @@ def _credential_cookies(route: Route) -> list[str]:
     return names
 
 
-def _verified_headers(route: Route) -> set[str]:
+def _verified_headers(route: Route) -> frozenset[bytes]:
     """Headers only a verification may set: a client's copies never pass."""
+    auth = route.auth
+    external = auth.external
+    if external is None and not auth.jwt.providers:
+        return frozenset()
     names = set()
-    external = route.auth.external
     if external is not None:
-        names.update(_normalized(n) for n in external.response_headers)
+        names.update(_normalized(n.encode("latin-1")) for n in external.response_headers)
         if external.identity_header:
-            names.add(_normalized(external.identity_header))
-    for provider in route.auth.jwt.providers:
-        names.update(_normalized(m.header) for m in provider.claims_to_headers)
-    return names
+            names.add(_normalized(external.identity_header.encode("latin-1")))
+    for provider in auth.jwt.providers:
+        names.update(_normalized(m.header.encode("latin-1"))
+                     for m in provider.claims_to_headers)
+    return frozenset(names)
 
 
 def _credential_queries(route: Route) -> list[str]:

@@ -14,8 +14,13 @@ reaches the upstream. One is checked at a time: another sent before the answer (
 flood, each of which would cost a check and an answer) closes the session with 1008.
 
 What a handshake takes it gives back on every way out: its place under the route's
-limits is held by ``Runtime.admission`` around everything from the dial to the end of
-the session, and an upstream connection is aborted unless a session owns it.
+limits is held by ``Runtime.admission`` from the dial on and handed over to the session,
+which gives it back when it ends; an upstream connection is aborted unless a session
+owns it.
+
+Once a session has started, the handler returns at once and aiohttp's handler task ends
+without closing the connection (the session owns it): an idle session holds no task,
+no coroutine frames and no request object, only its transports and the session.
 """
 
 from __future__ import annotations
@@ -39,20 +44,18 @@ from .first_message import AuthMessageError, FirstMessageReader, auth_answer
 from .forwarding import (
     forwarded_subprotocols,
     is_credential_entry,
-    upstream_headers,
-    upstream_target,
+    upstream_request,
 )
 from .frames import CloseCode, close_frame
 from .handshake import Handshake, check_upgrade, hash_key, read_handshake
 from .refusals import BadGateway, Refusal, Unauthorized, Unavailable
 from .relay import Session
-from .runtime import Runtime
+from .runtime import Held, Runtime
 from .upstream import (
     UpstreamError,
     UpstreamProtocol,
     UpstreamResponse,
     accept_for,
-    build_request,
     open_upstream,
 )
 
@@ -93,24 +96,20 @@ class Gateway:
         key = request.headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
         extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
-        upstream_request = build_request(upstream_target(handshake),
-                                         upstream_headers(request, handshake, protocols))
-        async with self.runtime.admission(route, handshake.who.identity):
-            connected = await self._dial(handshake, candidates, upstream_request, key,
+        async with self.runtime.admission(route, handshake.who.identity) as held:
+            connected = await self._dial(handshake, candidates,
+                                         upstream_request(request, handshake, protocols), key,
                                          (protocols, extensions))
-            transport, _protocol, response, _endpoint = connected
+            transport = connected[0]
             try:
-                response_101 = await _upgrade(request, _answer_headers(response, handshake))
-                if response_101 is None:
+                if not _upgrade(request, _answer_101(connected[2], handshake)):
                     transport.abort()
                     return web.Response(status=499)
-                session = self._start_session(request, handshake, connected)
-                request.protocol.set_parser(session)  # type: ignore[arg-type]
+                self._start_session(request, handshake, connected, held)
             except BaseException:
                 transport.abort()
                 raise
-            await _until_done(session)
-        return response_101
+        return _handed_over(request)
 
     async def _first_message(self, request: web.BaseRequest,
                              handshake: Handshake) -> web.StreamResponse:
@@ -119,28 +118,27 @@ class Gateway:
         # The proxy answers the handshake itself: without extensions (the upstream is
         # not there yet to agree on them) and with the client's first subprotocol.
         chosen = handshake.protocols[0] if handshake.protocols else None
-        headers = {"Upgrade": "websocket", "Connection": "Upgrade",
-                   "Sec-WebSocket-Accept": accept_for(request.headers["Sec-WebSocket-Key"])}
-        if chosen:
-            headers["Sec-WebSocket-Protocol"] = chosen
-        response_101 = await _upgrade(request, headers)
-        if response_101 is None:
+        answer = _head_101(accept_for(request.headers["Sec-WebSocket-Key"]), chosen, None)
+        if not _upgrade(request, answer):
             return web.Response(status=499)
         client = request.transport
         assert client is not None
         reader = FirstMessageReader(client)
         request.protocol.set_parser(reader)  # type: ignore[arg-type]
         try:
-            await self._first_message_session(request, handshake, reader, chosen)
+            if await self._first_message_session(request, handshake, reader, chosen):
+                return _handed_over(request)
         except Refusal as refusal:
             self._count(route.key, refusal)
             if not client.is_closing():
                 client.write(close_frame(refusal.close_code, refusal.reason, masked=False))
                 client.close()
-        return response_101
+        return UPGRADED
 
     async def _first_message_session(self, request: web.BaseRequest, handshake: Handshake,
-                                     reader: FirstMessageReader, chosen: str | None) -> None:
+                                     reader: FirstMessageReader, chosen: str | None) -> bool:
+        """Authenticate the auth message, dial, start the session; False when the client
+        left meanwhile."""
         route = handshake.route
         try:
             async with asyncio.timeout(route.auth.first_message_timeout_seconds):
@@ -157,29 +155,25 @@ class Gateway:
         candidates = self._candidates(handshake, request)
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []
-        upstream_request = build_request(upstream_target(handshake), [
-            (name, value) for name, value in upstream_headers(request, handshake, protocols)
-            if name.lower() not in ("sec-websocket-key", "sec-websocket-extensions")
-        ] + [("Sec-WebSocket-Key", key)])
-        async with self.runtime.admission(route, handshake.who.identity):
+        to_upstream = upstream_request(request, handshake, protocols, key)
+        async with self.runtime.admission(route, handshake.who.identity) as held:
             if reader.client_gone:
-                return
-            connected = await self._dial(handshake, candidates, upstream_request, key,
+                return False
+            connected = await self._dial(handshake, candidates, to_upstream, key,
                                          (protocols, []))
             transport = connected[0]
             client = request.transport
             try:
                 if reader.client_gone or client is None or client.is_closing():
                     transport.abort()  # left during the dial: nothing to relay
-                    return
+                    return False
                 client.write(auth_answer(True, valid_until=who.valid_until))
-                session = self._start_session(request, handshake, connected,
-                                              on_auth_message=self._reauthenticate)
-                reader.attach(session)
+                self._start_session(request, handshake, connected, held, reader,
+                                    on_auth_message=self._reauthenticate)
             except BaseException:
                 transport.abort()
                 raise
-            await _until_done(session)
+        return True
 
     def _candidates(self, handshake: Handshake, request: web.BaseRequest) -> list[Endpoint]:
         route = handshake.route
@@ -225,7 +219,8 @@ class Gateway:
                          + "; ".join(_distinct(e.message for e in errors)))
 
     def _start_session(self, request: web.BaseRequest, handshake: Handshake,
-                       connected: Connected,
+                       connected: Connected, held: Held,
+                       reader: FirstMessageReader | None = None,
                        on_auth_message: Callable[[Session, dict[str, Any]], None] | None = None,
                        ) -> Session:
         transport, protocol, _response, endpoint = connected
@@ -235,14 +230,20 @@ class Gateway:
             handshake, endpoint,
             client_transport=client,
             client_protocol=request.protocol,
-            client_writer=request.writer,
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
             on_auth_message=on_auth_message,
         )
         self.runtime.session_started(session)
+        held.hand_over(session)
         metrics.handshake(handshake.route.key, "ok")
+        # First what aiohttp (or the auth message's reader) read past the handshake...
+        if reader is None:
+            request.protocol.set_parser(session)  # type: ignore[arg-type]
+        else:
+            reader.attach(session)
+        # ...then the session owns both connections.
         session.start()
         return session
 
@@ -306,46 +307,68 @@ class Gateway:
                             headers=list(refusal.headers) or None)
 
 
-def _answer_headers(response: UpstreamResponse, handshake: Handshake) -> dict[str, str]:
+def _answer_101(response: UpstreamResponse, handshake: Handshake) -> bytes:
     """The client's 101: the upstream's answer (already checked against the offers)."""
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Accept": response.headers["Sec-WebSocket-Accept"],
-    }
-    chosen = response.headers.get("Sec-WebSocket-Protocol")
+    headers = response.headers
+    chosen = headers.get("Sec-WebSocket-Protocol")
     if chosen is None:
         # A browser that offered subprotocols fails a handshake that selects none; a
         # credential entry is the one offer certain to be acceptable.
         chosen = next((p for p in handshake.protocols if is_credential_entry(p)), None)
-    if chosen:
-        headers["Sec-WebSocket-Protocol"] = chosen
-    if extensions := response.headers.get("Sec-WebSocket-Extensions"):
-        headers["Sec-WebSocket-Extensions"] = extensions
-    return headers
+    return _head_101(headers["Sec-WebSocket-Accept"], chosen,
+                     headers.get("Sec-WebSocket-Extensions"))
 
 
-async def _upgrade(request: web.BaseRequest, headers: dict[str, str]
-                   ) -> web.StreamResponse | None:
-    """Send the 101; None when the client is already gone."""
-    response = web.StreamResponse(status=101, headers=headers)
-    response.force_close()
-    try:
-        await response.prepare(request)
-    except (ConnectionError, RuntimeError):
-        return None
+_HEAD_101 = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
+
+
+def _head_101(accept: str, protocol: str | None, extensions: str | None) -> bytes:
+    head = _HEAD_101 + accept.encode("latin-1")
+    if protocol:
+        head += b"\r\nSec-WebSocket-Protocol: " + protocol.encode("latin-1")
+    if extensions:
+        head += b"\r\nSec-WebSocket-Extensions: " + extensions.encode("latin-1")
+    return head + b"\r\n\r\n"
+
+
+def _upgrade(request: web.BaseRequest, head: bytes) -> bool:
+    """Write the 101 raw on the transport (aiohttp's response objects would build, copy
+    and check headers for a head this fixed); False when the client is already gone."""
     client = request.transport
     if client is None or client.is_closing():
+        return False
+    client.write(head)
+    return True
+
+
+class _Upgraded(web.StreamResponse):
+    """What a handler returns to aiohttp once it wrote the 101 itself and the session
+    is over: nothing more to send, and the connection is not kept alive."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
         return None
-    return response
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
-async def _until_done(session: Session) -> None:
-    try:
-        await asyncio.shield(session.done)
-    except asyncio.CancelledError:
-        session.abort()
-        raise
+UPGRADED = _Upgraded(status=101)
+UPGRADED.force_close()
+
+
+def _handed_over(request: web.BaseRequest) -> web.StreamResponse:
+    """End aiohttp's handling of a connection a session now owns: its handler task
+    finishes without closing the transport (``_force_close`` set as such, not through
+    ``force_close()``, which would close it), and what only served the request (the
+    HTTP parser with the last request's headers, the finished task) is let go. aiohttp
+    still hears of the connection's end: the session's client side calls its
+    ``connection_lost``. tests/component/test_aiohttp_hook.py checks these names."""
+    handler = request.protocol
+    handler._force_close = True  # type: ignore[attr-defined]
+    handler._parser = None  # type: ignore[attr-defined]
+    handler._task_handler = None  # type: ignore[attr-defined]
+    return UPGRADED
 
 
 def _distinct(items: Iterable[str]) -> list[str]:

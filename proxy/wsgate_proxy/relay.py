@@ -14,6 +14,13 @@ new credential, first_message.py) are the one thing read out of the client's str
 its small unfragmented text frames are held until whole and unmasked, and an auth
 message among them is taken out of the stream and handed to ``on_auth_message``; every
 other frame is forwarded untouched.
+
+Once a session starts it owns both connections: each transport's protocol is swapped
+(``set_protocol``) for a ``_Side`` whose callbacks are the session's own methods, so a
+chunk goes from the event loop to ``feed_data``/``upstream_data`` with no adapter in
+between (aiohttp's handler, the dialler's protocol), and each side's
+``pause_writing``/``resume_writing`` pauses and resumes reading on the other side: no
+check after each write, no drain task.
 """
 
 from __future__ import annotations
@@ -23,8 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.base_protocol import BaseProtocol
+from aiohttp.web_protocol import RequestHandler
 
 from .config import Endpoint
 from .first_message import MAX_AUTH_MESSAGE_BYTES, parse_auth_message
@@ -33,6 +39,7 @@ from .upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from .handshake import Handshake
+    from .limits import Admission
 
 # How long a closing session waits for the peers' close replies before cutting TCP.
 CLOSE_GRACE_SECONDS = 5.0
@@ -42,14 +49,40 @@ CLOSE_GRACE_SECONDS = 5.0
 MAX_WAITING_FRAMES = 16
 
 
+class _Side(asyncio.Protocol):
+    """A connection's protocol whose callbacks are a session's bound methods."""
+
+    __slots__ = ("connection_lost", "data_received", "pause_writing", "resume_writing")
+
+    def __init__(self, data_received: Callable[[bytes], object],
+                 connection_lost: Callable[[BaseException | None], None],
+                 pause_writing: Callable[[], None], resume_writing: Callable[[], None]) -> None:
+        self.data_received = data_received  # type: ignore[method-assign]
+        self.connection_lost = connection_lost  # type: ignore[method-assign]
+        self.pause_writing = pause_writing  # type: ignore[method-assign]
+        self.resume_writing = resume_writing  # type: ignore[method-assign]
+
+
 class Session:
     """One relayed WebSocket session.
 
-    aiohttp feeds the client's bytes to ``feed_data``/``feed_eof`` (the session is
-    installed with ``request.protocol.set_parser``); the upstream connection feeds
-    ``upstream_data``/``upstream_lost``. Each side's write buffer pauses reading on
-    the other side, so a slow reader never makes the proxy buffer without bound.
+    The client's bytes arrive at ``feed_data`` (first those aiohttp read with the
+    handshake, through ``set_parser``; then straight from the transport), its end at
+    ``feed_eof`` (through aiohttp's handler, which keeps its own bookkeeping of the
+    connection); the upstream's at ``upstream_data``/``upstream_lost``. Each side's
+    write buffer pauses reading on the other side, so a slow reader never makes the
+    proxy buffer without bound.
     """
+
+    # Slots: a pod holds tens of thousands of sessions, mostly idle.
+    __slots__ = ("_answers_backed_up", "_client", "_client_full", "_client_open",
+                 "_client_protocol", "_closing", "_grace", "_on_auth_message", "_on_end",
+                 "_proxy_frames", "_sent_to_client", "_sent_to_upstream", "_to_client",
+                 "_upstream", "_upstream_full", "_upstream_open", "_upstream_protocol",
+                 "admission", "bytes_c2u", "bytes_u2c", "c2u", "close_code", "close_reason",
+                 "closed_by", "consumer_key", "credential_fingerprint",
+                 "credential_valid_until", "done", "endpoint", "handshake", "host", "path",
+                 "route_key", "started", "u2c", "username")
 
     def __init__(
         self,
@@ -57,8 +90,7 @@ class Session:
         endpoint: Endpoint,
         *,
         client_transport: asyncio.Transport,
-        client_protocol: BaseProtocol,
-        client_writer: AbstractStreamWriter,
+        client_protocol: RequestHandler,
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
@@ -93,16 +125,14 @@ class Session:
         self.close_reason = ""
         self._client = client_transport
         self._client_protocol = client_protocol
-        self._client_writer = client_writer
         self._upstream = upstream_transport
-        self._upstream_protocol = upstream_protocol
+        self._upstream_protocol: UpstreamProtocol | None = upstream_protocol
         self._client_open = True
         self._upstream_open = True
         self._closing = False
         self._sent_to_client = False
         self._sent_to_upstream = False
         self._proxy_frames: tuple[bytes, bytes] | None = None
-        self._draining_client: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._to_client: list[bytes] = []  # frames of the proxy's own, for a boundary
         # Why reading from the client is paused: the upstream's write buffer is full, or
@@ -110,7 +140,11 @@ class Session:
         # upstream, so its back-pressure alone would not slow their sender).
         self._upstream_full = False
         self._answers_backed_up = False
+        self._client_full = False  # the client's write buffer is full
         self._on_end = on_end
+        # Its place under the connection limits (runtime.Held.hand_over), given back when
+        # it ends.
+        self.admission: Admission | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def set_limits(self, max_message_bytes: int, messages_per_second: float) -> None:
@@ -122,7 +156,15 @@ class Session:
         return self._closing
 
     def start(self) -> None:
-        self._upstream_protocol.attach(self)
+        """Take both connections over (the client's bytes read with the handshake must
+        have been handed over already, through aiohttp's ``set_parser``)."""
+        self._upstream.set_protocol(_Side(self.upstream_data, self.upstream_lost,
+                                          self._pause_client, self._resume_client))
+        assert self._upstream_protocol is not None
+        self._upstream_protocol.hand_over(self)
+        self._upstream_protocol = None  # done with: not held for the session's lifetime
+        self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
+                                        self._pause_upstream, self._resume_upstream))
 
     # -- client -> upstream (aiohttp's payload-parser interface) ---------------
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
@@ -189,12 +231,10 @@ class Session:
         """Stop reading the client while the proxy's answers to it are not read: each
         auth message it sends is answered, so reading on would buffer answers without
         bound. Reading resumes once the client drained them."""
-        if not self._client_protocol.writing_paused or self._answers_backed_up:
+        if not self._client_full or self._answers_backed_up:
             return
         self._answers_backed_up = True
         self._client.pause_reading()
-        if self._draining_client is None:
-            self._draining_client = asyncio.ensure_future(self._wait_client_drain())
 
     # -- upstream -> client ------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
@@ -212,9 +252,6 @@ class Session:
             out = inspector.feed(b"")
         if out and self._client_open:
             self._client.write(out)
-            if self._client_protocol.writing_paused and self._draining_client is None:
-                self._upstream.pause_reading()
-                self._draining_client = asyncio.ensure_future(self._wait_client_drain())
         if inspector.close_code is not None:
             self._saw_close("upstream", inspector.close_code)
         if inspector.halted:
@@ -235,29 +272,30 @@ class Session:
                 self._client.close()
         self._maybe_done()
 
-    def upstream_pause_writing(self) -> None:
+    # -- flow control: a side that cannot take more stops the other side's reading ---
+    def _pause_client(self) -> None:  # the upstream's write buffer is full
         self._upstream_full = True
         if self._client_open:
             self._client.pause_reading()
 
-    def upstream_resume_writing(self) -> None:
+    def _resume_client(self) -> None:
         self._upstream_full = False
         if self._client_open and not self._answers_backed_up:
             self._client.resume_reading()
 
-    async def _wait_client_drain(self) -> None:
-        try:
-            await self._client_writer.drain()
-        except (ConnectionError, RuntimeError):
-            pass
-        finally:
-            self._draining_client = None
-            if self._upstream_open:
-                self._upstream.resume_reading()
-            if self._answers_backed_up:
-                self._answers_backed_up = False
-                if self._client_open and not self._upstream_full:
-                    self._client.resume_reading()
+    def _pause_upstream(self) -> None:  # the client's write buffer is full
+        self._client_full = True
+        if self._upstream_open:
+            self._upstream.pause_reading()
+
+    def _resume_upstream(self) -> None:
+        self._client_full = False
+        if self._upstream_open:
+            self._upstream.resume_reading()
+        if self._answers_backed_up:
+            self._answers_backed_up = False
+            if self._client_open and not self._upstream_full:
+                self._client.resume_reading()
 
     # -- ending ------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:

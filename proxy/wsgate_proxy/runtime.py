@@ -11,14 +11,13 @@ live one is held against the live one at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from . import config_stream, metrics
@@ -39,7 +38,7 @@ from .external_auth import ExternalAuthClient
 from .frames import CloseCode
 from .jwks import KeySets
 from .leases import LeaseStore
-from .limits import ConnectionLimits, Holder
+from .limits import Admission, ConnectionLimits, Holder
 from .oidc import provider_for
 from .outbound import Outbound
 from .passwords import MAX_PENDING, PasswordVerifier
@@ -337,17 +336,12 @@ class Runtime:
         return self.active.routes.get(session.route_key) if self.active else None
 
     # -- limits --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def admission(self, route: Route, holder: Holder | None) -> AsyncIterator[None]:
+    def admission(self, route: Route, holder: Holder | None) -> Held:
         """Hold a place under the connection limits (the route's, and the consumer's on it
         and on all routes) for the whole handshake and the session after it; every way
         out (a refusal, a client gone, an error, the session's end) gives it back. With
         a shared store, one round trip on a limited route (limits.py)."""
-        admission = await self.limits.admit(route, holder)
-        try:
-            yield
-        finally:
-            self.limits.release(admission)
+        return Held(self.limits, route, holder)
 
     def _watch_idle(self, session: Session, route: Route) -> None:
         timeout = route.limits.idle_timeout_seconds
@@ -390,6 +384,9 @@ class Runtime:
         del self._flushed[session]
         self._idle_watch.pop(session, None)
         self.lifetimes.ended(session)
+        if session.admission is not None:
+            self.limits.release(session.admission)
+            session.admission = None
         _decrement(self.endpoint_sessions, session.endpoint)
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).dec()
         metrics.session_closed(session.route_key, session.closed_by, session.close_code,
@@ -460,6 +457,31 @@ class Runtime:
             "sessions": len(self.sessions),
             **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
+
+
+class Held:
+    """``async with runtime.admission(...) as held``: a place under the limits while
+    inside, or until the session it is handed over to ends (a class rather than a
+    generator-based context manager: one per handshake)."""
+
+    __slots__ = ("_admission", "_holder", "_limits", "_route")
+
+    def __init__(self, limits: ConnectionLimits, route: Route, holder: Holder | None) -> None:
+        self._limits, self._route, self._holder = limits, route, holder
+        self._admission: Admission | None = None
+
+    async def __aenter__(self) -> Held:
+        self._admission = await self._limits.admit(self._route, self._holder)
+        return self
+
+    def hand_over(self, session: Session) -> None:
+        """The session holds the place from now on; ``session_ended`` gives it back."""
+        session.admission, self._admission = self._admission, None
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._admission is not None:
+            self._limits.release(self._admission)
+            self._admission = None
 
 
 def route_summary(route: Route, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:

@@ -53,6 +53,10 @@ class ProxyOptions:
     heads: HeadLimits = field(default_factory=HeadLimits)
     # Password checks waiting for or running on the PBKDF2 pool; beyond, 503.
     password_queue: int = MAX_PENDING
+    # Connections the kernel queues for each client listener until the proxy accepts
+    # them (capped by net.core.somaxconn): room for a fleet reconnecting at once, where
+    # aiohttp's default of 128 would leave most of it to SYN retries, seconds apart.
+    backlog: int = 4096
     # Connection limits counted across the proxies sharing this Redis; None: per proxy.
     limits_store: StoreOptions | None = None
 
@@ -89,9 +93,10 @@ async def serve(
     await proxy_runner.setup()
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
-    proxy_sites = [web.TCPSite(proxy_runner, *options.listen)]
+    proxy_sites = [web.TCPSite(proxy_runner, *options.listen, backlog=options.backlog)]
     if options.tls_listen is not None:
         proxy_sites.append(web.TCPSite(proxy_runner, *options.tls_listen,
+                                       backlog=options.backlog,
                                        ssl_context=runtime.certificates.listener_context()))
     try:
         for site in proxy_sites:

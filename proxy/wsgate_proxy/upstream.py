@@ -64,17 +64,17 @@ class UpstreamResponse:
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    """One upstream connection: reads the handshake answer, then hands bytes to a sink.
+    """One upstream connection until its handshake is done: reads the answer's head.
 
-    Bytes that arrive after the 101 but before a sink is attached (an upstream that
-    greets at once) are kept and delivered on attach.
+    The relay then takes the transport over (``set_protocol``) and calls ``hand_over``
+    for what arrived here after the 101 (an upstream that greets at once) and for a
+    connection already lost.
     """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._sink: UpstreamSink | None = None
         self._early: list[bytes] = []
         self._lost = False
         self._lost_exc: BaseException | None = None
@@ -85,26 +85,23 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is not None:
-            sink.upstream_data(data)
-        elif not self._head.done():
-            self._buffer += data
-            end = self._buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                head, tail = bytes(self._buffer[: end + 4]), bytes(self._buffer[end + 4 :])
-                self._buffer.clear()
-                if tail:
-                    self._early.append(tail)
-                self._head.set_result(head)
-            elif len(self._buffer) > MAX_RESPONSE_HEAD:
-                self._head.set_exception(
-                    UpstreamError(f"the response head exceeds {MAX_RESPONSE_HEAD} bytes")
-                )
-                assert self.transport is not None
-                self.transport.abort()
-        else:
+        if self._head.done():
             self._early.append(data)
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head, tail = bytes(self._buffer[: end + 4]), bytes(self._buffer[end + 4 :])
+            self._buffer.clear()
+            if tail:
+                self._early.append(tail)
+            self._head.set_result(head)
+        elif len(self._buffer) > MAX_RESPONSE_HEAD:
+            self._head.set_exception(
+                UpstreamError(f"the response head exceeds {MAX_RESPONSE_HEAD} bytes")
+            )
+            assert self.transport is not None
+            self.transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost, self._lost_exc = True, exc
@@ -112,23 +109,13 @@ class UpstreamProtocol(asyncio.Protocol):
             self._head.set_exception(
                 UpstreamError("closed the connection during the handshake")
             )
-        if self._sink is not None:
-            self._sink.upstream_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.upstream_resume_writing()
 
     # -- used by the dialler and the relay -----------------------------------
     async def response_head(self) -> bytes:
         return await self._head
 
-    def attach(self, sink: UpstreamSink) -> None:
-        self._sink = sink
+    def hand_over(self, sink: UpstreamSink) -> None:
+        """Deliver to the relay, which now owns the transport, what came before."""
         early, self._early = self._early, []
         for chunk in early:
             sink.upstream_data(chunk)
@@ -137,18 +124,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 class UpstreamSink(Protocol):
-    """What the relay implements to receive an upstream's bytes and events."""
+    """What the relay implements to receive an upstream's bytes and end."""
 
     def upstream_data(self, data: bytes) -> None: ...
     def upstream_lost(self, exc: BaseException | None) -> None: ...
-    def upstream_pause_writing(self) -> None: ...
-    def upstream_resume_writing(self) -> None: ...
-
-
-def build_request(target: str, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"GET {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def parse_response_head(head: bytes) -> UpstreamResponse:

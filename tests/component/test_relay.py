@@ -18,6 +18,7 @@ from tests.support import (
     consumer_objects,
     eventually,
     objects_for,
+    rss_kib,
 )
 from wsgate_proxy.credentials import encode_key_subprotocol
 
@@ -161,3 +162,32 @@ async def test_config_swaps_keep_live_sessions(upstream, serve):
     finally:
         for ws in sessions:
             await ws.close()
+
+
+IDLE = 300
+# Resident memory an idle session may cost the proxy. It was about 20 KiB while each
+# session kept aiohttp's request, parser and handler tasks alive (nginx 1.22: about
+# 17 KiB); bench/relay.py measures it against nginx.
+IDLE_SESSION_KIB = 12
+
+
+async def test_idle_sessions_hold_little_memory(serve):
+    served = await serve()
+    pid = served.proxy.proc.pid
+    async with connect(served.url, additional_headers=KEY) as ws:  # pools, first imports
+        await ws.send("warm")
+        await ws.recv()
+    before = rss_kib(pid)
+    sessions = [await connect(served.url, additional_headers=KEY) for _ in range(IDLE)]
+    try:
+        async def all_live():
+            _, body = await served.admin.request("GET", "/config")
+            assert body["sessions"] == IDLE
+
+        await eventually(all_live)
+        per_session = (rss_kib(pid) - before) / IDLE
+        assert per_session < IDLE_SESSION_KIB, f"{per_session:.1f} KiB per idle session"
+        await sessions[-1].send("still relayed")
+        assert await sessions[-1].recv() == "still relayed"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sessions))
