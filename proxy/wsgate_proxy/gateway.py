@@ -238,12 +238,14 @@ class Gateway:
         self.runtime.session_started(session)
         held.hand_over(session)
         metrics.handshake(handshake.route.key, "ok")
-        # First what aiohttp (or the auth message's reader) read past the handshake...
+        # The session owns both connections before anything is written on either; then
+        # what aiohttp (or the auth message's reader) read past the handshake, then what
+        # the upstream sent with its 101.
+        session.take_over()
         if reader is None:
             request.protocol.set_parser(session)  # type: ignore[arg-type]
         else:
             reader.attach(session)
-        # ...then the session owns both connections.
         session.start()
         return session
 

@@ -155,16 +155,26 @@ class Session:
     def closing(self) -> bool:
         return self._closing
 
-    def start(self) -> None:
-        """Take both connections over (the client's bytes read with the handshake must
-        have been handed over already, through aiohttp's ``set_parser``)."""
+    def take_over(self) -> None:
+        """Own both connections, before a byte is written on either: asyncio tells a
+        transport's protocol once that its write buffer went over the high-water mark,
+        and a pause told to the protocol before this one would be lost (the other side
+        never paused, the buffer unbounded)."""
         self._upstream.set_protocol(_Side(self.upstream_data, self.upstream_lost,
                                           self._pause_client, self._resume_client))
+        self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
+                                        self._pause_upstream, self._resume_upstream))
+
+    def start(self) -> None:
+        """Relay what the upstream sent with its 101 (after ``take_over``, and after the
+        client's bytes read with the handshake were handed over through aiohttp's
+        ``set_parser`` or the auth message's reader)."""
         assert self._upstream_protocol is not None
         self._upstream_protocol.hand_over(self)
         self._upstream_protocol = None  # done with: not held for the session's lifetime
-        self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
-                                        self._pause_upstream, self._resume_upstream))
+        if (self._upstream_full or self._answers_backed_up) and self._client_open:
+            # set_parser and the reader resume reading the client once they have fed it.
+            self._client.pause_reading()
 
     # -- client -> upstream (aiohttp's payload-parser interface) ---------------
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:

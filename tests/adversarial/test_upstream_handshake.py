@@ -4,8 +4,10 @@ connection is aborted, nothing leaks, and no internal address reaches the client
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from tests.support import (
+    MemoryPeak,
     RawUpstream,
     eventually,
     handshake_head,
@@ -14,6 +16,7 @@ from tests.support import (
     status_of,
     switching,
 )
+from wsgate_proxy.frames import text_frame
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -71,3 +74,48 @@ async def test_a_bad_upstream_answer_is_a_502_and_the_upstream_is_aborted(serve)
 
 async def _equal(actual, expected):
     assert actual == expected
+
+
+async def test_a_big_greeting_to_a_client_that_does_not_read_pauses_the_upstream(serve):
+    # The upstream sends 1 MiB with its 101, then streams on, to a client that never
+    # reads: the proxy stops reading the upstream and holds little. (Session.take_over
+    # swaps both protocols before the first write because asyncio tells a full write
+    # buffer once, to the protocol of the moment; here the kernel's buffers absorb what
+    # is written at the start, so this test does not reach that race: a review
+    # reproduced it on socketpairs.)
+    streamed = 0
+    finished = asyncio.Event()
+
+    async def handler(reader, writer, key, head):
+        nonlocal streamed
+        writer.write(switching(key) + text_frame("g" * 60_000) * 17)  # 1 MiB greeting
+        chunk = text_frame("s" * 60_000) * 16
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3
+        while loop.time() < deadline:
+            writer.write(chunk)
+            try:
+                await asyncio.wait_for(writer.drain(), max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                break  # the proxy stopped reading: paused, as it should be
+            streamed += len(chunk)
+        finished.set()
+
+    async with RawUpstream(handler) as bad:
+        served = await serve(objects=objects_for(bad.port))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(client, ("127.0.0.1", served.proxy.port))
+            async with MemoryPeak(served.proxy.proc.pid) as memory:
+                await loop.sock_sendall(client, handshake_head("/.ws", "h", "apikey: john-key"))
+                await eventually(lambda: _equal(bad.connections, 1), timeout=5)
+                await asyncio.wait_for(finished.wait(), 10)  # its own 3 s deadline
+        finally:
+            client.close()
+    print(f"FIGURES big greeting to a stalled client: upstream streamed {streamed >> 20} MiB "
+          f"after its greeting, proxy grew {memory.grown_kib} KiB")
+    assert streamed < 32 << 20, f"the upstream was never paused: {streamed >> 20} MiB relayed"
+    assert memory.grown_kib < 48 * 1024
