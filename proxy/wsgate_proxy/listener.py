@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,6 @@ from typing import Protocol, cast
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.tcp_helpers import tcp_keepalive
 
 from .refusals import Refusal
 
@@ -104,10 +104,15 @@ class Listener:
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
         """Listen on ``host:port`` (over TLS with ``ssl_context``); the address bound."""
         secure = ssl_context is not None
-        server = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(self, secure), host, port, ssl=ssl_context,
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self, loop, secure), host, port, ssl=ssl_context,
             backlog=backlog)
         self._servers.append(server)
+        for sock in server.sockets:
+            # TCP keep-alive finds the dead peers of idle sessions; set here, it is
+            # inherited by every accepted connection (no system call per connection).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         bound = server.sockets[0].getsockname()
         return bound[0], bound[1]
 
@@ -127,11 +132,14 @@ class Listener:
 class ClientConnection(asyncio.Protocol):
     """One client connection until a session owns it or it closes."""
 
-    __slots__ = ("_head_bytes", "_listener", "_parser", "_paused", "_pending", "_seen",
-                 "_sink", "_state", "_task", "_timer", "remote", "secure", "transport")
+    __slots__ = ("_head_bytes", "_listener", "_loop", "_parser", "_paused", "_pending",
+                 "_seen", "_sink", "_state", "_task", "_timer", "remote", "secure",
+                 "transport")
 
-    def __init__(self, listener: Listener, secure: bool) -> None:
+    def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop,
+                 secure: bool) -> None:
         self._listener = listener
+        self._loop = loop
         self.secure = secure
         self.remote = ""
         self.transport: asyncio.Transport | None = None
@@ -152,7 +160,6 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         self._listener.connections.add(self)
-        tcp_keepalive(transport)  # a dead peer of an idle session is found eventually
         peer = transport.get_extra_info("peername")
         if isinstance(peer, (list, tuple)):
             self.remote = str(peer[0])
@@ -241,7 +248,7 @@ class ClientConnection(asyncio.Protocol):
             parser = self._parser
             if parser is None:
                 parser = self._parser = HttpRequestParser(
-                    self, asyncio.get_running_loop(), 2**16, max_line_size=MAX_LINE_BYTES,
+                    self, self._loop, 2**16, max_line_size=MAX_LINE_BYTES,
                     max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS,
                     auto_decompress=False)
             try:
@@ -268,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
         self._state = _BUSY
         if rest:
             self._pending = rest
-        self._task = asyncio.get_running_loop().create_task(self._serve(message, has_body))
+        self._task = self._loop.create_task(self._serve(message, has_body))
 
     async def _serve(self, message: RawRequestMessage, has_body: bool) -> None:
         try:
@@ -342,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+        self._timer = self._loop.call_later(seconds, self._timed_out)
 
     def _disarm(self) -> None:
         if self._timer is not None:
