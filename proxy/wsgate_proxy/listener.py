@@ -63,9 +63,10 @@ _HEAD_END = b"\r\n\r\n"
 # Connection states.
 _HEAD = 0  # reading a request head (or waiting for one)
 _BUSY = 1  # a request is being answered by the gateway
-_READER = 2  # upgraded, the bytes go to a reader (FirstMessage's auth message)
-_CLOSING = 3  # answered and closing: what arrives is dropped
-_DONE = 4  # handed over to a session, or closed
+_UPGRADED = 2  # the 101 is written, the session not started yet
+_READER = 3  # upgraded, the bytes go to a reader (FirstMessage's auth message)
+_CLOSING = 4  # answered and closing: what arrives is dropped
+_DONE = 5  # handed over to a session, or closed
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
         state = self._state
         if state == _HEAD:
             self._read_head(data)
-        elif state == _BUSY:
+        elif state in (_BUSY, _UPGRADED):
             self._pending += data
             if len(self._pending) >= MAX_PENDING and not self._paused:
                 self._paused = True
@@ -199,6 +200,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return False
         transport.write(head)
+        self._state = _UPGRADED
         return True
 
     def read_into(self, sink: Sink) -> None:
@@ -278,14 +280,19 @@ class ClientConnection(asyncio.Protocol):
         self._task = self._loop.create_task(self._serve(message, has_body))
 
     async def _serve(self, message: RawRequestMessage, has_body: bool) -> None:
+        failed = False
         try:
             refusal = await self._listener.handler(message, self)
         except Exception:
             log.exception("unexpected error while answering a request")
-            refusal = Refusal("internal error", status=500)
+            refusal, failed = Refusal("internal error", status=500), True
         finally:
             self._task = None
         transport = self.transport
+        if transport is not None and (self._state == _UPGRADED or
+                                      (failed and self._state == _READER)):
+            transport.abort()  # a 101 and no session: nothing more can be said here
+            return
         if self._state != _BUSY or transport is None or transport.is_closing():
             return  # a session or a reader owns the connection, or the client left
         if refusal is None:  # nothing to say (the gateway gave up on the client)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import handshake_head, status_of
+from tests.support import eventually, handshake_head, status_of
 from wsgate_proxy.frames import read_frame, text_frame
+from wsgate_proxy.listener import HeadLimits, Listener
 
 
 async def _answers(reader: asyncio.StreamReader, count: int) -> list[tuple[bytes, bytes]]:
@@ -64,7 +65,7 @@ async def test_frames_sent_with_the_handshake_reach_the_upstream(serve, upstream
     head = handshake_head("/.ws", "h", "apikey: john-key")
     writer.write(head[:-3])
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # apart, so that the proxy reads them as two chunks
     writer.write(head[-3:] + text_frame("with the head", masked=True))
     assert status_of(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)) == 101
     buffer = b""
@@ -87,3 +88,83 @@ async def test_a_request_with_a_body_is_answered_and_its_connection_closed(serve
         assert await reader.read() == b""  # closed: the body was never read as a request
     assert upstream.requests == []
     writer.close()
+
+
+class _Raising:
+    """A gateway stand-in that fails, before or after writing a 101, or never answers."""
+
+    def __init__(self, after_101: bool = False, hang: bool = False) -> None:
+        self.after_101, self.hang = after_101, hang
+        self.entered = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, _message, client):
+        self.entered.set()
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.cancelled.set()
+        if self.after_101:
+            client.upgrade(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        raise RuntimeError("a bug")
+
+
+async def _listening(handler) -> tuple[Listener, int]:
+    listener = Listener(handler, HeadLimits())
+    _host, port = await listener.start("127.0.0.1", 0, backlog=16)
+    return listener, port
+
+
+async def test_an_error_before_the_upgrade_is_a_500_and_closes():
+    listener, port = await _listening(_Raising())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(handshake_head("/.ws", "h"))
+        [(head, _)] = await _answers(reader, 1)
+        assert status_of(head) == 500
+        assert b"Connection: close" in head
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+    finally:
+        await listener.close()
+
+
+async def test_an_error_after_the_101_cuts_the_connection_without_another_answer():
+    listener, port = await _listening(_Raising(after_101=True))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(handshake_head("/.ws", "h"))
+        received = b""
+        async with asyncio.timeout(5):
+            try:
+                while chunk := await reader.read(4096):
+                    received += chunk
+            except ConnectionError:
+                pass
+        assert received == b"HTTP/1.1 101 Switching Protocols\r\n\r\n"  # no 500 after it
+        writer.close()
+    finally:
+        await listener.close()
+
+
+async def test_closing_cancels_handshakes_under_way_and_closes_idle_connections():
+    handler = _Raising(hang=True)
+    listener, port = await _listening(handler)
+    busy_reader, busy = await asyncio.open_connection("127.0.0.1", port)
+    busy.write(handshake_head("/.ws", "h"))
+    idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.wait_for(handler.entered.wait(), 5)  # a handshake under way
+
+    async def both_accepted():
+        assert len(listener.connections) == 2
+
+    await eventually(both_accepted)
+    await asyncio.wait_for(listener.close(), 5)
+    assert handler.cancelled.is_set()
+    async with asyncio.timeout(5):
+        assert await busy_reader.read() == b""
+        assert await idle_reader.read() == b""
+    busy.close()
+    idle.close()
