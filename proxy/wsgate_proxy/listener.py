@@ -253,23 +253,22 @@ class ClientConnection(asyncio.Protocol):
                     self, self._loop, 2**16, max_line_size=MAX_LINE_BYTES,
                     max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS,
                     auto_decompress=False)
+            part = data if cut == len(data) else data[:cut]
             try:
-                messages, _upgraded, _tail = parser.feed_data(
-                    data if cut == len(data) else data[:cut])
+                messages, _upgraded, tail = parser.feed_data(part)
             except HttpProcessingError as exc:
-                log.debug("bad request head", extra={"client": self.remote,
-                                                     "error": exc.message})
-                self._answer_and_close(HTTPStatus.BAD_REQUEST, exc.message)
+                self._refuse_head(HTTPStatus.BAD_REQUEST, str(exc.message))
                 return
             if messages:
                 message, payload = messages[0]
                 self._head_bytes, self._seen = 0, b""
-                self._begin(message, payload is not EMPTY_PAYLOAD, data[cut:])
+                # What follows the head (the parser's tail is empty: it was fed no further).
+                self._begin(message, payload is not EMPTY_PAYLOAD, tail + data[cut:])
                 return
             if self._head_bytes == 0:  # a head has begun: its deadline replaces keep-alive
                 self._arm(limits.timeout_seconds)
             self._head_bytes = size
-            self._seen = scan[-3:]
+            self._seen = (seen + part)[-3:] if len(part) < 3 else part[-3:]
             data = data[cut:]  # after blank lines before a request line: the rest
 
     def _begin(self, message: RawRequestMessage, has_body: bool, rest: bytes) -> None:
@@ -319,11 +318,9 @@ class ClientConnection(asyncio.Protocol):
 
     # -- answers of the listener's own, and closing ------------------------------------
     def _refuse_head(self, status: HTTPStatus, message: str) -> None:
-        log.info("request head refused", extra={"client": self.remote,
-                                                "status": status.value, "reason": message})
-        self._answer_and_close(status, message)
-
-    def _answer_and_close(self, status: HTTPStatus, message: str) -> None:
+        """A head that cannot be served (malformed, too big, too slow): answer, close."""
+        log.info("request head refused", extra={"client": self.remote, "status": status.value,
+                                                "reason": message[:200]})
         transport = self._transport()
         transport.write(_response(Refusal(message, status=status.value), True, (1, 1)))
         self._close_after_answer()

@@ -61,9 +61,10 @@ async def test_a_refused_handshake_leaves_the_connection_to_the_next(serve, upst
 async def test_frames_sent_with_the_handshake_reach_the_upstream(serve, upstream):
     served = await serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", served.proxy.port)
-    # The head split inside its blank line, the first frame in the head's last write.
+    # Blank lines before the request line (allowed), the head split inside its own
+    # blank line, the first frame in the head's last write.
     head = handshake_head("/.ws", "h", "apikey: john-key")
-    writer.write(head[:-3])
+    writer.write(b"\r\n\r\n" + head[:-3])
     await writer.drain()
     await asyncio.sleep(0.05)  # apart, so that the proxy reads them as two chunks
     writer.write(head[-3:] + text_frame("with the head", masked=True))
