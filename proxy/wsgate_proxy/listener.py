@@ -276,6 +276,9 @@ class ClientConnection(asyncio.Protocol):
         self._state = _BUSY
         if rest:
             self._pending = rest
+            if len(rest) >= MAX_PENDING and not self._paused:
+                self._paused = True
+                self._transport().pause_reading()
         self._task = self._loop.create_task(self._serve(message, has_body))
 
     async def _serve(self, message: RawRequestMessage, has_body: bool) -> None:
@@ -309,12 +312,18 @@ class ClientConnection(asyncio.Protocol):
         self._state = _HEAD
         self._parser = None  # a fresh one: this one may have switched to "upgraded"
         self._arm(self._listener.limits.keepalive_seconds)
+        self._next_request()
+
+    def _next_request(self) -> None:
+        """Read the next request, starting with what the client pipelined; reading
+        resumes only when that is not MAX_PENDING bytes still (one answer consumes one
+        head of it: resuming before would add a read's worth of bytes per answer)."""
         pending, self._pending = self._pending, b""
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
         if pending:
             self._read_head(pending)
+        if self._paused and (self._state == _HEAD or len(self._pending) < MAX_PENDING):
+            self._paused = False
+            self._transport().resume_reading()
 
     # -- answers of the listener's own, and closing ------------------------------------
     def _refuse_head(self, status: HTTPStatus, message: str) -> None:
