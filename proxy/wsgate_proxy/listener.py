@@ -134,8 +134,8 @@ class ClientConnection(asyncio.Protocol):
     """One client connection until a session owns it or it closes."""
 
     __slots__ = ("_head_bytes", "_listener", "_loop", "_parser", "_paused", "_pending",
-                 "_seen", "_sink", "_state", "_task", "_timer", "remote", "secure",
-                 "transport")
+                 "_seen", "_sink", "_state", "_task", "_timer", "_write_paused", "remote",
+                 "secure", "transport")
 
     def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop,
                  secure: bool) -> None:
@@ -150,6 +150,8 @@ class ClientConnection(asyncio.Protocol):
         self._seen = b""  # its last 3 bytes, for an end of head split across reads
         self._pending = b""  # read after a head, while its request is answered
         self._paused = False  # reading paused for _pending
+        # The transport's write buffer is full (the client does not read its answers).
+        self._write_paused = False
         self._sink: Sink | None = None
         self._task: asyncio.Task[None] | None = None
         # The keep-alive timer between requests, the head timer while one arrives, the
@@ -182,6 +184,14 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # close: the client has nothing more to ask
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._state == _HEAD and self._paused:  # the next request waited: read it now
+            self._next_request()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._listener.connections.discard(self)
@@ -312,6 +322,13 @@ class ClientConnection(asyncio.Protocol):
         self._state = _HEAD
         self._parser = None  # a fresh one: this one may have switched to "upgraded"
         self._arm(self._listener.limits.keepalive_seconds)
+        if self._write_paused:
+            # A client that does not read its answers gets no more of them: nothing is
+            # read from it until its answers drain (resume_writing), or keep-alive ends.
+            if not self._paused:
+                self._paused = True
+                transport.pause_reading()
+            return
         self._next_request()
 
     def _next_request(self) -> None:
@@ -379,7 +396,10 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_head(HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive "
                                                           f"within {limits.timeout_seconds:g}s")
         elif self._state in (_HEAD, _CLOSING):  # idle past keep-alive; the linger's end
-            transport.close()
+            if self._write_paused:  # answers the client never reads: close would wait
+                transport.abort()
+            else:
+                transport.close()
 
 
 _date: tuple[int, str] = (0, "")

@@ -1,4 +1,5 @@
-"""The HTTP/1.1 front (listener.py) against clients that misuse HTTP: pipelining.
+"""The HTTP/1.1 front (listener.py) against clients that misuse HTTP: pipelining, with
+and without reading the answers.
 
 Serial: the memory bound is sampled from /proc while the proxy works alone.
 """
@@ -9,7 +10,7 @@ import asyncio
 
 import pytest
 
-from tests.support import Bystander, MemoryPeak
+from tests.support import Bystander, MemoryPeak, raw_exchange, status_of
 
 pytestmark = pytest.mark.serial
 
@@ -35,5 +36,33 @@ async def test_pipelined_requests_are_read_no_faster_than_they_are_answered(serv
     writer.transport.abort()
     print(f"FIGURES pipelined small requests: {sent} sent, peak +{memory.grown_kib} KiB, "
           f"bystander worst {bystander.worst:.2f}s")
+    assert memory.grown_kib < 16 * 1024, f"the proxy grew {memory.grown_kib} KiB"
+    bystander.assert_served()
+
+
+async def test_pipelined_refusals_never_read_do_not_pile_up_in_the_proxy(serve):
+    """A client pipelines refused requests and never reads an answer: the proxy stops
+    reading it once its write buffer is full, instead of queueing every answer."""
+    served = await serve()
+    pid, port = served.proxy.proc.pid, served.proxy.port
+    # A 404 that repeats a long path: ~8 KiB an answer for ~8 KiB a request.
+    request = f"GET /{'n' * 8000} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+    answer = await raw_exchange(port, request)
+    assert status_of(answer) == 404, answer[:200]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = 0
+    async with MemoryPeak(pid) as memory, Bystander(served.url) as bystander:
+        try:
+            async with asyncio.timeout(5):
+                while sent < 8000:  # 64 MiB of requests, as many answers
+                    writer.write(request * 50)
+                    await writer.drain()
+                    sent += 50
+        except TimeoutError:
+            pass  # the proxy stopped reading: what the test wants
+    writer.transport.abort()
+    print(f"FIGURES unread pipelined refusals: {sent} requests sent, "
+          f"peak +{memory.grown_kib} KiB, bystander worst {bystander.worst:.2f}s")
+    assert sent < 8000, "the proxy read 64 MiB of requests whose answers were never read"
     assert memory.grown_kib < 16 * 1024, f"the proxy grew {memory.grown_kib} KiB"
     bystander.assert_served()
