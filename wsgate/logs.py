@@ -9,6 +9,8 @@ import time
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from wsgate_proxy.listener import parse_error_reason
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # kopf attaches its whole settings object and a flag of its own to each record.
 _DROPPED = {"settings", "k8s_skip"}
@@ -48,7 +50,7 @@ class ClientErrorFilter(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = "bad request from client", ()
-            record.reason = str(record.exc_info[1].message)[:200]
+            record.reason = parse_error_reason(record.exc_info[1])
             record.exc_info = record.exc_text = None
         return True
 

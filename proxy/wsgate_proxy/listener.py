@@ -267,7 +267,8 @@ class ClientConnection(asyncio.Protocol):
             try:
                 messages, _upgraded, tail = parser.feed_data(part)
             except HttpProcessingError as exc:
-                self._refuse_head(HTTPStatus.BAD_REQUEST, str(exc.message))
+                self._refuse_head(HTTPStatus.BAD_REQUEST, str(exc.message),
+                                  parse_error_reason(exc))
                 return
             if messages:
                 message, payload = messages[0]
@@ -343,10 +344,13 @@ class ClientConnection(asyncio.Protocol):
             self._transport().resume_reading()
 
     # -- answers of the listener's own, and closing ------------------------------------
-    def _refuse_head(self, status: HTTPStatus, message: str) -> None:
-        """A head that cannot be served (malformed, too big, too slow): answer, close."""
+    def _refuse_head(self, status: HTTPStatus, message: str,
+                     reason: str | None = None) -> None:
+        """A head that cannot be served (malformed, too big, too slow): answer (with
+        ``message``, to the client that sent the head), log (``reason``, without the
+        client's bytes), close."""
         log.info("request head refused", extra={"client": self.remote, "status": status.value,
-                                                "reason": message[:200]})
+                                                "reason": reason or message})
         transport = self._transport()
         transport.write(_response(Refusal(message, status=status.value), True, (1, 1)))
         self._close_after_answer()
@@ -400,6 +404,14 @@ class ClientConnection(asyncio.Protocol):
                 transport.abort()
             else:
                 transport.close()
+
+
+def parse_error_reason(exc: HttpProcessingError) -> str:
+    """What was wrong with a head the parser refused, for a log line: its description
+    only. The message goes on to quote the line it stopped on (llhttp's ``desc:\n\n
+    b'Authorization: Basic ...'``; the Python parser's ``desc: 'line'``), which may be a
+    credential's header, query or cookie."""
+    return str(exc.message).partition("\n")[0].partition(":")[0][:200]
 
 
 _date: tuple[int, str] = (0, "")

@@ -66,3 +66,38 @@ async def test_pipelined_refusals_never_read_do_not_pile_up_in_the_proxy(serve):
     assert sent < 8000, "the proxy read 64 MiB of requests whose answers were never read"
     assert memory.grown_kib < 16 * 1024, f"the proxy grew {memory.grown_kib} KiB"
     bystander.assert_served()
+
+
+SECRET = "s3cr3t-credential-value"
+# Malformed heads whose offending line carries a credential (the parser's error quotes
+# the line it stopped on).
+LEAKY = [
+    f"GET /.ws HTTP/1.1\r\nHost: h\r\nAuthorization: Basic {SECRET}\x01\r\n\r\n",
+    f"GET /.ws?apikey={SECRET}\x01 HTTP/1.1\r\nHost: h\r\n\r\n",
+    f"GET /.ws HTTP/1.1\r\nHost: h\r\nCookie: session={SECRET}\x7f\r\n\r\n",
+    f"GET /.ws HTTP/1.1\r\nHost: h\r\napikey: {SECRET}\x00\r\n\r\n",
+]
+
+
+def _assert_never_logged(proc, secret: str) -> None:
+    records = proc.log_records()
+    assert not [r for r in records if secret in str(r)], "a credential was logged"
+    assert secret not in "\n".join(proc.other_output)
+
+
+async def test_a_malformed_head_never_puts_its_credential_in_a_log_line(serve):
+    served = await serve()
+    proxy = served.proxy
+    for head in LEAKY:
+        since = len(proxy.log_records())
+        answer = await raw_exchange(proxy.port, head.encode("latin-1"))
+        assert status_of(answer) == 400, (head, answer[:300])
+        proxy.wait_for_log(lambda r: r.get("event") == "request head refused", since=since)
+    # The admin listener (aiohttp's server): its bearer token in a malformed head.
+    since = len(proxy.log_records())
+    answer = await raw_exchange(proxy.admin_port, (
+        f"GET /metrics HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {SECRET}\x01\r\n\r\n"
+    ).encode("latin-1"))
+    assert status_of(answer) == 400, answer[:300]
+    proxy.wait_for_log(lambda r: r.get("event") == "bad request from client", since=since)
+    _assert_never_logged(proxy, SECRET)
