@@ -79,6 +79,23 @@ class HeadLimits:
     keepalive_seconds: float = 15.0
 
 
+class _NoFlowControl:
+    """The protocol the parser gives its payloads. A payload calls its protocol's flow
+    control (``resume_reading(resume_parser=False)`` when it completes: a CONNECT's does
+    at the end of the head); the listener feeds no body, so there is none to apply."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+_NO_FLOW_CONTROL = _NoFlowControl()
+
+
 class Sink(Protocol):
     """What takes a connection's bytes after the upgrade (the session, a reader)."""
 
@@ -260,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
             parser = self._parser
             if parser is None:
                 parser = self._parser = HttpRequestParser(
-                    self, self._loop, 2**16, max_line_size=MAX_LINE_BYTES,
+                    _NO_FLOW_CONTROL, self._loop, 2**16, max_line_size=MAX_LINE_BYTES,
                     max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS,
                     auto_decompress=False)
             part = data if cut == len(data) else data[:cut]

@@ -101,3 +101,19 @@ async def test_a_malformed_head_never_puts_its_credential_in_a_log_line(serve):
     assert status_of(answer) == 400, answer[:300]
     proxy.wait_for_log(lambda r: r.get("event") == "bad request from client", since=since)
     _assert_never_logged(proxy, SECRET)
+
+
+async def test_connect_is_refused_like_any_request_that_is_not_a_handshake(serve):
+    """CONNECT's message is complete at the end of its head; its payload then called
+    flow control on the listener, which had none: no answer, and an error log with a
+    traceback per request (any client could fill the log)."""
+    served = await serve()
+    proxy = served.proxy
+    for request, status in (
+            (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 400),
+            # A route's path, not a WebSocket handshake: what to send instead.
+            (b"CONNECT /.ws HTTP/1.1\r\nHost: h\r\napikey: john-key\r\n\r\n", 426)):
+        answer = await raw_exchange(proxy.port, request)
+        assert status_of(answer) == status, answer[:300]
+    errors = [r for r in proxy.log_records() if r["level"] == "error"]
+    assert errors == []
