@@ -123,9 +123,12 @@ class Listener:
         """Listen on ``host:port`` (over TLS with ``ssl_context``); the address bound."""
         secure = ssl_context is not None
         loop = asyncio.get_running_loop()
+        # A TLS handshake is the first part of a wss:// request head: it has the head's
+        # time (asyncio's default, 60 s, would let a client hold a connection that long).
+        tls = {"ssl_handshake_timeout": self.limits.timeout_seconds} if secure else {}
         server = await loop.create_server(
             lambda: ClientConnection(self, loop, secure), host, port, ssl=ssl_context,
-            backlog=backlog)
+            backlog=backlog, **tls)
         self._servers.append(server)
         for sock in server.sockets:
             # TCP keep-alive finds the dead peers of idle sessions; set here, it is

@@ -7,12 +7,16 @@ Serial: the memory bound is sampled from /proc while the proxy works alone.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from tests.support import Bystander, MemoryPeak, raw_exchange, status_of
 
 pytestmark = pytest.mark.serial
+
+# Short bounds, so each attack is over in seconds.
+LIMITS = ("--head-timeout", "2", "--keepalive-timeout", "3")
 
 
 async def test_pipelined_requests_are_read_no_faster_than_they_are_answered(serve):
@@ -117,3 +121,31 @@ async def test_connect_is_refused_like_any_request_that_is_not_a_handshake(serve
         assert status_of(answer) == status, answer[:300]
     errors = [r for r in proxy.log_records() if r["level"] == "error"]
     assert errors == []
+
+
+async def _held(port: int, data: bytes, limit: float) -> tuple[float, bytes]:
+    """Send ``data`` (maybe nothing); how long until the proxy closed, what it answered."""
+    started = time.monotonic()
+    answer = await raw_exchange(port, data, timeout=limit)
+    return time.monotonic() - started, answer
+
+
+async def test_the_tls_listener_holds_a_stalled_or_garbled_handshake_no_longer_than_a_head(
+        serve):
+    """A TLS handshake is the first part of a wss:// request head: it gets the head's
+    timeout (asyncio's default was 60 s, a slowloris on the TLS port), and garbage or
+    plain HTTP instead of a ClientHello is closed at once."""
+    served = await serve(proxy_args=("--tls-listen", "127.0.0.1:0", *LIMITS))
+    port = served.proxy.address("tls_listen")[1]
+    hello_start = bytes.fromhex("160301020001")  # a ClientHello's record, cut short
+    async with Bystander(served.url) as bystander:
+        stalled = await asyncio.gather(*(_held(port, data, 10) for data in
+                                         (b"", hello_start) * 50))
+        garbled = await asyncio.gather(
+            _held(port, b"GET /.ws HTTP/1.1\r\nHost: h\r\n\r\n", 10),
+            _held(port, bytes(range(256)) * 4, 10))
+    held = max(t for t, _ in stalled)
+    print(f"FIGURES stalled TLS handshakes: 100 conns, held max {held:.1f}s")
+    assert held < 5, f"a stalled TLS handshake was held {held:.1f}s (head timeout 2s)"
+    assert all(t < 2 and not data.startswith(b"HTTP/1.1 101") for t, data in garbled)
+    bystander.assert_served()
