@@ -459,18 +459,21 @@ def _response(refusal: Refusal, close: bool, version: tuple[int, int],
     except ValueError:
         phrase = ""
     lines = [f"HTTP/1.1 {refusal.status} {phrase}", f"Date: {_http_date()}"]
+    # One Connection header: the refusal's own tokens (a 426's "Upgrade") with ours.
+    connection = ["close"] if close else ["keep-alive"] if version < (1, 1) else []
     for name, value in refusal.headers:
         if "\r" in value or "\n" in value:  # never a header split in two
             continue
-        if name.lower() == "content-type":
+        lowered = name.lower()
+        if lowered == "content-type":
             content_type = value
-            continue
-        lines.append(f"{name}: {value}")
+        elif lowered == "connection":
+            connection.insert(0, value)
+        else:
+            lines.append(f"{name}: {value}")
     lines.append(f"Content-Type: {content_type}")
     lines.append(f"Content-Length: {len(body)}")
-    if close:
-        lines.append("Connection: close")
-    elif version < (1, 1):
-        lines.append("Connection: keep-alive")
+    if connection:
+        lines.append("Connection: " + ", ".join(connection))
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
     return head if head_only else head + body

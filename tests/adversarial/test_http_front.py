@@ -127,6 +127,11 @@ async def test_connect_is_refused_like_any_request_that_is_not_a_handshake(serve
             (b"CONNECT /.ws HTTP/1.1\r\nHost: h\r\napikey: john-key\r\n\r\n", 426)):
         answer = await raw_exchange(proxy.port, request)
         assert status_of(answer) == status, answer[:300]
+        # One Connection header: the refusal's own token (a 426's "upgrade") and "close".
+        lines = answer.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+        connection = [line for line in lines if line.startswith(b"connection:")]
+        assert connection == [b"connection: upgrade, close" if status == 426
+                              else b"connection: close"], answer[:300]
     errors = [r for r in proxy.log_records() if r["level"] == "error"]
     assert errors == []
 

@@ -84,7 +84,7 @@ async def test_a_request_with_a_body_is_answered_and_its_connection_closed(serve
                  + handshake_head("/.ws", "h", "apikey: john-key"))
     [(head, _)] = await _answers(reader, 1)
     assert status_of(head) == 426
-    assert b"Connection: close" in head
+    assert b"\r\nConnection: Upgrade, close\r\n" in head
     async with asyncio.timeout(5):
         assert await reader.read() == b""  # closed: the body was never read as a request
     assert upstream.requests == []
