@@ -100,12 +100,7 @@ class AdminApi:
 
     async def _put_stream(self, body: bytes) -> web.Response:
         try:
-            change = None
-            for change in config_stream.parse(body):
-                if change is None:
-                    await asyncio.sleep(0)  # a slice parsed: let the loop run
-            assert change is not None
-            changed = await self.apply_change(change)
+            changed = await self.apply_change(await config_stream.read(body))
         except StreamError as exc:
             return _json(400, {"error": f"invalid config stream: {exc}"})
         except ConfigMismatch as exc:

@@ -17,6 +17,7 @@ key is the one it carries (namespace/name, or namespace/service:port).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -107,6 +108,17 @@ def parse(body: bytes) -> Iterator[ConfigChange | None]:
     yield change
 
 
+async def read(body: bytes) -> ConfigChange:
+    """Parse a body on the event loop, letting it run between slices. Raises
+    StreamError."""
+    change = None
+    for change in parse(body):
+        if change is None:
+            await asyncio.sleep(0)
+    assert change is not None
+    return change
+
+
 def from_items(version: str, items: dict[str, dict[str, Item]]) -> ConfigChange:
     """A full config as a change (a saved config, a JSON push, a standalone load)."""
     change = ConfigChange(version, None)
@@ -115,3 +127,32 @@ def from_items(version: str, items: dict[str, dict[str, Item]]) -> ConfigChange:
         for key, item in by_key.items():
             change.digests[(kind, key)] = item_digest(kind, item)
     return change
+
+
+# -- between a proxy and its manifest compiler (standalone mode, compiler_child.py) --------
+# One JSON line each way, a stream's bytes after its line:
+#   compiler -> proxy  {"change": N} then N bytes   a config stream to apply
+#   compiler -> proxy  {"refused": [errors]}        the manifests do not compile
+#   proxy -> compiler  {"version": V}               the version it runs (null: none), at
+#                                                   start and after each message
+
+
+def frame_change(body: bytes) -> bytes:
+    return json.dumps({"change": len(body)}).encode() + b"\n" + body
+
+
+def frame_refused(errors: list[str]) -> bytes:
+    return json.dumps({"refused": errors}).encode() + b"\n"
+
+
+def frame_version(version: str | None) -> bytes:
+    return json.dumps({"version": version}).encode() + b"\n"
+
+
+def read_version(line: bytes) -> str | None:
+    """The version a ``frame_version`` line carries; raises ValueError on anything else."""
+    message = json.loads(line)
+    version = message.get("version") if isinstance(message, dict) else 0
+    if not (version is None or isinstance(version, str)):
+        raise ValueError(f"not a version line: {line[:200]!r}")
+    return version

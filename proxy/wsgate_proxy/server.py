@@ -31,12 +31,22 @@ TICK_SECONDS = 0.25
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
-# A config source is given a function to apply changes with (a delta or a whole
-# config, built a slice at a time) and one to report why
-# the last one it read could not be used (an empty list once one applied): /readyz
-# shows it.
-ConfigSource = Callable[[Callable[[ConfigChange], Awaitable[bool]],
-                         Callable[[list[str]], None]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConfigTarget:
+    """What a config source (standalone's compiler) feeds."""
+
+    # Swaps a change in (a delta or a whole config, built a slice at a time); False
+    # when it is the version already running; raises ConfigMismatch.
+    apply: Callable[[ConfigChange], Awaitable[bool]]
+    # Why the last set the source read could not be used ([] once one applied): /readyz.
+    report: Callable[[list[str]], None]
+    # The version running (None: none yet).
+    version: Callable[[], str | None]
+
+
+ConfigSource = Callable[[ConfigTarget], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,8 @@ async def serve(
             "listen": addresses[0], "admin_listen": _address(admin_runner),
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
-            tasks.append(asyncio.create_task(config_source(apply_change, runtime.report_source)))
+            tasks.append(asyncio.create_task(config_source(ConfigTarget(
+                apply_change, runtime.report_source, lambda: runtime.version))))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))
