@@ -14,8 +14,8 @@ KeyAuth Secret), in operator mode and in standalone mode, with two proxies each:
     longest round trip meanwhile (each proxy gets a full config with sessions live);
   - bytes pushed per change (the operator's wsgate_operator_push_bytes_total), and
     the proxies' memory per consumer (RSS over that of a proxy without config);
-  - standalone: a whole config (less one consumer: a new version) pushed to both
-    proxies at once with sessions live, as to a new pod: time to applied, the longest
+  - standalone: a whole config (every consumer's key changed but the live sessions')
+    pushed to both proxies at once with sessions live: time to applied, the longest
     round trip meanwhile; and GET /metrics with every route holding series (one
     session through each route first): render time, series, round trips meanwhile.
 
@@ -51,7 +51,6 @@ from tests.support import TOKEN, rss_kib
 from wsgate.processes import WsgateProcess
 from wsgate_operator.manifests import compile_directory
 from wsgate_proxy import config_stream
-from wsgate_proxy.config import version_of
 
 PROXY_ADDRESSES = ["127.0.0.2", "127.0.0.3"]
 SESSIONS = 20
@@ -209,15 +208,22 @@ def pinger_keys(consumers: int) -> list[str]:
     return [world.original_key(consumers - 1 - j) for j in range(SESSIONS)]
 
 
-def full_body(directory: Path, leave_out: str) -> bytes:
-    """A whole config stream of the manifests, less one consumer: a version the proxies
-    do not run, pushed whole as to a new pod (compiled here, before sessions are timed)."""
-    compiled = compile_directory(directory).compiled
+def full_body(directory: Path, consumers: int) -> bytes:
+    """A whole config stream of the manifests with every consumer's key changed but the
+    live sessions' (which stay allowed): a new version, all of whose consumers are new
+    objects to the proxies, pushed whole as to a proxy that missed a change. Compiled
+    here before sessions are timed."""
+    copy = Path(tempfile.mkdtemp(prefix="wsgate-push-"))
+    for path in directory.glob("*.yaml"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    live = {consumers - 1 - j for j in range(SESSIONS)}
+    keys = {i: world.original_key(i) if i in live else f"pushed-{i}" for i in range(consumers)}
+    for first in range(0, consumers, world.PER_FILE):
+        world.consumer_file(copy, first, keys)
+    compiled = compile_directory(copy).compiled
     assert compiled is not None
-    items = [(kind, body, digest) for (kind, key), (body, digest) in compiled.encoded.items()
-             if (kind, key) != ("consumer", leave_out)]
-    return config_stream.encode(version_of(sum(d for _, _, d in items)), None,
-                                [(kind, body) for kind, body, _ in items])
+    return config_stream.encode(compiled.version, None, [
+        (kind, body) for (kind, _key), (body, _digest) in compiled.encoded.items()])
 
 
 async def push_full(http: aiohttp.ClientSession, admin_ports: list[int], body: bytes
@@ -390,7 +396,7 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
             keys = {i: world.original_key(i) for i in range(consumers)}
             admin_ports = [p.admin_port for p in proxies]
             await warm_routes(http, proxies, routes, world.original_key(consumers - 1))
-            body = full_body(directory, f"default/user-{2 * args.writes + 1}")
+            body = full_body(directory, consumers)
 
             async def rotate(i: int, key: str) -> None:
                 keys[i] = key

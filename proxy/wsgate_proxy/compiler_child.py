@@ -103,7 +103,7 @@ async def _converse(child: asyncio.subprocess.Process, target: ConfigTarget) -> 
 
 async def _apply(body: bytes, target: ConfigTarget) -> None:
     try:
-        await target.apply(await config_stream.read(body))
+        await target.apply(body)
     except ConfigMismatch:
         return  # the child learns the version running, and sends the whole config
     except StreamError as exc:

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from .admin import admin_app
 from .config import GatewayConfig
-from .config_stream import ConfigChange
 from .frames import CloseCode
 from .gateway import Gateway
 from .leases import LeaseStore, StoreOptions
@@ -37,9 +36,10 @@ SHUTDOWN_GRACE_SECONDS = 6.0
 class ConfigTarget:
     """What a config source (standalone's compiler) feeds."""
 
-    # Swaps a change in (a delta or a whole config, built a slice at a time); False
-    # when it is the version already running; raises ConfigMismatch.
-    apply: Callable[[ConfigChange], Awaitable[bool]]
+    # Swaps a config stream in (a delta or a whole config, parsed and built a slice at
+    # a time); False when it is the version already running; raises StreamError,
+    # ConfigMismatch.
+    apply: Callable[[bytes], Awaitable[bool]]
     # Why the last set the source read could not be used ([] once one applied): /readyz.
     report: Callable[[list[str]], None]
     # The version running (None: none yet).
@@ -90,15 +90,15 @@ async def serve(
     def apply(config: GatewayConfig) -> bool:
         return keep(runtime.apply(config))
 
-    async def apply_change(change: ConfigChange) -> bool:
-        return keep(await runtime.apply_change(change))
+    async def apply_stream(body: bytes) -> bool:
+        return keep(await runtime.apply_stream(body))
 
     if state is not None and (saved := state.load()) is not None:
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # The low-level server: every request goes to the gateway, no router in between.
     proxy_runner = web.ServerRunner(Listener(gateway.handle, options.heads, access_log=None))
-    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_change),
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_stream),
                                  access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()
@@ -118,7 +118,7 @@ async def serve(
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
             tasks.append(asyncio.create_task(config_source(ConfigTarget(
-                apply_change, runtime.report_source, lambda: runtime.version))))
+                apply_stream, runtime.report_source, lambda: runtime.version))))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))
