@@ -395,6 +395,10 @@ class Runtime:
         self._released.add(release)
         release.add_done_callback(self._released.discard)
 
+    async def released(self) -> None:
+        """Wait until the configs replaced so far have been let go."""
+        await asyncio.gather(*self._released)
+
     def _review_sessions(self, active: ActiveConfig) -> int:
         """Hold every live session against the new config; close those it no longer allows.
 
