@@ -31,7 +31,15 @@ from wsgate_proxy import config_stream
 from .compiler import Compiled
 from .compiler.build import Compiler
 from .compiler.compiled import ItemKey
-from .manifests import MANIFEST_SUFFIXES, FileCache, ManifestCompilation, load_manifests
+from .compiler.objects import ObjectRef
+from .manifests import (
+    MANIFEST_SUFFIXES,
+    FileCache,
+    ManifestCompilation,
+    ManifestSet,
+    file_objects,
+    manifest_files,
+)
 
 log = logging.getLogger("wsgate.standalone")
 
@@ -48,12 +56,16 @@ WATCH_TIMEOUT_MS = 1000
 # A change is loaded once no other came for this long (a rename lands as one event; an
 # editor's writes come within a few ms), at most 200 ms after the first.
 STEP_MS = 25
+# How much lower than its proxy's the compiler's scheduling priority is.
+NICENESS = 10
 # The proxy's /readyz lists 20; a few more say there are more.
 MAX_SENT_ERRORS = 50
 
 
 class ManifestSource:
-    """A directory's manifests, compiled and kept up to date load after load."""
+    """A directory's manifests, compiled and kept up to date load after load: a load
+    reads again only the files that changed and hands the compiler only their objects,
+    so a change costs what changed, not the ten thousand objects around it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -63,18 +75,86 @@ class ManifestSource:
         """Forget everything read and compiled: the next load reads and sends it whole."""
         self._files = FileCache()
         self._compiler = Compiler()
+        # Each file's last read, its objects and what is wrong with it.
+        self._read: dict[Path, tuple[object, list[tuple[ObjectRef, dict, str]], list[str]]] = {}
+        # Every object's definitions, by file order (more than one: a duplicate).
+        self._defined: dict[ObjectRef, list[tuple[Path, dict, str]]] = {}
+        self._sources: dict[ObjectRef, str] = {}  # where each object is (its first definition)
+        self._duplicates: set[ObjectRef] = set()
+        # Files changed since the compiler last took them, and the objects it took from each.
+        self._dirty: set[Path] = set()
+        self._fed: dict[Path, set[ObjectRef]] = {}
         self._applied: str | None = None  # the version the proxy runs, when it is ours
         self._pending: set[ItemKey] = set()  # items changed since then
 
     def compile(self) -> ManifestCompilation:
         """Read what changed and compile it."""
-        manifests = load_manifests(self.directory, self._files)
+        manifests = ManifestSet()
+        if not self.directory.is_dir():
+            manifests.errors.append(f"{self.directory}: not a directory")
+            return ManifestCompilation(manifests, None)
+        paths = manifest_files(self.directory)
+        self._files.keep_only(paths)
+        for path in self._read.keys() - set(paths):
+            self._forget(path)
+        for path in paths:
+            found = self._files.read(path)
+            if path not in self._read or self._read[path][0] is not found:
+                self._forget(path)
+                objects, errors = file_objects(found)
+                self._read[path] = (found, objects, found.errors + errors)
+                for ref, obj, where in objects:
+                    definitions = self._defined.setdefault(ref, [])
+                    definitions.append((path, obj, where))
+                    definitions.sort(key=lambda d: d[0])
+                    self._touched(ref)
+        for path in paths:
+            manifests.errors += self._read[path][2]
+        for ref in sorted(self._duplicates):
+            first, *others = self._defined[ref]
+            manifests.errors += [f"{where}: {ref} is also defined in {first[2]}"
+                                 for _path, _obj, where in others]
+        manifests.sources = self._sources
         if manifests.errors:
             return ManifestCompilation(manifests, None)
-        self._compiler.sync(manifests.snapshot)
+        changes: dict[ObjectRef, dict | None] = {}
+        for path in self._dirty:
+            now = {ref for ref, _obj, _where in self._read[path][1]} if path in self._read \
+                else set()
+            for ref in self._fed.pop(path, set()) | now:
+                definitions = self._defined.get(ref)
+                changes[ref] = definitions[0][1] if definitions else None
+            if now:
+                self._fed[path] = now
+        self._dirty.clear()
+        self._compiler.update(changes)
         compiled = self._compiler.result()
         self._pending |= compiled.changed_items
         return ManifestCompilation(manifests, compiled)
+
+    def _forget(self, path: Path) -> None:
+        """Take a file's objects out (it changed or is gone)."""
+        self._dirty.add(path)
+        read = self._read.pop(path, None)
+        for ref, _obj, _where in read[1] if read is not None else ():
+            definitions = [d for d in self._defined.get(ref, ()) if d[0] != path]
+            if definitions:
+                self._defined[ref] = definitions
+            else:
+                self._defined.pop(ref, None)
+            self._touched(ref)
+
+    def _touched(self, ref: ObjectRef) -> None:
+        """An object's definitions changed: where it comes from, whether it is a duplicate."""
+        definitions = self._defined.get(ref, ())
+        if definitions:
+            self._sources[ref] = definitions[0][2]
+        else:
+            self._sources.pop(ref, None)
+        if len(definitions) > 1:
+            self._duplicates.add(ref)
+        else:
+            self._duplicates.discard(ref)
 
     def stream(self, compiled: Compiled, running: str | None) -> bytes:
         """The config stream that brings a proxy running ``running`` to ``compiled``:
@@ -199,6 +279,8 @@ class ProxyLink:
 async def follow(directory: Path, stop: asyncio.Event) -> None:
     """Compile ``directory`` and keep the proxy on the other end of stdin/stdout up to
     date until it goes away (stdin closes) or ``stop`` is set (SIGTERM)."""
+    # Background work: the kernel runs the proxy's loop first when the cores are busy.
+    os.nice(NICENESS)
     # The protocol has stdout to itself: anything else printed goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
