@@ -160,7 +160,7 @@ class ActiveConfig:
         changed_routes = removed["route"] | changed["route"]
         self.routes_changed = bool(changed_routes) or previous is None
         self.router = Router(tuple(routes[k] for k in sorted(routes))) \
-            if self.routes_changed or previous is None else previous.router
+            if self.routes_changed else previous.router
         self.endpoints = {key: e.endpoints for key, e in self.items["endpoints"].items()}
         changed_endpoints = removed["endpoints"] | changed["endpoints"]
         if changed_endpoints:
