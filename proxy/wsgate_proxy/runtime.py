@@ -103,10 +103,14 @@ class ActiveConfig:
             if not change.full and change.base != previous.version:
                 raise ConfigMismatch(f"a change from {change.base}, and this proxy runs "
                                      f"{previous.version}: send the whole config")
+            # Copies of ten thousand entries take a few ms each: a slice apiece.
             self.items = {kind: dict(items) for kind, items in previous.items.items()}
+            yield None
             self.digests = dict(previous.digests)
             self.digest_sum = previous.digest_sum
+            yield None
             self.authenticator = previous.authenticator.copy()
+            yield None
             self.upstream_tls = dict(previous.upstream_tls)
             self.balancers = dict(previous.balancers)
             removed, digests = change.removed, change.digests
