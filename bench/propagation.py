@@ -13,7 +13,11 @@ KeyAuth Secret), in operator mode and in standalone mode, with two proxies each:
   - operator restart after a change made while it was down: time to enforced, and the
     longest round trip meanwhile (each proxy gets a full config with sessions live);
   - bytes pushed per change (the operator's wsgate_operator_push_bytes_total), and
-    the proxies' memory per consumer (RSS over that of a proxy without config).
+    the proxies' memory per consumer (RSS over that of a proxy without config);
+  - standalone: a whole config (every consumer's key changed but the live sessions')
+    pushed to both proxies at once with sessions live: time to applied, the longest
+    round trip meanwhile; and GET /metrics with every route holding series (one
+    session through each route first): render time, series, round trips meanwhile.
 
 Everything runs as its own process on this machine: the API emulator (tests/kube, in
 a process of its own: in the benchmark's process it would share one interpreter lock
@@ -39,12 +43,14 @@ from typing import Any
 import aiohttp
 
 from bench import world
-from bench.common import RESULTS, rss_kib, run_main, table, write_results
+from bench.common import RESULTS, run_main, table, write_results
 from bench.emulator import PROXY_LABELS, PROXY_NAMESPACE, Emulator
 from tests.kube.operator import write_kubeconfig
 from tests.operator.conftest import shared_admin_port
-from tests.support import TOKEN
+from tests.support import TOKEN, rss_kib
 from wsgate.processes import WsgateProcess
+from wsgate_operator.manifests import compile_directory
+from wsgate_proxy import config_stream
 
 PROXY_ADDRESSES = ["127.0.0.2", "127.0.0.3"]
 SESSIONS = 20
@@ -202,6 +208,65 @@ def pinger_keys(consumers: int) -> list[str]:
     return [world.original_key(consumers - 1 - j) for j in range(SESSIONS)]
 
 
+def full_body(directory: Path, consumers: int) -> bytes:
+    """A whole config stream of the manifests with every consumer's key changed but the
+    live sessions' (which stay allowed): a new version, all of whose consumers are new
+    objects to the proxies, pushed whole as to a proxy that missed a change. Compiled
+    here before sessions are timed."""
+    copy = Path(tempfile.mkdtemp(prefix="wsgate-push-"))
+    for path in directory.glob("*.yaml"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    live = {consumers - 1 - j for j in range(SESSIONS)}
+    keys = {i: world.original_key(i) if i in live else f"pushed-{i}" for i in range(consumers)}
+    for first in range(0, consumers, world.PER_FILE):
+        world.consumer_file(copy, first, keys)
+    compiled = compile_directory(copy).compiled
+    assert compiled is not None
+    return config_stream.encode(compiled.version, None, [
+        (kind, body) for (kind, _key), (body, _digest) in compiled.encoded.items()])
+
+
+async def push_full(http: aiohttp.ClientSession, admin_ports: list[int], body: bytes
+                    ) -> float:
+    """PUT a whole config stream to every proxy at once: seconds until all answered."""
+    async def put(port: int) -> None:
+        async with http.put(f"http://127.0.0.1:{port}/config", data=body, headers={
+                "Authorization": f"Bearer {TOKEN}",
+                "Content-Type": config_stream.MEDIA_TYPE}) as response:
+            response.raise_for_status()
+    started = time.perf_counter()
+    await asyncio.gather(*(put(port) for port in admin_ports))
+    return time.perf_counter() - started
+
+
+async def warm_routes(http: aiohttp.ClientSession, proxies: list[WsgateProcess],
+                      routes: int, key: str) -> None:
+    """One session on every route of every proxy: each route has its series."""
+    urls = [url for route in range(routes) for url in proxy_urls(proxies, route)]
+    queue = iter(urls)
+
+    async def worker() -> None:
+        for url in queue:
+            await handshake_status(http, url, key)
+    await asyncio.gather(*(worker() for _ in range(20)))
+
+
+async def scrapes(http: aiohttp.ClientSession, admin_ports: list[int], rounds: int
+                  ) -> tuple[list[float], int]:
+    """GET /metrics from every proxy in turn, ``rounds`` times: each scrape's seconds,
+    and the lines (series) of the last."""
+    durations, lines = [], 0
+    for _ in range(rounds):
+        for port in admin_ports:
+            started = time.perf_counter()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            durations.append(time.perf_counter() - started)
+            lines = sum(1 for line in text.splitlines() if not line.startswith("#"))
+            await asyncio.sleep(0.2)
+    return durations, lines
+
+
 async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, Any]:
     result: dict[str, Any] = {"mode": "operator", "consumers": consumers}
     routes = args.routes
@@ -314,7 +379,8 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
             started = time.perf_counter()
             proxies = [stack.enter_context(WsgateProcess(
                 "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                "--manifests", str(directory), name=f"proxy-{n}")) for n in range(2)]
+                "--manifests", str(directory), env={"WSGATE_ADMIN_TOKEN": TOKEN},
+                name=f"proxy-{n}")) for n in range(2)]
             last = proxy_urls(proxies, routes - 1)
             try:
                 await until(enforced(http, last, {world.original_key(consumers - 1): 101}),
@@ -328,6 +394,9 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
                 (rss_kib(p.proc.pid) - empty_rss) / consumers for p in proxies), 2)
             result["proxy_rss_mib"] = [round(rss_kib(p.proc.pid) / 1024, 1) for p in proxies]
             keys = {i: world.original_key(i) for i in range(consumers)}
+            admin_ports = [p.admin_port for p in proxies]
+            await warm_routes(http, proxies, routes, world.original_key(consumers - 1))
+            body = full_body(directory, consumers)
 
             async def rotate(i: int, key: str) -> None:
                 keys[i] = key
@@ -343,9 +412,22 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
                 delays = await writes(http, last, consumers, args.writes, rotate, delete,
                                       args.timeout)
                 writes_end = time.perf_counter()
+                await asyncio.sleep(1)
+                scrape_start = time.perf_counter()
+                durations, series = await scrapes(http, admin_ports, args.scrapes)
+                scrape_end = time.perf_counter()
+                await asyncio.sleep(1)
+                push_start = time.perf_counter()
+                result["full_push_s"] = round(await push_full(http, admin_ports, body), 2)
+                await asyncio.sleep(1)
+                push_end = time.perf_counter()
             result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
             result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
             result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
+            result["scrape_ms"] = summary_ms(durations)
+            result["scrape_series"] = series
+            result["rtt_scrapes_ms"] = summary_ms(pingers.between(scrape_start, scrape_end))
+            result["rtt_full_push_ms"] = summary_ms(pingers.between(push_start, push_end))
             result["ping_failures"] = pingers.failures
     return result
 
@@ -362,7 +444,9 @@ def _ms(summary: dict[str, float] | None, *keys: str) -> str:
 def report(results: list[dict[str, Any]]) -> str:
     rows = [["mode", "consumers", "start-up s", "rotated p50/p99/max ms",
              "deleted p50/p99/max ms", "RTT quiet p99/max", "RTT writes p99/max",
-             "restart s", "RTT restart p99/max", "bytes/change", "KiB/consumer"]]
+             "restart s", "RTT restart p99/max", "full push s", "RTT full push p99/max",
+             "scrape p50/max ms", "series", "RTT scrapes p99/max", "bytes/change",
+             "KiB/consumer"]]
     for r in results:
         writes_ms = r.get("write_ms") or {}
         rows.append([
@@ -374,6 +458,11 @@ def report(results: list[dict[str, Any]]) -> str:
             _ms(r.get("rtt_writes_ms"), "p99", "max"),
             "-" if r.get("restart_s") is None else f"{r['restart_s']:.1f}",
             _ms(r.get("rtt_restart_ms"), "p99", "max"),
+            "-" if r.get("full_push_s") is None else f"{r['full_push_s']:.2f}",
+            _ms(r.get("rtt_full_push_ms"), "p99", "max"),
+            _ms(r.get("scrape_ms"), "p50", "max"),
+            f"{r['scrape_series']:,}" if r.get("scrape_series") else "-",
+            _ms(r.get("rtt_scrapes_ms"), "p99", "max"),
             "-" if r.get("bytes_per_change") is None else f"{r['bytes_per_change']:,}",
             "-" if r.get("proxy_kib_per_consumer") is None
             else f"{r['proxy_kib_per_consumer']:.2f}",
@@ -436,6 +525,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["operator", "standalone"],
                         choices=["operator", "standalone"])
     parser.add_argument("--writes", type=int, default=20, help="writes of each kind")
+    parser.add_argument("--scrapes", type=int, default=5,
+                        help="standalone: GET /metrics from each proxy this many times, "
+                             "every route with series, sessions live")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="how long one phase (a start-up, one write) may take")
     run_main(run, parser)

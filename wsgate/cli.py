@@ -156,12 +156,21 @@ def parser() -> argparse.ArgumentParser:
         "compile", help="print the config compiled from a manifest directory, as pushed"
     )
     compile_.add_argument("directory", type=Path, metavar="DIR")
+    compile_.add_argument("--follow", action="store_true",
+                          help="keep compiling as the manifests change, and speak to the "
+                               "proxy on stdin/stdout (how `wsgate proxy --manifests DIR` "
+                               "runs its compiler)")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure(args.log_level)
+    if args.command == "compile" and args.follow:
+        from wsgate_operator.standalone import follow
+
+        run(lambda stop: follow(args.directory, stop))
+        return 0
     if args.command == "compile":
         return compile_command(args.directory)
     if args.command == "echo":
@@ -222,10 +231,12 @@ def proxy_command(args: argparse.Namespace) -> int:
     )
     source = None
     if args.manifests is not None:
-        from wsgate_operator import standalone
+        # The compiler runs in a child process of its own (compiler_child.py).
+        from wsgate_proxy.compiler_child import run_compiler
 
-        directory = args.manifests
-        source = lambda apply, report: standalone.watch(directory, apply, report)  # noqa: E731
+        command = [sys.executable, "-m", "wsgate", "--log-level", args.log_level, "compile",
+                   str(args.manifests.absolute()), "--follow"]
+        source = lambda target: run_compiler(command, target)  # noqa: E731
     run(lambda stop: serve(options, stop, source))
     return 0
 

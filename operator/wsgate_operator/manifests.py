@@ -161,23 +161,32 @@ def _read_file(path: Path) -> _FileResult:
     return result
 
 
+def file_objects(found: _FileResult) -> tuple[list[tuple[ObjectRef, dict, str]], list[str]]:
+    """The compiled kinds' objects a file gives, as (ref, object, where), and what is
+    wrong with the others (a wrong apiVersion, no name); other kinds are skipped."""
+    objects, errors = [], []
+    for obj, where in found.objects:
+        kind = obj.get("kind")
+        if kind not in API_VERSIONS:
+            continue  # other kinds (Deployments, ConfigMaps...) may share the folder
+        if obj.get("apiVersion") != API_VERSIONS[kind]:
+            errors.append(f"{where}: {kind} has apiVersion {obj.get('apiVersion')!r}; "
+                          f"expected {API_VERSIONS[kind]!r}")
+            continue
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
+            errors.append(f"{where}: {kind} has no metadata.name")
+            continue
+        objects.append((ObjectRef.of(obj), obj, where))
+    return objects, errors
+
+
 def _add_object(obj: dict, where: str, result: ManifestSet) -> None:
-    kind = obj.get("kind")
-    if kind not in API_VERSIONS:
-        return  # other kinds (Deployments, ConfigMaps...) may share the folder
-    if obj.get("apiVersion") != API_VERSIONS[kind]:
-        result.errors.append(
-            f"{where}: {kind} has apiVersion {obj.get('apiVersion')!r}; "
-            f"expected {API_VERSIONS[kind]!r}"
-        )
-        return
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
-        result.errors.append(f"{where}: {kind} has no metadata.name")
-        return
-    ref = ObjectRef.of(obj)
-    if ref in result.sources:
-        result.errors.append(f"{where}: {ref} is also defined in {result.sources[ref]}")
-        return
-    result.sources[ref] = where
-    result.snapshot.add(obj)
+    found, errors = file_objects(_FileResult([(obj, where)]))
+    result.errors += errors
+    for ref, checked, _where in found:
+        if ref in result.sources:
+            result.errors.append(f"{where}: {ref} is also defined in {result.sources[ref]}")
+            continue
+        result.sources[ref] = where
+        result.snapshot.add(checked)

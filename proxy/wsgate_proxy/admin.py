@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from . import config_stream
 from .config import GatewayConfig
-from .config_stream import ConfigChange, StreamError
+from .config_stream import StreamError
 from .runtime import ConfigMismatch, Runtime
 
 log = logging.getLogger("wsgate.admin")
@@ -35,15 +35,16 @@ MAX_REPORTED_ERRORS = 20
 
 
 ApplyConfig = Callable[[GatewayConfig], bool]
-ApplyChange = Callable[[ConfigChange], Awaitable[bool]]
+# Parses a config stream and swaps it in (runtime.apply_stream).
+ApplyStream = Callable[[bytes], Awaitable[bool]]
 
 
 def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
-              apply_change: ApplyChange) -> web.Application:
-    """The admin routes; ``apply`` and ``apply_change`` swap a config in (and save it)
+              apply_stream: ApplyStream) -> web.Application:
+    """The admin routes; ``apply`` and ``apply_stream`` swap a config in (and save it)
     and say if it changed."""
     app = web.Application(client_max_size=MAX_CONFIG_BYTES)
-    api = AdminApi(runtime, token, apply, apply_change)
+    api = AdminApi(runtime, token, apply, apply_stream)
     app.router.add_put("/config", api.put_config)
     app.router.add_get("/config", api.get_config)
     app.router.add_get("/healthz", api.healthz)
@@ -54,11 +55,11 @@ def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
 
 class AdminApi:
     def __init__(self, runtime: Runtime, token: str | None, apply: ApplyConfig,
-                 apply_change: ApplyChange) -> None:
+                 apply_stream: ApplyStream) -> None:
         self.runtime = runtime
         self.token = token
         self.apply = apply
-        self.apply_change = apply_change
+        self.apply_stream = apply_stream
 
     def _authorized(self, request: web.Request) -> web.Response | None:
         """None when the request carries the admin token, else the refusal to send."""
@@ -100,12 +101,7 @@ class AdminApi:
 
     async def _put_stream(self, body: bytes) -> web.Response:
         try:
-            change = None
-            for change in config_stream.parse(body):
-                if change is None:
-                    await asyncio.sleep(0)  # a slice parsed: let the loop run
-            assert change is not None
-            changed = await self.apply_change(change)
+            changed = await self.apply_stream(body)
         except StreamError as exc:
             return _json(400, {"error": f"invalid config stream: {exc}"})
         except ConfigMismatch as exc:

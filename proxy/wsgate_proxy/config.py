@@ -345,7 +345,11 @@ _DIGEST_MODULUS = 2 ** 256
 def item_digest(kind: str, item: Item, encoded: bytes | None = None) -> int:
     """An item's digest: SHA-256 of its kind and canonical JSON (``encoded``, when the
     caller has it already), as a number."""
-    body = encoded if encoded is not None else item.model_dump_json().encode()
+    return digest_of(kind, encoded if encoded is not None else item.model_dump_json().encode())
+
+
+def digest_of(kind: str, body: bytes) -> int:
+    """The digest of an item of ``kind`` whose canonical JSON is ``body``."""
     return int.from_bytes(hashlib.sha256(kind.encode() + b"\n" + body).digest(), "big")
 
 

@@ -17,14 +17,15 @@ key is the one it carries (namespace/name, or namespace/service:port).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from .config import ITEM_MODELS, Item, item_digest
+from .config import ITEM_MODELS, Item, digest_of, item_digest
 
 MEDIA_TYPE = "application/vnd.wsgate.config-stream"
 # How long one slice of parsing may hold the loop before it lets other work run.
@@ -45,6 +46,8 @@ class ConfigChange:
     set: dict[str, dict[str, Item]] = field(default_factory=lambda: {k: {} for k in ITEM_MODELS})
     removed: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in ITEM_MODELS})
     digests: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Items parsed anew (not found in the running config, the same to the byte).
+    fresh: int = 0
 
     @property
     def full(self) -> bool:
@@ -63,9 +66,18 @@ def encode(version: str, base: str | None, items: Iterable[tuple[str, bytes]],
     return b"\n".join(lines) + b"\n"
 
 
-def parse(body: bytes) -> Iterator[ConfigChange | None]:
+# An item the proxy runs already, by kind and the digest of its canonical JSON (None
+# when it runs no such item).
+Known = Callable[[str, int], Item | None]
+
+
+def parse(body: bytes, known: Known | None = None) -> Iterator[ConfigChange | None]:
     """Parse a body: yields None between slices (the caller lets its loop run), then
-    the change. Raises StreamError naming the line that is wrong."""
+    the change. An item the proxy runs already, byte for byte, is taken from ``known``
+    rather than parsed again: a whole config that repeats most of what runs (an
+    operator restarted, a proxy that missed a delta) builds few new objects, which the
+    garbage collector would otherwise walk. Raises StreamError naming the line that
+    is wrong."""
     lines = body.split(b"\n")
     try:
         header = json.loads(lines[0])
@@ -90,21 +102,41 @@ def parse(body: bytes) -> Iterator[ConfigChange | None]:
         if op == b"del":
             change.removed[kind].add(payload.decode("utf-8", "replace"))
         else:
-            try:
-                item = model.model_validate_json(payload)
-            except ValidationError as exc:
-                errors = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                    for e in exc.errors(include_url=False, include_input=False)[:5])
-                raise StreamError(f"line {number}: invalid {kind}: {errors}") from None
+            digest = digest_of(kind, payload)
+            item = known(kind, digest) if known is not None else None
+            if item is None:  # new, or not in canonical form: the digest is the canonical one's
+                change.fresh += 1
+                item = _validated(number, kind, model, payload)
+                digest = item_digest(kind, item)
             if item.key in change.set[kind]:
                 raise StreamError(f"line {number}: {kind} {item.key} is set twice")
             change.set[kind][item.key] = item
-            change.digests[(kind, item.key)] = item_digest(kind, item)
+            change.digests[(kind, item.key)] = digest
         if time.perf_counter() - started > SLICE_SECONDS:
             yield None
             started = time.perf_counter()
     yield change
+
+
+async def read(body: bytes, known: Known | None = None) -> ConfigChange:
+    """Parse a body on the event loop, letting it run between slices. Raises
+    StreamError."""
+    change = None
+    for change in parse(body, known):
+        if change is None:
+            await asyncio.sleep(0)
+    assert change is not None
+    return change
+
+
+def _validated(number: int, kind: str, model: type[Item], payload: bytes) -> Item:
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)[:5])
+        raise StreamError(f"line {number}: invalid {kind}: {errors}") from None
 
 
 def from_items(version: str, items: dict[str, dict[str, Item]]) -> ConfigChange:
@@ -115,3 +147,32 @@ def from_items(version: str, items: dict[str, dict[str, Item]]) -> ConfigChange:
         for key, item in by_key.items():
             change.digests[(kind, key)] = item_digest(kind, item)
     return change
+
+
+# -- between a proxy and its manifest compiler (standalone mode, compiler_child.py) --------
+# One JSON line each way, a stream's bytes after its line:
+#   compiler -> proxy  {"change": N} then N bytes   a config stream to apply
+#   compiler -> proxy  {"refused": [errors]}        the manifests do not compile
+#   proxy -> compiler  {"version": V}               the version it runs (null: none), at
+#                                                   start and after each message
+
+
+def frame_change(body: bytes) -> bytes:
+    return json.dumps({"change": len(body)}).encode() + b"\n" + body
+
+
+def frame_refused(errors: list[str]) -> bytes:
+    return json.dumps({"refused": errors}).encode() + b"\n"
+
+
+def frame_version(version: str | None) -> bytes:
+    return json.dumps({"version": version}).encode() + b"\n"
+
+
+def read_version(line: bytes) -> str | None:
+    """The version a ``frame_version`` line carries; raises ValueError on anything else."""
+    message = json.loads(line)
+    version = message.get("version") if isinstance(message, dict) else 0
+    if not (version is None or isinstance(version, str)):
+        raise ValueError(f"not a version line: {line[:200]!r}")
+    return version

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,7 +46,9 @@ class Handshake:
     """One handshake as the proxy serves it; set once, never changed (a copy with
     ``who`` filled in is made when authentication succeeds)."""
 
-    active: ActiveConfig  # the config snapshot this handshake is served from, whole
+    # The config snapshot this handshake is served from, whole; None once the session
+    # it opened started (settled).
+    active: ActiveConfig | None
     match: Match
     host: str
     path: str  # normalized
@@ -61,6 +64,10 @@ class Handshake:
         """This handshake, with who authenticated it."""
         return Handshake(self.active, self.match, self.host, self.path, self.raw_query,
                          self.protocols, who)
+
+    def settled(self) -> Handshake:
+        """This handshake without its config snapshot (a live session's)."""
+        return dataclasses.replace(self, active=None)
 
     @property
     def consumer_key(self) -> str | None:

@@ -11,10 +11,12 @@ live one is held against the live one at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import ssl
+import sys
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterator
@@ -77,9 +79,14 @@ class ActiveConfig:
 
     def build(self) -> Iterator[None]:
         """Build the indexes; yields between slices of work (a full config of ten
-        thousand consumers is built a slice at a time). Raises ConfigMismatch."""
+        thousand consumers is built a slice at a time). Raises ConfigMismatch.
+
+        A whole config sent to a proxy that runs one already (an operator restarted, a
+        delta missed) is applied as what it changes from the running one: items of
+        the same digest are kept as they are, so routes, balancers and live sessions
+        are touched only where something differs."""
         previous, change = self._previous, self._change
-        if change.full or previous is None:
+        if previous is None:
             if not change.full:
                 raise ConfigMismatch(f"a change from {change.base} to {change.version}, and "
                                      "no config is active: send the whole config")
@@ -90,61 +97,85 @@ class ActiveConfig:
                                                self._external)
             self.upstream_tls: dict[str, tuple[ssl.SSLContext, str]] = {}
             self.balancers: dict[str, Balancer] = {}
-            removed = {kind: set(keys) for kind, keys in previous.items.items()} \
-                if previous is not None else {k: set() for k in ITEM_MODELS}
-            for kind, keys in change.set.items():
-                removed[kind] -= keys.keys()
+            removed: dict[str, set[str]] = {k: set() for k in ITEM_MODELS}
+            digests = change.digests
         else:
-            if change.base != previous.version:
+            if not change.full and change.base != previous.version:
                 raise ConfigMismatch(f"a change from {change.base}, and this proxy runs "
                                      f"{previous.version}: send the whole config")
+            # Copies of ten thousand entries take a few ms each: a slice apiece.
             self.items = {kind: dict(items) for kind, items in previous.items.items()}
+            yield None
             self.digests = dict(previous.digests)
             self.digest_sum = previous.digest_sum
+            yield None
             self.authenticator = previous.authenticator.copy()
+            yield None
             self.upstream_tls = dict(previous.upstream_tls)
             self.balancers = dict(previous.balancers)
-            removed = change.removed
+            removed, digests = change.removed, change.digests
+            if change.full:  # what it changes from the running config
+                removed = {kind: previous.items[kind].keys() - change.set[kind].keys()
+                           for kind in ITEM_MODELS}
+                digests = {}
+                started = time.perf_counter()
+                for n, (item, digest) in enumerate(change.digests.items()):
+                    if previous.digests.get(item) != digest:
+                        digests[item] = digest
+                    if n % 64 == 0 and time.perf_counter() - started > SLICE_SECONDS:
+                        yield None
+                        started = time.perf_counter()
+        changed = {kind: set() for kind in ITEM_MODELS}
+        for kind, key in digests:
+            changed[kind].add(key)
         yield None
         # Items: the digest sum moves by what left and what came.
         for kind, keys in removed.items():
             for key in keys:
                 if self.items[kind].pop(key, None) is not None:
                     self.digest_sum -= self.digests.pop((kind, key))
-        for (kind, key), digest in change.digests.items():
+        started = time.perf_counter()
+        for n, ((kind, key), digest) in enumerate(digests.items()):
             self.digest_sum += digest - self.digests.get((kind, key), 0)
             self.digests[(kind, key)] = digest
             self.items[kind][key] = change.set[kind][key]
+            if n % 64 == 0 and time.perf_counter() - started > SLICE_SECONDS:
+                yield None
+                started = time.perf_counter()
         if version_of(self.digest_sum) != change.version:
             raise ConfigMismatch(f"the change does not lead to version {change.version} "
                                  f"(it leads to {version_of(self.digest_sum)}): send the "
                                  "whole config")
         yield None
         # Consumers.
-        changed_consumers = removed["consumer"] | change.set["consumer"].keys()
         started = time.perf_counter()
         for key in removed["consumer"]:
             self.authenticator.remove(key)
-        for consumer in change.set["consumer"].values():
-            self.authenticator.add(consumer)
+        consumers = self.items["consumer"]
+        for key in changed["consumer"]:
+            self.authenticator.add(consumers[key])  # type: ignore[arg-type]
             if time.perf_counter() - started > SLICE_SECONDS:
                 yield None
                 started = time.perf_counter()
-        self.consumers_changed = changed_consumers
+        self.consumers_changed = removed["consumer"] | changed["consumer"]
         # Routes: the router again when any changed (their order decides contested paths);
         # a route's balancer and upstream TLS when it or its endpoints changed.
         routes = self.items["route"]
-        changed_routes = removed["route"] | change.set["route"].keys()
+        changed_routes = removed["route"] | changed["route"]
         self.routes_changed = bool(changed_routes) or previous is None
         self.router = Router(tuple(routes[k] for k in sorted(routes))) \
             if self.routes_changed else previous.router
         self.endpoints = {key: e.endpoints for key, e in self.items["endpoints"].items()}
-        changed_endpoints = removed["endpoints"] | change.set["endpoints"].keys()
+        changed_endpoints = removed["endpoints"] | changed["endpoints"]
         if changed_endpoints:
             changed_routes |= {key for key, route in routes.items()
                                if route.endpoints_key in changed_endpoints}
         old = previous.balancers if previous is not None else {}
+        started = time.perf_counter()
         for key in changed_routes:
+            if time.perf_counter() - started > SLICE_SECONDS:
+                yield None
+                started = time.perf_counter()
             self.upstream_tls.pop(key, None)
             self.balancers.pop(key, None)
             route = routes.get(key)
@@ -156,14 +187,40 @@ class ActiveConfig:
             self.balancers[key] = balancer_for(
                 route, self.endpoints.get(route.endpoints_key, ()), old.get(key),
                 self._endpoint_sessions, self._health)
-        self.certificates_changed = bool(removed["certificate"] or change.set["certificate"])
+        self.certificates_changed = bool(removed["certificate"] or changed["certificate"])
         self.applied_at = time.time()
         del self._previous, self._change
+
+    def release(self) -> Iterator[None]:
+        """Empty this (replaced, unused) config's indexes a slice at a time: its objects
+        are freed a few at a time rather than all at once when the last reference goes
+        (ten thousand consumers take 15 ms to free). The authenticator's first, so
+        that each item popped then is freed there and then."""
+        self.__dict__.pop("config", None)
+        self.__dict__.pop("by_digest", None)
+        started = time.perf_counter()
+        for index in (*self.authenticator.indexes(), *self.items.values(), self.digests):
+            while index:
+                index.popitem()
+                if time.perf_counter() - started > SLICE_SECONDS:
+                    yield None
+                    started = time.perf_counter()
 
     @property
     def routes(self) -> dict[str, Route]:
         """The routes by key."""
         return self.items["route"]  # type: ignore[return-value]
+
+    @functools.cached_property
+    def by_digest(self) -> dict[int, tuple[str, str]]:
+        """Items by digest (built when a whole config arrives, to reuse what it repeats)."""
+        return {digest: item for item, digest in self.digests.items()}
+
+    def known(self, kind: str, digest: int) -> Item | None:
+        """The item of ``kind`` with this digest, if this config has it."""
+        found = self.by_digest.get(digest)
+        return self.items[kind].get(found[1]) if found is not None and found[0] == kind \
+            else None
 
     @functools.cached_property
     def config(self) -> GatewayConfig:
@@ -175,6 +232,51 @@ class ActiveConfig:
 
 # How many sessions a periodic counter flush handles before it lets the loop run.
 FLUSH_BATCH = 1000
+# A change that brings this many items parsed anew is built with full collections held
+# off, and what it built is frozen after the swap.
+MANY_NEW_ITEMS = 1000
+# The oldest generation's threshold while they are held off: never reached.
+NEVER = 1 << 30
+
+
+class Collections:
+    """Keeps CPython's full (generation 2) collections off the objects of large configs.
+
+    A full collection walks every tracked object of the process while the loop waits:
+    with a config of ten thousand consumers (about 110,000 objects) that is 70 ms on an
+    idle core, and hundreds on a busy one. So while a large config is built (its
+    objects pile up and would set one off) full collections are held off, and after
+    the swap everything alive is frozen (``gc.freeze``: out of the collector's sight;
+    objects of the config it replaced are still freed by reference counting, as
+    configs hold no cycles). Freezing also freezes what live sessions hold at that
+    moment: their cyclic garbage, once they end, is never collected. That costs a few
+    KiB per session live at a large whole config with new content, rare after start
+    (a whole config that repeats what runs reuses its items: config_stream.parse).
+    """
+
+    def __init__(self) -> None:
+        self._holding = 0
+        self._saved = gc.get_threshold()
+
+    @contextlib.contextmanager
+    def held_off(self) -> Iterator[None]:
+        """No full collection inside (nested uses count)."""
+        if self._holding == 0:
+            self._saved = gc.get_threshold()
+            gc.set_threshold(self._saved[0], self._saved[1], NEVER)
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if self._holding == 0:
+                gc.set_threshold(*self._saved)
+
+    @staticmethod
+    def swapped(large: bool) -> None:
+        """A config was swapped in: freeze what is alive when it built many objects."""
+        if large:
+            gc.freeze()
 
 
 class Runtime:
@@ -195,6 +297,8 @@ class Runtime:
         self.keysets = KeySets(self.outbound)
         self.lifetimes = Lifetimes(self.external, self.live_route)
         self.certificates = CertificateStore()
+        self._collections = Collections()
+        self._released: set[asyncio.Task[None]] = set()  # replaced configs being let go
         # Why the config source's last read was refused (standalone's manifest errors).
         self.source_errors: list[str] = []
         # Counts already added to the Prometheus counters, per session.
@@ -210,15 +314,28 @@ class Runtime:
     def report_source(self, errors: list[str]) -> None:
         self.source_errors = list(errors)
 
+    def known_item(self, kind: str, digest: int) -> Item | None:
+        """An item the active config has (config_stream.Known)."""
+        return self.active.known(kind, digest) if self.active is not None else None
+
     def apply(self, config: GatewayConfig) -> bool:
         """Swap in a whole config at once; False when it is the version already active."""
         if self.active is not None and self.active.version == config.version:
             return False
-        active = self._prepare(config_stream.from_items(config.version, config.items()))
-        for _ in active.build():
-            pass
-        self._swap(active)
+        change = config_stream.from_items(config.version, config.items())
+        active = self._prepare(change)
+        with self._collections.held_off():
+            for _ in active.build():
+                pass
+            self._swap(active, change.count() >= MANY_NEW_ITEMS or self.active is None)
         return True
+
+    async def apply_stream(self, body: bytes) -> bool:
+        """Parse a config stream (config_stream.py) and swap it in, a slice at a time,
+        with full collections held off meanwhile (a whole config's new objects would
+        set one off). Raises StreamError, ConfigMismatch."""
+        with self._collections.held_off():
+            return await self.apply_change(await config_stream.read(body, self.known_item))
 
     async def apply_change(self, change: ConfigChange) -> bool:
         """Swap in a change (a delta, or a whole config) built a slice at a time: the
@@ -228,29 +345,25 @@ class Runtime:
         if self.active is not None and self.active.version == change.version:
             return False
         active = self._prepare(change)
-        for _ in active.build():
-            await asyncio.sleep(0)
-        if self.active is not None and self.active.version == change.version:
-            return False  # another push got there first
-        if self.active is not None and not change.full and self.active.version != change.base:
-            raise ConfigMismatch(f"this proxy moved to {self.active.version} meanwhile")
-        self._swap(active)
+        with self._collections.held_off():
+            for _ in active.build():
+                await asyncio.sleep(0)
+            if self.active is not None and self.active.version == change.version:
+                return False  # another push got there first
+            if self.active is not None and not change.full \
+                    and self.active.version != change.base:
+                raise ConfigMismatch(f"this proxy moved to {self.active.version} meanwhile")
+            self._swap(active, change.fresh >= MANY_NEW_ITEMS or self.active is None)
         return True
 
     def _prepare(self, change: ConfigChange) -> ActiveConfig:
         return ActiveConfig(self.active, change, self.endpoint_sessions, self.health,
                             self.passwords, self.keysets, self.external)
 
-    def _swap(self, active: ActiveConfig) -> None:
+    def _swap(self, active: ActiveConfig, large: bool) -> None:
         previous = self.active
         self.active = active
-        if previous is None:
-            # The first config (and, standalone, the compiler's state) lives as long as
-            # the process: out of the collector's sight, a full collection no longer
-            # walks ten thousand consumers' objects while the loop waits (hundreds of
-            # ms on a busy machine). Once only, before any session exists (nothing can
-            # be served without a config), so nothing a session leaves is frozen.
-            gc.freeze()
+        self._collections.swapped(large)
         if active.routes_changed:
             self.keysets.sync(p for route in active.routes.values()
                               for p in route.auth.jwt.providers)
@@ -263,16 +376,32 @@ class Runtime:
         metrics.CONFIG_APPLIED.set(active.applied_at)
         closed = self._review_sessions(active)
         self.forget_removed_routes()
+        previous_version = previous.version if previous is not None else None
+        if previous is not None:
+            self._release(previous)
+            previous = None
         log.info(
             "config applied",
             extra={
                 "version": active.version,
-                "previous": previous.version if previous else None,
+                "previous": previous_version,
                 "routes": len(active.items["route"]),
                 "consumers": len(active.items["consumer"]),
                 "sessions_closed": closed,
             },
         )
+
+    def _release(self, config: ActiveConfig) -> None:
+        try:
+            release = asyncio.get_running_loop().create_task(_release(config))
+        except RuntimeError:  # no loop (a script applying configs): all at once
+            return
+        self._released.add(release)
+        release.add_done_callback(self._released.discard)
+
+    async def released(self) -> None:
+        """Wait until the configs replaced so far have been let go."""
+        await asyncio.gather(*self._released)
 
     def _review_sessions(self, active: ActiveConfig) -> int:
         """Hold every live session against the new config; close those it no longer allows.
@@ -369,6 +498,9 @@ class Runtime:
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).inc()
         self.lifetimes.started(session)
         snapshot = session.handshake.active
+        # The session keeps what it needs of its handshake, not the config it was
+        # served from: one live session per config version would keep every version.
+        session.handshake = session.handshake.settled()
         if self.active is not None and self.active is not snapshot:
             # A config arrived while this handshake was under way: the session is held
             # against it now, as if it had been live then.
@@ -457,6 +589,25 @@ class Runtime:
             "sessions": len(self.sessions),
             **({"limitsStore": store} if (store := self.limits.summary()) else {}),
         }
+
+
+# How long a replaced config may stay in use (a handshake under way) before it is let
+# go at once instead of a slice at a time.
+RELEASE_WAIT_SECONDS = 30.0
+
+
+async def _release(config: ActiveConfig) -> None:
+    """Let go of a replaced config a slice at a time, once nothing else uses it (the
+    handshakes served from it have ended: live sessions do not keep it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RELEASE_WAIT_SECONDS
+    # Referenced here and by getrefcount's argument: nothing else holds it.
+    while sys.getrefcount(config) > 2:
+        if loop.time() > deadline:
+            return
+        await asyncio.sleep(0.05)
+    for _ in config.release():
+        await asyncio.sleep(0)
 
 
 class Held:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ from aiohttp import web
 
 from .admin import admin_app
 from .config import GatewayConfig
-from .config_stream import ConfigChange
 from .frames import CloseCode
 from .gateway import Gateway
 from .leases import LeaseStore, StoreOptions
@@ -28,15 +28,28 @@ log = logging.getLogger("wsgate.proxy")
 METRICS_FLUSH_SECONDS = 5.0
 # How often idle timeouts are looked at: their precision.
 TICK_SECONDS = 0.25
+# The interpreter's switch interval (sys.setswitchinterval; Python's default is 5 ms).
+SWITCH_SECONDS = 0.001
 # How long live sessions get to end after their close frames when the proxy stops.
 SHUTDOWN_GRACE_SECONDS = 6.0
 
-# A config source is given a function to apply changes with (a delta or a whole
-# config, built a slice at a time) and one to report why
-# the last one it read could not be used (an empty list once one applied): /readyz
-# shows it.
-ConfigSource = Callable[[Callable[[ConfigChange], Awaitable[bool]],
-                         Callable[[list[str]], None]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConfigTarget:
+    """What a config source (standalone's compiler) feeds."""
+
+    # Swaps a config stream in (a delta or a whole config, parsed and built a slice at
+    # a time); False when it is the version already running; raises StreamError,
+    # ConfigMismatch.
+    apply: Callable[[bytes], Awaitable[bool]]
+    # Why the last set the source read could not be used ([] once one applied): /readyz.
+    report: Callable[[list[str]], None]
+    # The version running (None: none yet).
+    version: Callable[[], str | None]
+
+
+ConfigSource = Callable[[ConfigTarget], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,9 @@ async def serve(
     # No *_created series: with 1k routes they are a third of a 2 MB scrape, and say
     # nothing the process start time does not.
     prometheus_client.disable_created_metrics()
+    # A thread that holds the interpreter (rendering /metrics) gives it back to the
+    # event loop after at most 1 ms rather than 5: live sessions wait that long at most.
+    sys.setswitchinterval(SWITCH_SECONDS)
     store = LeaseStore(options.limits_store) if options.limits_store is not None else None
     runtime = Runtime(password_queue=options.password_queue, shared=store)
     state = StateDir(options.state_dir) if options.state_dir else None
@@ -80,15 +96,15 @@ async def serve(
     def apply(config: GatewayConfig) -> bool:
         return keep(runtime.apply(config))
 
-    async def apply_change(change: ConfigChange) -> bool:
-        return keep(await runtime.apply_change(change))
+    async def apply_stream(body: bytes) -> bool:
+        return keep(await runtime.apply_stream(body))
 
     if state is not None and (saved := state.load()) is not None:
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
     # Every request head goes to the gateway: no web framework, no router in between.
     listener = Listener(gateway.handle, options.heads)
-    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_change),
+    admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_stream),
                                  access_log=None)
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
@@ -105,7 +121,8 @@ async def serve(
             "listen": addresses[0], "admin_listen": _address(admin_runner),
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
         if config_source is not None:
-            tasks.append(asyncio.create_task(config_source(apply_change, runtime.report_source)))
+            tasks.append(asyncio.create_task(config_source(ConfigTarget(
+                apply_stream, runtime.report_source, lambda: runtime.version))))
         tasks.append(asyncio.create_task(_periodic(runtime)))
         if store is not None:
             tasks.append(asyncio.create_task(store.run()))

@@ -1,0 +1,109 @@
+"""Config streams applied by the proxy's runtime: a whole config that repeats what runs
+reuses it and touches only what differs, no full garbage collection runs during an
+apply, and replaced configs are let go (memory stays flat across whole configs)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import weakref
+
+import pytest
+
+from tests.support import consumer_objects, objects_for
+from wsgate_operator.compiler import Snapshot, compile_snapshot
+from wsgate_proxy import config_stream
+from wsgate_proxy.runtime import NEVER, Runtime
+
+
+@functools.cache
+def whole(consumers: int, prefix: str, changed: int = -1) -> bytes:
+    """A whole config stream: the quickstart route, ``consumers`` consumers with keys
+    ``prefix-i`` (consumer ``changed`` with another)."""
+    objects = objects_for(9001)
+    for i in range(consumers):
+        objects += consumer_objects(f"user-{i}", f"{prefix}-{i}" if i != changed else "other")
+    compiled = compile_snapshot(Snapshot.of(objects))
+    return config_stream.encode(compiled.version, None, [
+        (kind, body) for (kind, _key), (body, _digest) in compiled.encoded.items()])
+
+
+async def released(runtime: Runtime) -> None:
+    """Wait until the configs replaced so far have been let go."""
+    async with asyncio.timeout(10):
+        await runtime.released()
+
+
+@pytest.fixture
+def unfrozen():
+    yield
+    gc.unfreeze()  # what the runtime froze belongs to this test only
+
+
+async def test_a_whole_config_repeating_the_running_one_reuses_it(unfrozen):
+    runtime = Runtime()
+    assert await runtime.apply_stream(whole(50, "key"))
+    first = runtime.active
+    assert first is not None
+    assert await runtime.apply_stream(whole(50, "key", changed=7))
+    second = runtime.active
+    assert second is not None
+    assert second is not first
+    assert second.consumers_changed == {"default/user-7"}
+    assert not second.routes_changed
+    assert second.router is first.router  # no route differs: not rebuilt
+    assert second.items["consumer"]["default/user-8"] is first.items["consumer"]["default/user-8"]
+    assert second.items["consumer"]["default/user-7"] is not first.items["consumer"][
+        "default/user-7"]
+    assert second.authenticator.holder("default/user-8", next(iter(
+        second.items["consumer"]["default/user-8"].keys)).sha256) is not None
+    # The same whole config again: nothing to do.
+    assert not await runtime.apply_stream(whole(50, "key", changed=7))
+
+
+async def test_no_full_collection_runs_while_a_whole_config_is_applied(unfrozen):
+    runtime = Runtime()
+    await runtime.apply_stream(whole(1500, "key"))
+    thresholds = gc.get_threshold()
+    full: list[dict] = []
+    during = False
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2 and during:
+            full.append(info)
+
+    gc.callbacks.append(record)
+    try:
+        during = True
+        # Every consumer new: 1,500 consumers' objects are allocated by the parse and
+        # the build, which would set a full collection off.
+        assert await runtime.apply_stream(whole(1500, "new"))
+        during = False
+    finally:
+        gc.callbacks.remove(record)
+    assert full == []
+    assert gc.get_threshold() == thresholds != (thresholds[0], thresholds[1], NEVER)
+    assert len(runtime.active.items["consumer"]) == 1501  # and the quickstart's john
+
+
+async def test_a_replaced_config_is_let_go(unfrozen):
+    runtime = Runtime()
+    await runtime.apply_stream(whole(200, "key"))
+    first = weakref.ref(runtime.active)
+    await runtime.apply_stream(whole(200, "new"))
+    await released(runtime)
+    assert first() is None
+
+
+async def test_memory_stays_flat_across_a_hundred_whole_configs(unfrozen):
+    """Each whole config brings new objects and is frozen out of the collector's sight:
+    what it replaced must still be freed (frozen objects stay frozen until freed)."""
+    runtime = Runtime()
+    counts = []
+    for round_ in range(100):
+        gc.collect()  # this test's own garbage must not be frozen with the configs
+        assert await runtime.apply_stream(whole(100, "even" if round_ % 2 else "odd"))
+        await released(runtime)
+        counts.append(gc.get_freeze_count() + len(gc.get_objects()))
+    assert counts[-1] <= counts[9] * 1.02, counts[::10]
