@@ -306,6 +306,9 @@ class Runtime:
         # Sessions whose route has an idle timeout:
         # session -> (timeout, bytes moved when last looked at, since when unchanged).
         self._idle_watch: dict[Session, tuple[float, int, float]] = {}
+        # Live sessions still to hold against the active config, and who does it.
+        self._due: set[Session] = set()
+        self._reviewer: asyncio.Task[None] | None = None
 
     @property
     def version(self) -> str | None:
@@ -374,7 +377,7 @@ class Runtime:
             metrics.CONFIG_INFO.remove(previous.version)
         metrics.CONFIG_INFO.labels(active.version).set(1)
         metrics.CONFIG_APPLIED.set(active.applied_at)
-        closed = self._review_sessions(active)
+        self._review_sessions(active)
         self.forget_removed_routes()
         previous_version = previous.version if previous is not None else None
         if previous is not None:
@@ -387,7 +390,7 @@ class Runtime:
                 "previous": previous_version,
                 "routes": len(active.items["route"]),
                 "consumers": len(active.items["consumer"]),
-                "sessions_closed": closed,
+                "sessions_to_review": len(self._due),
             },
         )
 
@@ -403,19 +406,55 @@ class Runtime:
         """Wait until the configs replaced so far have been let go."""
         await asyncio.gather(*self._released)
 
-    def _review_sessions(self, active: ActiveConfig) -> int:
-        """Hold every live session against the new config; close those it no longer allows.
+    def _review_sessions(self, active: ActiveConfig) -> None:
+        """Hold the live sessions a new config may affect against it (every session when
+        routes changed, else those of the consumers that changed) and close those it no
+        longer allows: a slice at a time on the loop, since 50,000 sessions take a
+        quarter of a second; each is held against the config active when its turn comes.
 
         A session keeps running when its handshake would still reach the same route and
         its consumer still holds the credential it authenticated with and is still
         allowed there; everything else about the config may change around it.
         """
         if active.routes_changed:
-            sessions = list(self.sessions)
-        else:  # only the sessions of consumers that changed can be affected
-            changed = active.consumers_changed
-            sessions = [s for s in self.sessions if s.consumer_key in changed] if changed else []
-        return sum(self._review(active, session) for session in sessions)
+            self._due.update(self.sessions)
+        elif changed := active.consumers_changed:
+            self._due.update(s for s in self.sessions if s.consumer_key in changed)
+        if not self._due or self._reviewer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script applying configs): all at once
+            self._review_due(float("inf"))
+            return
+        self._reviewer = loop.create_task(self._review_in_slices())
+
+    async def _review_in_slices(self) -> None:
+        reviewed = closed = 0
+        try:
+            while self._due:
+                due = len(self._due)
+                closed += self._review_due(time.perf_counter() + SLICE_SECONDS)
+                reviewed += due - len(self._due)
+                if self._due:
+                    await asyncio.sleep(0)
+        finally:
+            self._reviewer = None
+        log.info("sessions reviewed", extra={
+            "version": self.version, "reviewed": reviewed, "closed": closed})
+
+    def _review_due(self, deadline: float) -> int:
+        """Review due sessions until the deadline; how many were closed."""
+        closed = 0
+        active, due = self.active, self._due
+        assert active is not None
+        n = 0
+        while due:
+            closed += self._review(active, due.pop())
+            n += 1
+            if n % 64 == 0 and time.perf_counter() > deadline:
+                break
+        return closed
 
     def _review(self, active: ActiveConfig, session: Session) -> bool:
         """Hold one session against a config; True when it was closed."""
@@ -512,6 +551,7 @@ class Runtime:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        self._due.discard(session)
         self._flush(session)
         del self._flushed[session]
         self._idle_watch.pop(session, None)
@@ -563,7 +603,10 @@ class Runtime:
             session.close(code, reason)
 
     async def close(self) -> None:
-        """Stop what runs in the background: rechecks, key refreshes, outbound connections."""
+        """Stop what runs in the background: session reviews, rechecks, key refreshes,
+        outbound connections."""
+        if self._reviewer is not None:
+            self._reviewer.cancel()
         await self.lifetimes.close()
         await self.keysets.close()
         await self.outbound.close()
