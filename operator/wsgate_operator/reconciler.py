@@ -4,8 +4,9 @@ An event marks the view dirty; the reconciler waits until no new change came for
 short holdoff (but no longer than a maximum since the first one, so a steady
 trickle still builds), brings its compiler to the view (the compiler keeps what it
 compiled per object and compiles again only what changed and what depends on it),
-hands the config to the pusher, and writes every status that changed. When only what
-the proxies run changed, it recomputes statuses without compiling.
+hands the config to the pusher, and queues every status that changed, to be written
+once the pushes are done (status_writes.py). When only what the proxies run changed,
+it recomputes statuses without compiling.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from .compiler import Compiled, K8sObject, ObjectRef, Snapshot
+from .compiler import Compiled, ObjectRef, Snapshot
 from .compiler.build import Compiler
 from .kinds import COMPILED
 from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
 from .status import Event, Status, consumer_status, generation_of, route_status, transitions
+from .status_writes import Key, StatusWriter, StatusWrites, key_of
 
 log = logging.getLogger("wsgate.reconciler")
-
-# Status writes in flight at once (each is one API request).
-WRITE_CONCURRENCY = 8
-
 
 
 @dataclass
@@ -40,11 +37,6 @@ class ClusterView:
 
     snapshot: Snapshot
     proxies: list[ProxyTarget] = field(default_factory=list)
-
-
-class StatusWriter(Protocol):
-    async def write_status(self, obj: K8sObject, status: Status) -> None: ...
-    async def post_event(self, obj: K8sObject, event: Event) -> None: ...
 
 
 def _now() -> str:
@@ -71,6 +63,9 @@ class Reconciler:
         self._max_holdoff = max_holdoff
         self._verify_every = verify_every
         self._wake = asyncio.Event()
+        # Set while no change waits for a build and none is being built: with the
+        # pusher idle, status writes may go (pushes first).
+        self._built_all = asyncio.Event()
         self._objects_changed = False
         self.compiled: Compiled | None = None
         self._compiler = Compiler()
@@ -82,11 +77,9 @@ class Reconciler:
         self._built = asyncio.Event()
         # What was last queued per object, so a status is not written twice while the
         # watch has not yet brought our own write back.
-        self._written: dict[tuple[str, str], Status] = {}
-        # Status writes waiting: only the latest per object. A separate task writes them,
-        # so a thousand statuses never hold back the next build and push.
-        self._pending: dict[tuple[str, str], tuple[K8sObject, Status, list[Event]]] = {}
-        self._pending_ready = asyncio.Event()
+        self._written: dict[Key, Status] = {}
+        self.statuses = StatusWrites(writer, self.metrics, self.pushes_done,
+                                     self._status_failed)
         self._background: set[asyncio.Task[None]] = set()
 
     async def wait_for_build(self, after: int) -> int:
@@ -98,10 +91,23 @@ class Reconciler:
 
     def objects_changed(self) -> None:
         self._objects_changed = True
+        self._built_all.clear()
         self._wake.set()
 
     def proxies_changed(self) -> None:
+        self._built_all.clear()
         self._wake.set()
+
+    async def pushes_done(self) -> None:
+        """Until no change waits for a build or a push (a proxy that keeps failing, in
+        its backoff between retries, does not count)."""
+        while not (self._built_all.is_set() and self.pusher.idle.is_set()):
+            await self._built_all.wait()
+            await self.pusher.idle.wait()
+
+    def _status_failed(self, key: Key) -> None:
+        self._written.pop(key, None)
+        self._status_all = True
 
     def push_failed(self, target: ProxyTarget, reason: str, namespace: str) -> None:
         """An Event on the proxy's Pod, where `kubectl describe pod` shows it."""
@@ -115,7 +121,7 @@ class Reconciler:
 
     async def run(self) -> None:
         helpers = [asyncio.create_task(self._verify_periodically()),
-                   asyncio.create_task(self._write_pending())]
+                   asyncio.create_task(self.statuses.run())]
         try:
             while True:
                 await self._wake.wait()
@@ -124,6 +130,9 @@ class Reconciler:
                     await self.build()
                 except Exception:
                     log.exception("build failed; the next change retries")
+                finally:
+                    if not self._wake.is_set():
+                        self._built_all.set()
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -193,65 +202,40 @@ class Reconciler:
         their Events). A consumer's status follows its compile (``changed``: the objects
         whose result changed; None: every object); a route's also follows what the
         proxies run, and waits until the pusher knows what each proxy runs (a restarted
-        operator would otherwise write Programmed=False until it had asked them)."""
+        operator would otherwise write Programmed=False until it had asked them). A
+        status the object carries already, or queued already, is not written: a
+        restarted operator writes none."""
         now = _now()
         routes_known = self.pusher.knows_every_proxy()
         computed = []
-        present: set[tuple[str, str]] = set()
+        present: set[Key] = set()
         for obj in snapshot.routes:
             ref = ObjectRef.of(obj)
-            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            present.add(key_of(ref))
             if not routes_known:
                 continue
             sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
             computed.append((ref, obj, route_status(obj, compiled, sync, now)))
         for obj in snapshot.consumers:
             ref = ObjectRef.of(obj)
-            present.add((ref.kind, f"{ref.namespace}/{ref.name}"))
+            present.add(key_of(ref))
             if changed is None or ref in changed:
                 computed.append((ref, obj, consumer_status(obj, compiled, now)))
+        unchanged = 0
         for ref, obj, status in computed:
-            key = (ref.kind, f"{ref.namespace}/{ref.name}")
+            key = key_of(ref)
             current = obj.get("status") or None
             if status == current or status == self._written.get(key):
+                unchanged += 1
                 continue
             events = transitions(ref, self._written.get(key) or current, status)
-            if key in self._pending:  # not written yet: its Events still are to be posted
-                events = self._pending[key][2] + events
-            self._pending[key] = (obj, status, events)
+            self.statuses.queue(ref, obj, status, events)
             self._written[key] = status
             self.statuses_queued += 1
+        self.metrics.statuses_skipped.labels("unchanged").inc(unchanged)
         for key in self._written.keys() - present:
             del self._written[key]
-            self._pending.pop(key, None)
-        if self._pending:
-            self._pending_ready.set()
-
-    async def _write_pending(self) -> None:
-        limit = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-        async def write(obj: K8sObject, status: Status, events: list[Event]) -> None:
-            async with limit:
-                try:
-                    for event in events:
-                        await self._writer.post_event(obj, event)
-                    await self._writer.write_status(obj, status)
-                except Exception:
-                    ref = ObjectRef.of(obj)
-                    log.exception("status not written; the next build retries",
-                                  extra={"object": str(ref)})
-                    self._written.pop((ref.kind, f"{ref.namespace}/{ref.name}"), None)
-                    self._status_all = True
-
-        while True:
-            await self._pending_ready.wait()
-            self._pending_ready.clear()
-            batch, self._pending = self._pending, {}
-            started = time.perf_counter()
-            await asyncio.gather(*(write(*item) for item in batch.values()))
-            log.info("statuses written", extra={
-                "statuses": len(batch), "events": sum(len(i[2]) for i in batch.values()),
-                "seconds": round(time.perf_counter() - started, 3)})
+            self.statuses.drop(key)
 
     async def _verify_periodically(self) -> None:
         while True:

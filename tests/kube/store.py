@@ -158,8 +158,17 @@ class Store:
         if self.log and resource_version < self.log[0].resource_version - 1:
             raise ApiError(410, "Expired", f"too old resource version: {resource_version} "
                                            f"({self.log[0].resource_version - 1})")
-        return [e for e in self.log
-                if e.kind.key == kind.key and e.resource_version > resource_version]
+        # From the newest back to the first already seen: a watch that keeps up reads
+        # only what is new (a scan of the whole log per wake-up made every write cost
+        # the log's length, times the watches).
+        found = []
+        for event in reversed(self.log):
+            if event.resource_version <= resource_version:
+                break
+            if event.kind.key == kind.key:
+                found.append(event)
+        found.reverse()
+        return found
 
     # -- writing ------------------------------------------------------------------------
     def _record(self, kind: Kind, type_: str, obj: Obj) -> None:
