@@ -6,6 +6,7 @@ draft 4, with the Kubernetes extensions that matter here), and the CEL rules
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import celpy
@@ -80,12 +81,17 @@ def _path(parts: Any) -> str:
 _CEL = celpy.Environment()
 
 
+@functools.lru_cache(maxsize=1024)
+def _cel_program(rule: str) -> celpy.Runner:
+    """A rule compiled once (parsing it is most of the cost of evaluating it)."""
+    return _CEL.program(_CEL.compile(rule))
+
+
 def _cel_errors(value: Any, schema: Schema, path: list[Any]) -> list[tuple[str, str]]:
     """Evaluate every x-kubernetes-validations rule where its field is present."""
     errors = []
     for rule in schema.get("x-kubernetes-validations") or []:
-        program = _CEL.program(_CEL.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        result = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         if isinstance(result, celpy.CELEvalError) or not bool(result):
             errors.append((_path(path), rule.get("message") or f"failed rule: {rule['rule']}"))
     if isinstance(value, dict):
