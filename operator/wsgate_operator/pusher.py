@@ -116,10 +116,14 @@ class Pusher:
         if self._config is not None and config.version == self._config.version:
             self._config = config
             return
-        self._config = config
+        previous, self._config = self._config, config
         self._full_body = None
-        self._included[config.version] = frozenset(
-            (r.key, r.generation) for r in config.items["route"].values())
+        if previous is not None and previous.version in self._included and not any(
+                kind == "route" for kind, _ in config.changed_items):
+            included = self._included[previous.version]  # the same routes (most builds)
+        else:
+            included = frozenset((r.key, r.generation) for r in config.items["route"].values())
+        self._included[config.version] = included
         self._included.move_to_end(config.version)
         while len(self._included) > REMEMBERED_VERSIONS:
             self._included.popitem(last=False)

@@ -19,24 +19,52 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .compiler import Compiled, ObjectRef, Snapshot
+from .compiler import Compiled, K8sObject, ObjectRef, Snapshot
 from .compiler.build import Compiler
 from .kinds import COMPILED
 from .metrics import OperatorMetrics
 from .pusher import ProxyTarget, Pusher
-from .status import Event, Status, consumer_status, generation_of, route_status, transitions
-from .status_writes import Key, StatusWriter, StatusWrites, key_of
+from .status import (
+    Event,
+    ProxySync,
+    Status,
+    consumer_status,
+    generation_of,
+    route_status,
+    transitions,
+)
+from .status_writes import StatusWriter, StatusWrites
 
 log = logging.getLogger("wsgate.reconciler")
+
+# A build of at most this many changed objects compiles on the loop (a rotated key: one
+# Secret, one consumer; about 1 ms); more, in a thread.
+INLINE_CHANGES = 50
 
 
 @dataclass
 class ClusterView:
     """What the reconciler reads: the compiler's input and the proxy pods to push to
-    (running, with an IP)."""
+    (running, with an IP); what changed since the last view, where the reader knows it
+    (the cache does): the new body of each compiled object changed, None for one
+    deleted. Without it, the compiler finds what changed by comparing the snapshot
+    with what it holds, which costs the size of the view."""
 
     snapshot: Snapshot
     proxies: list[ProxyTarget] = field(default_factory=list)
+    changes: dict[ObjectRef, K8sObject | None] | None = None
+    # The routes and consumers by reference (made from the snapshot when not given).
+    bodies: dict[ObjectRef, K8sObject] | None = None
+
+    def body(self, ref: ObjectRef) -> K8sObject | None:
+        if self.bodies is None:
+            self.bodies = {ObjectRef.of(obj): obj
+                           for obj in (*self.snapshot.routes, *self.snapshot.consumers)}
+        return self.bodies.get(ref)
+
+
+def _bodies(view: ClusterView, refs: frozenset[ObjectRef], kind: str) -> list[K8sObject]:
+    return [body for ref in refs if ref.kind == kind and (body := view.body(ref)) is not None]
 
 
 def _now() -> str:
@@ -69,7 +97,11 @@ class Reconciler:
         self._objects_changed = False
         self.compiled: Compiled | None = None
         self._compiler = Compiler()
+        self._compiler_fresh = True  # holds nothing yet: the next build compiles the view
         self._status_all = True  # the next status pass computes every object's
+        self._proxies_moved = True  # the next status pass computes every route's
+        # Each route's status was last computed from this body and this proxy count.
+        self._route_inputs: dict[ObjectRef, tuple[K8sObject, ProxySync]] = {}
         # Sequence numbers, as Contour's tests wait on: compiles done (each with its
         # statuses queued), and status writes queued in all.
         self.builds = 0
@@ -77,7 +109,7 @@ class Reconciler:
         self._built = asyncio.Event()
         # What was last queued per object, so a status is not written twice while the
         # watch has not yet brought our own write back.
-        self._written: dict[Key, Status] = {}
+        self._written: dict[ObjectRef, Status] = {}
         self.statuses = StatusWrites(writer, self.metrics, self.pushes_done,
                                      self._status_failed)
         self._background: set[asyncio.Task[None]] = set()
@@ -95,6 +127,7 @@ class Reconciler:
         self._wake.set()
 
     def proxies_changed(self) -> None:
+        self._proxies_moved = True
         self._built_all.clear()
         self._wake.set()
 
@@ -105,8 +138,8 @@ class Reconciler:
             await self._built_all.wait()
             await self.pusher.idle.wait()
 
-    def _status_failed(self, key: Key) -> None:
-        self._written.pop(key, None)
+    def _status_failed(self, ref: ObjectRef) -> None:
+        self._written.pop(ref, None)
         self._status_all = True
 
     def push_failed(self, target: ProxyTarget, reason: str, namespace: str) -> None:
@@ -154,18 +187,25 @@ class Reconciler:
     async def build(self) -> None:
         view = self._read()
         self.pusher.set_targets(view.proxies)
-        compiling = self._objects_changed or self.compiled is None
+        compiling = self._objects_changed or self.compiled is None or bool(view.changes)
         if compiling:
             self._objects_changed = False
             started = time.perf_counter()
-            # The compiler is pure Python: in a thread, the event loop keeps serving. It
-            # shares nothing the loop changes meanwhile: the view's lists are its own, and
-            # the cache replaces an object's body on every event, never edits it. Only
-            # this task touches the compiler, one build at a time.
+            # A few changed objects compile in a few ms, on the loop (a thread would
+            # wait for the interpreter lock behind it); the whole view (at start, after a
+            # failed build, or a view whose changes are not known) in a thread, so the
+            # loop keeps serving. The compile shares nothing the loop changes meanwhile:
+            # the view's lists are its own, and the cache replaces an object's body on
+            # every event, never edits it. Only this task touches the compiler.
+            whole = self._compiler_fresh or view.changes is None
             try:
-                self.compiled = await asyncio.to_thread(self._compile, view.snapshot)
+                if whole or len(view.changes or ()) > INLINE_CHANGES:
+                    self.compiled = await asyncio.to_thread(self._compile, view, whole)
+                else:
+                    self.compiled = self._compile(view, whole)
             except BaseException:
                 self._compiler = Compiler()  # half updated: the next build starts afresh
+                self._compiler_fresh = True
                 self._objects_changed = True
                 raise
             if self.builds == 0:
@@ -181,23 +221,28 @@ class Reconciler:
                                         "problems": len(self.compiled.problems),
                                         "seconds": round(time.perf_counter() - started, 4)})
             self.pusher.set_config(self.compiled)
-        # Consumers' statuses follow what each build changed (every one after a failed
-        # status pass: a write that failed is written again).
+            await asyncio.sleep(0)  # the pushes on their way before statuses are computed
+        # Statuses follow what each build changed (every one after a failed status
+        # pass: a write that failed is written again).
         changed = self.compiled.changed_refs if compiling else frozenset()
         if self._status_all:
             self._status_all, changed = False, None
-        await self._write_statuses(view.snapshot, self.compiled, changed)
+        self._queue_statuses(view, self.compiled, changed)
         if compiling:
             self.builds += 1
             self._built.set()
             self._built = asyncio.Event()
 
-    def _compile(self, snapshot: Snapshot) -> Compiled:
-        self._compiler.sync(snapshot)
+    def _compile(self, view: ClusterView, whole: bool) -> Compiled:
+        if whole:
+            self._compiler.sync(view.snapshot)
+        else:
+            self._compiler.update(view.changes or {})
+        self._compiler_fresh = False
         return self._compiler.result()
 
-    async def _write_statuses(self, snapshot: Snapshot, compiled: Compiled,
-                              changed: frozenset[ObjectRef] | None) -> None:
+    def _queue_statuses(self, view: ClusterView, compiled: Compiled,
+                        changed: frozenset[ObjectRef] | None) -> None:
         """Compute the statuses that may have moved; queue those that changed (with
         their Events). A consumer's status follows its compile (``changed``: the objects
         whose result changed; None: every object); a route's also follows what the
@@ -206,36 +251,46 @@ class Reconciler:
         status the object carries already, or queued already, is not written: a
         restarted operator writes none."""
         now = _now()
-        routes_known = self.pusher.knows_every_proxy()
+        if changed is None:  # every object: those gone are found by their absence
+            present = {ObjectRef.of(obj)
+                       for obj in (*view.snapshot.routes, *view.snapshot.consumers)}
+            gone = [ref for ref in self._written.keys() | self._route_inputs.keys()
+                    if ref not in present]
+        else:
+            gone = [ref for ref in changed
+                    if ref.kind in ("WsRoute", "WsConsumer") and view.body(ref) is None]
+        for ref in gone:
+            self._written.pop(ref, None)
+            self._route_inputs.pop(ref, None)
+            self.statuses.drop(ref)
         computed = []
-        present: set[Key] = set()
-        for obj in snapshot.routes:
-            ref = ObjectRef.of(obj)
-            present.add(key_of(ref))
-            if not routes_known:
-                continue
-            sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
-            computed.append((ref, obj, route_status(obj, compiled, sync, now)))
-        for obj in snapshot.consumers:
-            ref = ObjectRef.of(obj)
-            present.add(key_of(ref))
-            if changed is None or ref in changed:
-                computed.append((ref, obj, consumer_status(obj, compiled, now)))
+        if self.pusher.knows_every_proxy():
+            every_route = changed is None or self._proxies_moved
+            self._proxies_moved = False
+            for obj in view.snapshot.routes if every_route else _bodies(view, changed, "WsRoute"):
+                ref = ObjectRef.of(obj)
+                sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
+                before = self._route_inputs.get(ref)
+                if changed is not None and ref not in changed and before is not None and \
+                        before[0] is obj and before[1] == sync:
+                    continue  # nothing its status follows has moved
+                self._route_inputs[ref] = (obj, sync)
+                computed.append((ref, obj, route_status(obj, compiled, sync, now)))
+        consumers = view.snapshot.consumers if changed is None else \
+            _bodies(view, changed, "WsConsumer")
+        for obj in consumers:
+            computed.append((ObjectRef.of(obj), obj, consumer_status(obj, compiled, now)))
         unchanged = 0
         for ref, obj, status in computed:
-            key = key_of(ref)
             current = obj.get("status") or None
-            if status == current or status == self._written.get(key):
+            if status == current or status == self._written.get(ref):
                 unchanged += 1
                 continue
-            events = transitions(ref, self._written.get(key) or current, status)
+            events = transitions(ref, self._written.get(ref) or current, status)
             self.statuses.queue(ref, obj, status, events)
-            self._written[key] = status
+            self._written[ref] = status
             self.statuses_queued += 1
         self.metrics.statuses_skipped.labels("unchanged").inc(unchanged)
-        for key in self._written.keys() - present:
-            del self._written[key]
-            self.statuses.drop(key)
 
     async def _verify_periodically(self) -> None:
         while True:

@@ -29,16 +29,9 @@ log = logging.getLogger("wsgate.status")
 # status patch in a few ms; more writers buy little and cost its other clients.
 WRITERS = 16
 
-Key = tuple[str, str]  # kind, namespace/name
-
-
 class StatusWriter(Protocol):
     async def write_status(self, obj: K8sObject, status: Status) -> None: ...
     async def post_event(self, obj: K8sObject, event: Event) -> None: ...
-
-
-def key_of(ref: ObjectRef) -> Key:
-    return (ref.kind, f"{ref.namespace}/{ref.name}")
 
 
 class StatusWrites:
@@ -47,7 +40,7 @@ class StatusWrites:
         writer: StatusWriter,
         metrics: OperatorMetrics,
         pushes_done: Callable[[], Awaitable[None]],
-        on_failed: Callable[[Key], None],
+        on_failed: Callable[[ObjectRef], None],
         *,
         writers: int = WRITERS,
     ) -> None:
@@ -58,7 +51,7 @@ class StatusWrites:
         self._writers = writers
         # Waiting, oldest first: only the latest status of each object, with every Event
         # not posted yet.
-        self._pending: dict[Key, tuple[K8sObject, Status, list[Event]]] = {}
+        self._pending: dict[ObjectRef, tuple[K8sObject, Status, list[Event]]] = {}
         self._ready = asyncio.Event()
         self._in_flight = 0
         self._drained = asyncio.Event()
@@ -68,20 +61,19 @@ class StatusWrites:
         self._first_queued: float | None = None
 
     def queue(self, ref: ObjectRef, obj: K8sObject, status: Status, events: list[Event]) -> None:
-        key = key_of(ref)
-        if key in self._pending:  # not written yet: its Events are still to be posted
+        if ref in self._pending:  # not written yet: its Events are still to be posted
             self._metrics.statuses_skipped.labels("replaced").inc()
-            events = self._pending[key][2] + events
-        self._pending[key] = (obj, status, events)  # an object keeps its place in line
+            events = self._pending[ref][2] + events
+        self._pending[ref] = (obj, status, events)  # an object keeps its place in line
         if self._first_queued is None:
             self._first_queued = time.monotonic()
         self._metrics.statuses_pending.set(len(self._pending))
         self._drained.clear()
         self._ready.set()
 
-    def drop(self, key: Key) -> None:
+    def drop(self, ref: ObjectRef) -> None:
         """An object gone: its status is not written."""
-        if self._pending.pop(key, None) is not None:
+        if self._pending.pop(ref, None) is not None:
             self._metrics.statuses_pending.set(len(self._pending))
             self._check_drained()
 
@@ -104,17 +96,17 @@ class StatusWrites:
             await self._pushes_done()
             if not self._pending:
                 continue
-            key = next(iter(self._pending))
-            obj, status, events = self._pending.pop(key)
+            ref = next(iter(self._pending))
+            obj, status, events = self._pending.pop(ref)
             self._metrics.statuses_pending.set(len(self._pending))
             self._in_flight += 1
             try:
-                await self._write(key, obj, status, events)
+                await self._write(ref, obj, status, events)
             finally:
                 self._in_flight -= 1
                 self._check_drained()
 
-    async def _write(self, key: Key, obj: K8sObject, status: Status,
+    async def _write(self, ref: ObjectRef, obj: K8sObject, status: Status,
                      events: list[Event]) -> None:
         try:
             for event in events:
@@ -123,8 +115,8 @@ class StatusWrites:
         except Exception:
             self._metrics.status_writes.labels("failed").inc()
             log.exception("status not written; the next build retries",
-                          extra={"object": f"{key[0]} {key[1]}"})
-            self._on_failed(key)
+                          extra={"object": str(ref)})
+            self._on_failed(ref)
             return
         self._metrics.status_writes.labels("written").inc()
         self._since_empty += 1

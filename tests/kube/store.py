@@ -251,7 +251,7 @@ class Store:
                       "deletionTimestamp"):
             if fixed in current["metadata"]:
                 meta[fixed] = current["metadata"][fixed]
-        new = _fold_string_data(self._validated(kind, new, field_validation))
+        new = _fold_string_data(self._validated(kind, new, field_validation, current))
         if _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -291,7 +291,8 @@ class Store:
                            "the object has been modified; please apply your changes to the "
                            "latest version and try again")
 
-    def _validated(self, kind: Kind, obj: Obj, field_validation: str) -> Obj:
+    def _validated(self, kind: Kind, obj: Obj, field_validation: str,
+                   stored: Obj | None = None) -> Obj:
         schema = self.schemas.get(kind.key)
         name = (obj.get("metadata") or {}).get("name", "")
         if schema is None:
@@ -300,7 +301,7 @@ class Store:
         if unknown and field_validation == "Strict":
             raise _undecodable(kind, "strict decoding error: " + ", ".join(
                 f'unknown field "{f}"' for f in unknown))
-        obj, errors = schema.admit(obj)
+        obj, errors = schema.admit(obj, stored)
         if errors:
             raise _invalid(kind, name, errors)
         return obj
