@@ -68,6 +68,10 @@ def summary_ms(values: list[float]) -> dict[str, float]:
             "count": len(values)}
 
 
+def each_ms(values: list[float]) -> list[float]:
+    return [round(v * 1000, 1) for v in values]
+
+
 # -- clients ---------------------------------------------------------------------------
 
 
@@ -303,6 +307,7 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
                 result["restart_status_writes"] = await operator_metric(
                     http, metrics_port, 'wsgate_operator_status_writes_total{outcome="written"}')
             result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
+            result["each_write_ms"] = {k: each_ms(v) for k, v in delays.items()}
             result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
             result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
             result["rtt_restart_ms"] = summary_ms(pingers.between(restarted_at, restart_end))

@@ -128,7 +128,8 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
             target, reason, options.proxy_namespace),
         metrics=metrics,
     )
-    memo.reconciler = Reconciler(cache.view, pusher, KubeWriter(),
+    memo.writer = KubeWriter()
+    memo.reconciler = Reconciler(cache.view, pusher, memo.writer,
                                  holdoff=options.holdoff, max_holdoff=options.max_holdoff,
                                  verify_every=options.verify_every, metrics=metrics)
     memo.pusher = pusher
@@ -163,3 +164,5 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     if memo.get("pusher") is not None:
         await memo.pusher.close()
+    if memo.get("writer") is not None:
+        await memo.writer.close()

@@ -40,6 +40,10 @@ class OperatorMetrics:
         self.statuses_pending = Gauge(
             "wsgate_operator_statuses_pending", "Status writes queued, waiting for the "
             "pushes to be done and for a writer.", registry=self.registry)
+        for outcome in ("written", "failed"):  # exported at 0 before the first
+            self.status_writes.labels(outcome)
+        for reason in ("unchanged", "replaced"):
+            self.statuses_skipped.labels(reason)
         self.objects = Gauge(
             "wsgate_operator_objects", "Objects in the operator's view, by kind.", ["kind"],
             registry=self.registry)

@@ -40,6 +40,8 @@ log = logging.getLogger("wsgate.reconciler")
 # A build of at most this many changed objects compiles on the loop (a rotated key: one
 # Secret, one consumer; about 1 ms); more, in a thread.
 INLINE_CHANGES = 50
+# How long after a failed status write every status is computed (and written) again.
+STATUS_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Reconciler:
         self.statuses = StatusWrites(writer, self.metrics, self.pushes_done,
                                      self._status_failed)
         self._background: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
 
     async def wait_for_build(self, after: int) -> int:
         """Wait until more than ``after`` builds are done; the count then."""
@@ -139,8 +142,17 @@ class Reconciler:
             await self.pusher.idle.wait()
 
     def _status_failed(self, ref: ObjectRef) -> None:
+        """A status not written: every status is computed again a little later (and
+        written where it still differs), without waiting for another change."""
         self._written.pop(ref, None)
         self._status_all = True
+        if self._retry is None:
+            def retry() -> None:
+                self._retry = None
+                self._built_all.clear()
+                self._wake.set()
+
+            self._retry = asyncio.get_running_loop().call_later(STATUS_RETRY_SECONDS, retry)
 
     def push_failed(self, target: ProxyTarget, reason: str, namespace: str) -> None:
         """An Event on the proxy's Pod, where `kubectl describe pod` shows it."""
@@ -169,6 +181,8 @@ class Reconciler:
         finally:
             for helper in helpers:
                 helper.cancel()
+            if self._retry is not None:
+                self._retry.cancel()
 
     async def _settle(self) -> None:
         """Wait until changes stop for the holdoff, or the maximum delay has passed."""

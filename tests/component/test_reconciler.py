@@ -25,6 +25,7 @@ from tests.support import (
 from wsgate_operator.cache import ClusterCache
 from wsgate_operator.compiler import ObjectRef, Snapshot
 from wsgate_operator.kinds import BY_KIND
+from wsgate_operator.kube import StatusNotWritten
 from wsgate_operator.metrics import OperatorMetrics
 from wsgate_operator.pusher import ProxyTarget, Pusher
 from wsgate_operator.reconciler import ClusterView, Reconciler
@@ -426,3 +427,27 @@ async def test_repeated_changes_of_one_object_are_written_once():
 
 async def _equal(a, b):
     assert a == b
+
+
+async def test_a_status_the_api_refused_is_written_again(proxies, upstream):
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        refusals = []
+        write = op.writer.write_status
+
+        async def refuse_once(obj, status):
+            if obj["metadata"]["name"] == "john" and not refusals:
+                refusals.append(obj)
+                raise StatusNotWritten("the API answered 503: try later")
+            await write(obj, status)
+
+        op.writer.write_status = refuse_once
+        # No other change comes: the failed write alone brings it back.
+        await eventually(lambda: _ready(op, "john"), timeout=15)
+        assert len(refusals) == 1
+        assert op.pusher.metrics.value("wsgate_operator_status_writes_total",
+                                       outcome="failed") == 1
+
+
+async def _ready(op, name):
+    assert condition(op.status("WsConsumer", name), "Ready")["status"] == "True"
