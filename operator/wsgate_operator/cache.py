@@ -64,6 +64,17 @@ class ClusterCache:
             self._changes[key] = body
         return True
 
+    def holds(self, kind: Kind, body: Mapping[str, Any]) -> bool:
+        """Whether this version of the object is held already (the same resourceVersion:
+        the same object); it counts as delivered."""
+        key = key_of(kind, body)
+        held = self._objects[kind.kind].get(key)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if held is None or not version or held["metadata"].get("resourceVersion") != version:
+            return False
+        self._arrived(key)
+        return True
+
     def seed(self, kind: Kind, body: dict[str, Any], fingerprint: str) -> None:
         """Store an object listed at start (kopf's delivery of it is still expected)."""
         key = key_of(kind, body)

@@ -229,7 +229,7 @@ class ApiServer(kmock.KubernetesScaffold):
             return await self._watch(request, kind)
         if method == "GET" and request.name is None:
             items = self.store.list(kind, namespace or None, params.get("labelSelector"),
-                                    params.get("fieldSelector"))
+                                    params.get("fieldSelector"), copies=False)
             if "as=Table" in request.headers.get("Accept", ""):
                 return aiohttp.web.json_response(self._table(kind, items))
             return aiohttp.web.json_response({
@@ -300,7 +300,7 @@ class ApiServer(kmock.KubernetesScaffold):
         try:
             if raw_version in ("", "0") or initial:
                 since = self.store.revision
-                for obj in self.store.list(kind, namespace):
+                for obj in self.store.list(kind, namespace, copies=False):
                     if wanted(obj):
                         await _send(response, {"type": "ADDED", "object": obj})
                 if initial:

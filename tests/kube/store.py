@@ -148,10 +148,15 @@ class Store:
         return copy.deepcopy(obj)
 
     def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[Obj]:
-        return [copy.deepcopy(obj) for (key, ns, _), obj in sorted(self.objects.items())
-                if key == kind.key and (namespace is None or ns == namespace)
-                and selector_matches(label_selector, obj["metadata"].get("labels") or {})
+             field_selector: str | None = None, *, copies: bool = True) -> list[Obj]:
+        """The matching objects, by namespace and name. ``copies=False`` for a caller that
+        only serializes them at once (a stored object is replaced on every write, never
+        changed in place); 50,000 deep copies per list are seconds."""
+        found = sorted((entry for entry in self.objects.items()
+                        if entry[0][0] == kind.key
+                        and (namespace is None or entry[0][1] == namespace)), key=lambda e: e[0])
+        return [copy.deepcopy(obj) if copies else obj for _, obj in found
+                if selector_matches(label_selector, obj["metadata"].get("labels") or {})
                 and field_matches(field_selector, obj)]
 
     def events_since(self, kind: Kind, resource_version: int) -> list[WatchEvent]:
