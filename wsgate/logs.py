@@ -13,6 +13,8 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 # kopf attaches its whole settings object and a flag of its own to each record.
 _DROPPED = {"settings", "k8s_skip"}
 _OMITTED = frozenset(_STANDARD | _DROPPED)
+# One encoder for every line (json.dumps with default= builds one per call).
+_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +37,7 @@ class JsonFormatter(logging.Formatter):
         entry.update((k, v) for k, v in vars(record).items() if k not in _OMITTED)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 class ClientErrorFilter(logging.Filter):

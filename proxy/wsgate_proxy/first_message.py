@@ -31,7 +31,7 @@ class AuthMessageError(Exception):
 
 
 class FirstMessageReader:
-    """aiohttp's payload parser for the connection until the session takes over."""
+    """Where the client's bytes go after the 101 until the session takes over."""
 
     def __init__(self, client: asyncio.Transport) -> None:
         self._client = client
@@ -57,9 +57,10 @@ class FirstMessageReader:
             self._paused = False
             self._client.resume_reading()
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def feed_data(self, data: bytes) -> None:
         if self._session is not None:
-            return self._session.feed_data(data)
+            self._session.feed_data(data)
+            return
         self._buffer += data
         if not self._message.done():
             self._parse()
@@ -67,7 +68,6 @@ class FirstMessageReader:
             # Whatever comes next waits in the client's socket, not here.
             self._paused = True
             self._client.pause_reading()
-        return False, b""
 
     def feed_eof(self) -> None:
         self.client_gone = True

@@ -17,7 +17,7 @@ Three rules, each closing a way to smuggle something past the proxy:
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 
 from .config import Route
 from .credentials import (
@@ -65,15 +65,16 @@ def upstream_target(handshake: Handshake) -> str:
     return f"{target}?{raw_query}" if raw_query else target
 
 
-def upstream_request(request: web.BaseRequest, handshake: Handshake, protocols: list[str],
-                     key: str | None = None) -> bytes:
+def upstream_request(request: RawRequestMessage, handshake: Handshake, protocols: list[str],
+                     peer: str, secure: bool, key: str | None = None) -> bytes:
     """The upstream's handshake request: the target, the client's end-to-end headers
     minus credentials and anything posing as the proxy's own, plus the upgrade, the
-    subprotocols, identity and X-Forwarded-*. With ``key`` (FirstMessage mode, where the
+    subprotocols, identity and X-Forwarded-* (``peer``: the client's address; ``secure``:
+    it came over TLS). With ``key`` (FirstMessage mode, where the
     proxy answered the client itself) the proxy's own key replaces the client's and no
     extension is offered.
 
-    Built as bytes from the raw header lines aiohttp parsed: names and values are passed
+    Built as bytes from the raw header lines the parser read: names and values are passed
     on as they came, never decoded and encoded again."""
     route = handshake.route
     dropped = _NOT_FORWARDED | _verified_headers(route)
@@ -111,11 +112,10 @@ def upstream_request(request: web.BaseRequest, handshake: Handshake, protocols: 
         lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
     if (identity := who.identity) is not None:
         lines += (b"X-Consumer-Username: ", identity.username.encode("latin-1"), b"\r\n")
-    peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     forwarded_for = f"{prior}, {peer}" if prior else peer
     lines += (b"X-Forwarded-For: ", forwarded_for.encode("latin-1"),
-              b"\r\nX-Forwarded-Proto: ", b"https" if request.secure else b"http",
+              b"\r\nX-Forwarded-Proto: ", b"https" if secure else b"http",
               b"\r\nX-Forwarded-Host: ", handshake.host.encode("latin-1"), b"\r\n\r\n")
     return b"".join(lines)
 

@@ -1,7 +1,8 @@
 """The handshake: route, authenticate, dial upstream, answer 101, hand over to the relay.
 
 Every refusal is a ``Refusal`` (refusals.py), answered in one place: before any
-upgrade as an HTTP status with a plain-text body that says what to change; in
+upgrade as an HTTP status with a plain-text body that says what to change (returned
+to the listener, which writes it); in
 FirstMessage mode, where the credential only comes after the upgrade, as a close
 frame (4401/4403, 1013, 1014) with a short reason. An External auth server's own
 401/403 reaches the client as the auth server gave it.
@@ -18,9 +19,10 @@ limits is held by ``Runtime.admission`` from the dial on and handed over to the 
 which gives it back when it ends; an upstream connection is aborted unless a session
 owns it.
 
-Once a session has started, the handler returns at once and aiohttp's handler task ends
-without closing the connection (the session owns it): an idle session holds no task,
-no coroutine frames and no request object, only its transports and the session.
+Once a session has started, the handler returns at once and its task ends; the
+listener's connection object is let go (the session owns the connection): an idle
+session holds no task, no coroutine frames, no parser and no request head, only its
+transports and the session.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 
 from . import metrics
 from .config import Endpoint
@@ -59,6 +61,9 @@ from .upstream import (
     open_upstream,
 )
 
+if TYPE_CHECKING:
+    from .listener import ClientConnection
+
 log = logging.getLogger("wsgate.gateway")
 
 Connected = tuple[asyncio.Transport, UpstreamProtocol, UpstreamResponse, Endpoint]
@@ -70,7 +75,10 @@ class Gateway:
         # FirstMessage sessions whose mid-session auth message is being checked.
         self._reauthenticating: dict[Session, asyncio.Task[None]] = {}
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: RawRequestMessage,
+                     client: ClientConnection) -> Refusal | None:
+        """Serve one request head (listener.py): None once the 101 is written (or the
+        client left), else the refusal to answer with."""
         try:
             handshake = read_handshake(request, self.runtime.active)
         except Refusal as refusal:
@@ -78,67 +86,69 @@ class Gateway:
         try:
             check_upgrade(request, handshake.route)
             if handshake.route.auth.mode == "FirstMessage":
-                return await self._first_message(request, handshake)
-            return await self._authenticated(request, handshake)
+                await self._first_message(request, client, handshake)
+                return None
+            await self._authenticated(request, client, handshake)
+            return None
         except Refusal as refusal:
             return self._refused(handshake.route.key, refusal)
 
-    async def _authenticated(self, request: web.BaseRequest,
-                             handshake: Handshake) -> web.StreamResponse:
+    async def _authenticated(self, request: RawRequestMessage, client: ClientConnection,
+                             handshake: Handshake) -> None:
         """Handshake mode: the credential is in the request; refusals are HTTP answers."""
         route = handshake.route
-        inbound = Inbound(handshake.host, request.raw_path, request.remote or "",
-                          request.secure, request.headers.get("X-Forwarded-For"))
+        headers = request.headers
+        inbound = Inbound(handshake.host, request.path, client.remote, client.secure,
+                          headers.get("X-Forwarded-For"))
         who = await handshake.active.authenticator.authenticate(
-            route, request.headers, handshake.raw_query, list(handshake.protocols), inbound)
+            route, headers, handshake.raw_query, list(handshake.protocols), inbound)
         handshake = handshake.authenticated(who)
-        candidates = self._candidates(handshake, request)
-        key = request.headers["Sec-WebSocket-Key"]
+        candidates = self._candidates(handshake, request, client)
+        key = headers["Sec-WebSocket-Key"]
         protocols = forwarded_subprotocols(handshake)
-        extensions = request.headers.getall("Sec-WebSocket-Extensions", [])
+        extensions = headers.getall("Sec-WebSocket-Extensions", [])
+        to_upstream = upstream_request(request, handshake, protocols, client.remote,
+                                       client.secure)
         async with self.runtime.admission(route, handshake.who.identity) as held:
-            connected = await self._dial(handshake, candidates,
-                                         upstream_request(request, handshake, protocols), key,
+            connected = await self._dial(handshake, candidates, to_upstream, key,
                                          (protocols, extensions))
             transport = connected[0]
             try:
-                if not _upgrade(request, _answer_101(connected[2], handshake)):
-                    transport.abort()
-                    return web.Response(status=499)
-                self._start_session(request, handshake, connected, held)
+                if not client.upgrade(_answer_101(connected[2], handshake)):
+                    transport.abort()  # the client left during the dial
+                    return
+                self._start_session(client, handshake, connected, held)
             except BaseException:
                 transport.abort()
                 raise
-        return _handed_over(request)
 
-    async def _first_message(self, request: web.BaseRequest,
-                             handshake: Handshake) -> web.StreamResponse:
+    async def _first_message(self, request: RawRequestMessage, client: ClientConnection,
+                             handshake: Handshake) -> None:
         """Upgrade first, authenticate with the first message, then dial and relay."""
         route = handshake.route
         # The proxy answers the handshake itself: without extensions (the upstream is
         # not there yet to agree on them) and with the client's first subprotocol.
         chosen = handshake.protocols[0] if handshake.protocols else None
         answer = _head_101(accept_for(request.headers["Sec-WebSocket-Key"]), chosen, None)
-        if not _upgrade(request, answer):
-            return web.Response(status=499)
-        client = request.transport
-        assert client is not None
-        reader = FirstMessageReader(client)
-        request.protocol.set_parser(reader)  # type: ignore[arg-type]
+        if not client.upgrade(answer):
+            return
+        transport = client.transport
+        assert transport is not None
+        reader = FirstMessageReader(transport)
+        client.read_into(reader)
         try:
-            if await self._first_message_session(request, handshake, reader, chosen):
-                return _handed_over(request)
+            await self._first_message_session(request, client, handshake, reader, chosen)
         except Refusal as refusal:
             self._count(route.key, refusal)
-            if not client.is_closing():
-                client.write(close_frame(refusal.close_code, refusal.reason, masked=False))
-                client.close()
-        return UPGRADED
+            if not transport.is_closing():
+                transport.write(close_frame(refusal.close_code, refusal.reason, masked=False))
+                transport.close()
 
-    async def _first_message_session(self, request: web.BaseRequest, handshake: Handshake,
-                                     reader: FirstMessageReader, chosen: str | None) -> bool:
-        """Authenticate the auth message, dial, start the session; False when the client
-        left meanwhile."""
+    async def _first_message_session(self, request: RawRequestMessage,
+                                     client: ClientConnection, handshake: Handshake,
+                                     reader: FirstMessageReader, chosen: str | None) -> None:
+        """Authenticate the auth message, dial, start the session (unless the client left
+        meanwhile)."""
         route = handshake.route
         try:
             async with asyncio.timeout(route.auth.first_message_timeout_seconds):
@@ -152,33 +162,34 @@ class Gateway:
             raise Unauthorized("the auth message carries no credential this route accepts")
         who = await handshake.active.authenticator.check(route, presented)
         handshake = handshake.authenticated(who)
-        candidates = self._candidates(handshake, request)
+        candidates = self._candidates(handshake, request, client)
         key = base64.b64encode(os.urandom(16)).decode()
         protocols = [chosen] if chosen else []
-        to_upstream = upstream_request(request, handshake, protocols, key)
+        to_upstream = upstream_request(request, handshake, protocols, client.remote,
+                                       client.secure, key)
         async with self.runtime.admission(route, handshake.who.identity) as held:
             if reader.client_gone:
-                return False
+                return
             connected = await self._dial(handshake, candidates, to_upstream, key,
                                          (protocols, []))
             transport = connected[0]
-            client = request.transport
             try:
-                if reader.client_gone or client is None or client.is_closing():
+                if reader.client_gone or client.transport is None or \
+                        client.transport.is_closing():
                     transport.abort()  # left during the dial: nothing to relay
-                    return False
-                client.write(auth_answer(True, valid_until=who.valid_until))
-                self._start_session(request, handshake, connected, held, reader,
+                    return
+                client.transport.write(auth_answer(True, valid_until=who.valid_until))
+                self._start_session(client, handshake, connected, held, reader,
                                     on_auth_message=self._reauthenticate)
             except BaseException:
                 transport.abort()
                 raise
-        return True
 
-    def _candidates(self, handshake: Handshake, request: web.BaseRequest) -> list[Endpoint]:
+    def _candidates(self, handshake: Handshake, request: RawRequestMessage,
+                    client: ClientConnection) -> list[Endpoint]:
         route = handshake.route
         candidates = handshake.active.balancers[route.key].candidates(
-            hash_key(handshake, request))
+            hash_key(handshake, request, client.remote))
         if not candidates:
             raise Unavailable(f"backend Service {route.namespace}/{route.backend.service} has "
                               "no ready endpoints", reason="no ready endpoints")
@@ -218,18 +229,16 @@ class Gateway:
         raise BadGateway("no upstream accepted the handshake: "
                          + "; ".join(_distinct(e.message for e in errors)))
 
-    def _start_session(self, request: web.BaseRequest, handshake: Handshake,
+    def _start_session(self, client: ClientConnection, handshake: Handshake,
                        connected: Connected, held: Held,
                        reader: FirstMessageReader | None = None,
                        on_auth_message: Callable[[Session, dict[str, Any]], None] | None = None,
                        ) -> Session:
         transport, protocol, _response, endpoint = connected
-        client = request.transport
-        assert client is not None
+        assert client.transport is not None
         session = Session(
             handshake, endpoint,
-            client_transport=client,
-            client_protocol=request.protocol,
+            client_transport=client.transport,
             upstream_transport=transport,
             upstream_protocol=protocol,
             on_end=self.runtime.session_ended,
@@ -239,12 +248,11 @@ class Gateway:
         held.hand_over(session)
         metrics.handshake(handshake.route.key, "ok")
         # The session owns both connections before anything is written on either; then
-        # what aiohttp (or the auth message's reader) read past the handshake, then what
-        # the upstream sent with its 101.
+        # what the listener (or the auth message's reader) read past the handshake, then
+        # what the upstream sent with its 101.
         session.take_over()
-        if reader is None:
-            request.protocol.set_parser(session)  # type: ignore[arg-type]
-        else:
+        client.hand_over(session)
+        if reader is not None:
             reader.attach(session)
         session.start()
         return session
@@ -300,13 +308,9 @@ class Gateway:
                  extra={"route": route_key, "status": refusal.status,
                         "outcome": refusal.outcome, "reason": refusal.message})
 
-    def _refused(self, route_key: str | None, refusal: Refusal) -> web.Response:
+    def _refused(self, route_key: str | None, refusal: Refusal) -> Refusal:
         self._count(route_key, refusal)
-        if refusal.body is not None:  # an auth server's own answer, passed on
-            return web.Response(status=refusal.status, body=refusal.body,
-                                headers=list(refusal.headers) or None)
-        return web.Response(status=refusal.status, text=refusal.message + "\n",
-                            headers=list(refusal.headers) or None)
+        return refusal
 
 
 def _answer_101(response: UpstreamResponse, handshake: Handshake) -> bytes:
@@ -332,45 +336,6 @@ def _head_101(accept: str, protocol: str | None, extensions: str | None) -> byte
     if extensions:
         head += b"\r\nSec-WebSocket-Extensions: " + extensions.encode("latin-1")
     return head + b"\r\n\r\n"
-
-
-def _upgrade(request: web.BaseRequest, head: bytes) -> bool:
-    """Write the 101 raw on the transport (aiohttp's response objects would build, copy
-    and check headers for a head this fixed); False when the client is already gone."""
-    client = request.transport
-    if client is None or client.is_closing():
-        return False
-    client.write(head)
-    return True
-
-
-class _Upgraded(web.StreamResponse):
-    """What a handler returns to aiohttp once it wrote the 101 itself and the session
-    is over: nothing more to send, and the connection is not kept alive."""
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
-UPGRADED = _Upgraded(status=101)
-UPGRADED.force_close()
-
-
-def _handed_over(request: web.BaseRequest) -> web.StreamResponse:
-    """End aiohttp's handling of a connection a session now owns: its handler task
-    finishes without closing the transport (``_force_close`` set as such, not through
-    ``force_close()``, which would close it), and what only served the request (the
-    HTTP parser with the last request's headers, the finished task) is let go. aiohttp
-    still hears of the connection's end: the session's client side calls its
-    ``connection_lost``. tests/component/test_aiohttp_hook.py checks these names."""
-    handler = request.protocol
-    handler._force_close = True  # type: ignore[attr-defined]
-    handler._parser = None  # type: ignore[attr-defined]
-    handler._task_handler = None  # type: ignore[attr-defined]
-    return UPGRADED
 
 
 def _distinct(items: Iterable[str]) -> list[str]:

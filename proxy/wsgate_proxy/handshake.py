@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 
 from .auth import Authenticated
 from .config import Route
@@ -70,11 +70,11 @@ class Handshake:
         return identity.key if identity is not None else None
 
 
-def read_handshake(request: web.BaseRequest, active: ActiveConfig | None) -> Handshake:
-    """The handshake a request makes, or a Refusal saying what is wrong with it."""
+def read_handshake(request: RawRequestMessage, active: ActiveConfig | None) -> Handshake:
+    """The handshake a request head makes, or a Refusal saying what is wrong with it."""
     if active is None:
         raise Unavailable("the proxy has no configuration yet", reason="not ready")
-    raw_path, _, raw_query = request.raw_path.partition("?")
+    raw_path, _, raw_query = request.path.partition("?")
     try:
         path = normalize_path(raw_path)
     except (BadPath, UnicodeDecodeError) as exc:
@@ -87,7 +87,7 @@ def read_handshake(request: web.BaseRequest, active: ActiveConfig | None) -> Han
                      tuple(offered_subprotocols(request.headers)))
 
 
-def check_upgrade(request: web.BaseRequest, route: Route) -> None:
+def check_upgrade(request: RawRequestMessage, route: Route) -> None:
     """Refuse what is not a well-formed WebSocket handshake this route accepts."""
     headers = request.headers
     if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in (
@@ -122,7 +122,7 @@ def check_upgrade(request: web.BaseRequest, route: Route) -> None:
                             reason="origin not allowed")
 
 
-def _host(request: web.BaseRequest) -> str:
+def _host(request: RawRequestMessage) -> str:
     hosts = request.headers.getall("Host", ())
     if len(hosts) != 1:
         raise BadRequest("a request needs exactly one Host header" if hosts else
@@ -135,7 +135,7 @@ def _host(request: web.BaseRequest) -> str:
     return host
 
 
-def hash_key(handshake: Handshake, request: web.BaseRequest) -> str | None:
+def hash_key(handshake: Handshake, request: RawRequestMessage, remote: str) -> str | None:
     """What ConsistentHash hashes on; None (round robin) when the handshake lacks it."""
     policy = handshake.route.backend.load_balancing
     if policy.algorithm != "ConsistentHash":
@@ -143,5 +143,5 @@ def hash_key(handshake: Handshake, request: web.BaseRequest) -> str | None:
     if policy.hash_on == "Consumer":
         return handshake.consumer_key
     if policy.hash_on == "ClientIP":
-        return request.remote
+        return remote or None
     return request.headers.get(policy.hash_header or "")

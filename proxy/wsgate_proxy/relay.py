@@ -18,7 +18,7 @@ other frame is forwarded untouched.
 Once a session starts it owns both connections: each transport's protocol is swapped
 (``set_protocol``) for a ``_Side`` whose callbacks are the session's own methods, so a
 chunk goes from the event loop to ``feed_data``/``upstream_data`` with no adapter in
-between (aiohttp's handler, the dialler's protocol), and each side's
+between (the listener's connection, the dialler's protocol), and each side's
 ``pause_writing``/``resume_writing`` pauses and resumes reading on the other side: no
 check after each write, no drain task.
 """
@@ -29,8 +29,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from aiohttp.web_protocol import RequestHandler
 
 from .config import Endpoint
 from .first_message import MAX_AUTH_MESSAGE_BYTES, parse_auth_message
@@ -66,10 +64,9 @@ class _Side(asyncio.Protocol):
 class Session:
     """One relayed WebSocket session.
 
-    The client's bytes arrive at ``feed_data`` (first those aiohttp read with the
-    handshake, through ``set_parser``; then straight from the transport), its end at
-    ``feed_eof`` (through aiohttp's handler, which keeps its own bookkeeping of the
-    connection); the upstream's at ``upstream_data``/``upstream_lost``. Each side's
+    The client's bytes arrive at ``feed_data`` (first those the listener read after the
+    handshake's head; then straight from the transport), its end at ``feed_eof``; the
+    upstream's at ``upstream_data``/``upstream_lost``. Each side's
     write buffer pauses reading on the other side, so a slow reader never makes the
     proxy buffer without bound.
     """
@@ -90,7 +87,6 @@ class Session:
         endpoint: Endpoint,
         *,
         client_transport: asyncio.Transport,
-        client_protocol: RequestHandler,
         upstream_transport: asyncio.Transport,
         upstream_protocol: UpstreamProtocol,
         on_end: Callable[[Session], None],
@@ -124,7 +120,6 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self._client = client_transport
-        self._client_protocol = client_protocol
         self._upstream = upstream_transport
         self._upstream_protocol: UpstreamProtocol | None = upstream_protocol
         self._client_open = True
@@ -162,22 +157,22 @@ class Session:
         never paused, the buffer unbounded)."""
         self._upstream.set_protocol(_Side(self.upstream_data, self.upstream_lost,
                                           self._pause_client, self._resume_client))
-        self._client.set_protocol(_Side(self.feed_data, self._client_protocol.connection_lost,
+        self._client.set_protocol(_Side(self.feed_data, self._client_lost,
                                         self._pause_upstream, self._resume_upstream))
 
     def start(self) -> None:
         """Relay what the upstream sent with its 101 (after ``take_over``, and after the
-        client's bytes read with the handshake were handed over through aiohttp's
-        ``set_parser`` or the auth message's reader)."""
+        client's bytes read with the handshake were handed over by the listener or the
+        auth message's reader)."""
         assert self._upstream_protocol is not None
         self._upstream_protocol.hand_over(self)
         self._upstream_protocol = None  # done with: not held for the session's lifetime
         if (self._upstream_full or self._answers_backed_up) and self._client_open:
-            # set_parser and the reader resume reading the client once they have fed it.
+            # The listener and the reader resume reading the client once they fed it.
             self._client.pause_reading()
 
-    # -- client -> upstream (aiohttp's payload-parser interface) ---------------
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    # -- client -> upstream ------------------------------------------------------
+    def feed_data(self, data: bytes) -> None:
         self.bytes_c2u += len(data)
         inspector = self.c2u
         out = inspector.feed(data)
@@ -189,7 +184,9 @@ class Session:
             self._saw_close("client", inspector.close_code)
         if inspector.halted:
             self._closing_step()
-        return False, b""
+
+    def _client_lost(self, _exc: BaseException | None) -> None:
+        self.feed_eof()
 
     def feed_eof(self) -> None:
         if not self._client_open:

@@ -86,23 +86,21 @@ async def serve(
     if state is not None and (saved := state.load()) is not None:
         runtime.apply(saved)  # ready at once; a newer config replaces it when pushed
     gateway = Gateway(runtime)
-    # The low-level server: every request goes to the gateway, no router in between.
-    proxy_runner = web.ServerRunner(Listener(gateway.handle, options.heads, access_log=None))
+    # Every request head goes to the gateway: no web framework, no router in between.
+    listener = Listener(gateway.handle, options.heads)
     admin_runner = web.AppRunner(admin_app(runtime, options.admin_token, apply, apply_change),
                                  access_log=None)
-    await proxy_runner.setup()
     await admin_runner.setup()
     tasks: list[asyncio.Task[None]] = []
-    proxy_sites = [web.TCPSite(proxy_runner, *options.listen, backlog=options.backlog)]
-    if options.tls_listen is not None:
-        proxy_sites.append(web.TCPSite(proxy_runner, *options.tls_listen,
-                                       backlog=options.backlog,
-                                       ssl_context=runtime.certificates.listener_context()))
     try:
-        for site in proxy_sites:
-            await site.start()
+        host, port = await listener.start(*options.listen, backlog=options.backlog)
+        addresses = [f"{host}:{port}"]
+        if options.tls_listen is not None:
+            host, port = await listener.start(
+                *options.tls_listen, backlog=options.backlog,
+                ssl_context=runtime.certificates.listener_context())
+            addresses.append(f"{host}:{port}")
         await web.TCPSite(admin_runner, *options.admin_listen).start()
-        addresses = [f"{host}:{port}" for host, port, *_ in proxy_runner.addresses]
         log.info("listening", extra={
             "listen": addresses[0], "admin_listen": _address(admin_runner),
             **({"tls_listen": addresses[1]} if options.tls_listen else {})})
@@ -117,17 +115,15 @@ async def serve(
                                     "drain_seconds": options.drain_seconds})
         # Stop accepting and report not ready; let sessions end on their own for the
         # drain period; then close the rest with close frames while their connections
-        # still deliver the peers' replies (aiohttp's own shutdown stops reading from
-        # connections, so it comes last).
+        # still deliver the peers' replies; last, the connections no session owns.
         runtime.draining = True
-        for site in proxy_sites:
-            await site.stop()
+        listener.stop_accepting()
         await _wait_sessions_ended(runtime, options.drain_seconds, abort=False)
         for task in tasks:
             task.cancel()
         runtime.close_all(CloseCode.GOING_AWAY, "proxy shutting down")
         await _wait_sessions_ended(runtime, SHUTDOWN_GRACE_SECONDS)
-        await proxy_runner.cleanup()
+        await listener.close()
         await admin_runner.cleanup()
         await runtime.close()
         if state is not None:

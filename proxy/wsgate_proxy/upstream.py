@@ -187,23 +187,35 @@ async def open_upstream(
     can accept to its ``offered`` subprotocols and extensions."""
     loop = asyncio.get_running_loop()
     ssl_options = {"ssl": tls[0], "server_hostname": tls[1]} if tls else {}
+    connected = False
     try:
-        async with asyncio.timeout(connect_timeout):
+        # One deadline, moved once: connecting, then the upstream's answer, each get
+        # connect_timeout (one timer per dial, not two).
+        async with asyncio.timeout(connect_timeout) as deadline:
             transport, protocol = await loop.create_connection(
                 UpstreamProtocol, endpoint.address, endpoint.port, **ssl_options
             )
+            connected = True
+            try:
+                transport.write(request)
+                deadline.reschedule(loop.time() + connect_timeout)
+                head = await protocol.response_head()
+            except BaseException:
+                transport.abort()
+                raise
     except TimeoutError:
-        raise UpstreamError(f"connecting timed out after {connect_timeout:g}s",
-                            endpoint=endpoint) from None
+        message = (f"did not answer the handshake within {connect_timeout:g}s" if connected
+                   else f"connecting timed out after {connect_timeout:g}s")
+        raise UpstreamError(message, endpoint=endpoint) from None
+    except UpstreamError as exc:  # closed during the handshake, or a head too big
+        exc.endpoint = endpoint
+        raise
     except ssl.SSLError as exc:
         raise UpstreamError(f"TLS failed: {exc.reason or exc}", endpoint=endpoint) from None
     except OSError as exc:
         raise UpstreamError(f"cannot connect: {exc.strerror or exc}",
                             endpoint=endpoint) from None
     try:
-        transport.write(request)
-        async with asyncio.timeout(connect_timeout):
-            head = await protocol.response_head()
         response = parse_response_head(head)
         if response.status != 101:
             raise UpstreamError(f"answered the upgrade with HTTP {response.status}",
@@ -213,10 +225,6 @@ async def open_upstream(
         transport.abort()
         exc.endpoint = endpoint
         raise
-    except TimeoutError:
-        transport.abort()
-        raise UpstreamError(f"did not answer the handshake within {connect_timeout:g}s",
-                            endpoint=endpoint) from None
     except BaseException:
         transport.abort()
         raise

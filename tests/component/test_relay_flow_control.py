@@ -1,5 +1,5 @@
 """The session's flow control from its first byte: real sockets (socketpairs), the real
-Session and upstream protocol; a stand-in only for aiohttp's request handler."""
+Session and upstream protocol; a stand-in only for the listener's connection."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from wsgate_proxy.relay import Session
 from wsgate_proxy.upstream import UpstreamProtocol
 
 
-class RequestHandler(asyncio.Protocol):
-    """What owns the client's connection before the session (aiohttp's handler)."""
+class ClientConnection(asyncio.Protocol):
+    """What owns the client's connection before the session (the listener's)."""
 
     def __init__(self) -> None:
         self.pauses = 0
@@ -35,7 +35,7 @@ async def test_a_greeting_that_fills_the_client_pauses_the_upstream_from_the_sta
     upstream_side, upstream = socket.socketpair()
     client_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never reads
-    client_transport, handler = await loop.create_connection(RequestHandler, sock=client_side)
+    client_transport, handler = await loop.create_connection(ClientConnection, sock=client_side)
     upstream_transport, dialled = await loop.create_connection(UpstreamProtocol,
                                                                sock=upstream_side)
     dialled.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + binary_frame(300_000))
@@ -44,7 +44,7 @@ async def test_a_greeting_that_fills_the_client_pauses_the_upstream_from_the_sta
     handshake = SimpleNamespace(route=route, host="h", path="/",
                                 who=SimpleNamespace(identity=None, valid_until=None))
     session = Session(handshake, SimpleNamespace(), client_transport=client_transport,
-                      client_protocol=handler, upstream_transport=upstream_transport,
+                      upstream_transport=upstream_transport,
                       upstream_protocol=dialled, on_end=lambda _session: None)
     try:
         session.take_over()
