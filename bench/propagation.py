@@ -45,6 +45,7 @@ import aiohttp
 from bench import world
 from bench.common import RESULTS, run_main, table, write_results
 from bench.emulator import PROXY_LABELS, PROXY_NAMESPACE, Emulator
+from bench.paths import rss_kib
 from tests.kube.operator import write_kubeconfig
 from tests.operator.conftest import shared_admin_port
 from tests.support import TOKEN, rss_kib
@@ -71,6 +72,10 @@ def summary_ms(values: list[float]) -> dict[str, float]:
             "p99": round(percentile(values, 0.99) * 1000, 1),
             "max": round(max(values) * 1000, 1) if values else float("nan"),
             "count": len(values)}
+
+
+def each_ms(values: list[float]) -> list[float]:
+    return [round(v * 1000, 1) for v in values]
 
 
 # -- clients ---------------------------------------------------------------------------
@@ -171,15 +176,19 @@ async def operator_metric(http: aiohttp.ClientSession, port: int, name: str) -> 
     return sum(values) if values else None
 
 
-async def wait_statuses(operator: WsgateProcess, expected: int, limit: float) -> float:
-    """Seconds until the operator logged ``expected`` status writes in all."""
+async def wait_statuses(http: aiohttp.ClientSession, port: int, expected: int,
+                        limit: float) -> float | None:
+    """Seconds until the operator has written ``expected`` statuses and has none queued
+    (None: not within ``limit``)."""
     started = time.perf_counter()
-    while True:
-        written = sum(r.get("statuses", 0) for r in operator.log_records()
-                      if r.get("event") == "statuses written")
-        if written >= expected or time.perf_counter() - started > limit:
+    while time.perf_counter() - started < limit:
+        written = await operator_metric(
+            http, port, 'wsgate_operator_status_writes_total{outcome="written"}')
+        pending = await operator_metric(http, port, "wsgate_operator_statuses_pending")
+        if (written or 0) >= expected and pending == 0:
             return time.perf_counter() - started
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def writes(http: aiohttp.ClientSession, urls: list[str], consumers: int,
@@ -277,7 +286,7 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
             "proxy", "--listen", "127.0.0.1:0", "--admin-listen", f"{address}:{port}",
             env={"WSGATE_ADMIN_TOKEN": TOKEN}, name=f"proxy-{n}"))
             for n, address in enumerate(PROXY_ADDRESSES)]
-        empty_rss = [rss_kib(p.proc.pid) for p in proxies]
+        empty_rss = [rss_kib([p.proc.pid]) for p in proxies]
         emulator = Emulator(routes, consumers, echo.port, {
             f"proxy-{n}": address for n, address in enumerate(PROXY_ADDRESSES)}).start()
         stack.callback(emulator.stop)
@@ -295,6 +304,7 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
 
         async with aiohttp.ClientSession() as http:
             last = proxy_urls(proxies, routes - 1)
+            started = time.perf_counter()
             running = operator().start_without_waiting()
             try:
                 result["startup_s"] = round(await until(
@@ -309,11 +319,15 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
             print(f"  operator start -> both proxies serve {routes} routes + {consumers} "
                   f"consumers: {result['startup_s']}s")
             result["proxy_kib_per_consumer"] = round(statistics.mean(
-                (rss_kib(p.proc.pid) - base) / consumers
+                (rss_kib([p.proc.pid]) - base) / consumers
                 for p, base in zip(proxies, empty_rss, strict=True)), 2)
-            result["proxy_rss_mib"] = [round(rss_kib(p.proc.pid) / 1024, 1) for p in proxies]
-            settled = await wait_statuses(running, routes + consumers, args.timeout)
-            print(f"  statuses written {settled:.1f}s later")
+            result["proxy_rss_mib"] = [round(rss_kib([p.proc.pid]) / 1024, 1) for p in proxies]
+            # Every route's and consumer's first status written: from the operator's start.
+            settled = await wait_statuses(http, metrics_port, routes + consumers, args.timeout)
+            result["statuses_s"] = None if settled is None else \
+                round(time.perf_counter() - started, 1)
+            print(f"  operator start -> its {routes + consumers} statuses written: "
+                  f"{result['statuses_s'] or 'not'} s")
 
             async def rotate(i: int, key: str) -> None:
                 async with http.patch(
@@ -354,7 +368,11 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
                     result["restart_s"] = None
                 restart_end = time.perf_counter()
                 await asyncio.sleep(1)
+                # What the restarted operator wrote (the statuses it found were its own).
+                result["restart_status_writes"] = await operator_metric(
+                    http, metrics_port, 'wsgate_operator_status_writes_total{outcome="written"}')
             result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
+            result["each_write_ms"] = {k: each_ms(v) for k, v in delays.items()}
             result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
             result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
             result["rtt_restart_ms"] = summary_ms(pingers.between(restarted_at, restart_end))
@@ -374,7 +392,7 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
               f"{time.perf_counter() - started:.1f}s")
         empty = stack.enter_context(WsgateProcess("proxy", "--listen", "127.0.0.1:0",
                                                   "--admin-listen", "127.0.0.1:0"))
-        empty_rss = rss_kib(empty.proc.pid)
+        empty_rss = rss_kib([empty.proc.pid])
         async with aiohttp.ClientSession() as http:
             started = time.perf_counter()
             proxies = [stack.enter_context(WsgateProcess(
@@ -391,8 +409,8 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
             result["startup_s"] = round(time.perf_counter() - started, 2)
             print(f"  standalone start -> both proxies serve the set: {result['startup_s']}s")
             result["proxy_kib_per_consumer"] = round(statistics.mean(
-                (rss_kib(p.proc.pid) - empty_rss) / consumers for p in proxies), 2)
-            result["proxy_rss_mib"] = [round(rss_kib(p.proc.pid) / 1024, 1) for p in proxies]
+                (rss_kib([p.proc.pid]) - empty_rss) / consumers for p in proxies), 2)
+            result["proxy_rss_mib"] = [round(rss_kib([p.proc.pid]) / 1024, 1) for p in proxies]
             keys = {i: world.original_key(i) for i in range(consumers)}
             admin_ports = [p.admin_port for p in proxies]
             await warm_routes(http, proxies, routes, world.original_key(consumers - 1))
@@ -442,7 +460,7 @@ def _ms(summary: dict[str, float] | None, *keys: str) -> str:
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    rows = [["mode", "consumers", "start-up s", "rotated p50/p99/max ms",
+    rows = [["mode", "consumers", "start-up s", "statuses s", "rotated p50/p99/max ms",
              "deleted p50/p99/max ms", "RTT quiet p99/max", "RTT writes p99/max",
              "restart s", "RTT restart p99/max", "full push s", "RTT full push p99/max",
              "scrape p50/max ms", "series", "RTT scrapes p99/max", "bytes/change",
@@ -452,6 +470,7 @@ def report(results: list[dict[str, Any]]) -> str:
         rows.append([
             r["mode"], f"{r['consumers']:,}",
             "timeout" if r.get("startup_s") is None else f"{r['startup_s']:.1f}",
+            "-" if r.get("statuses_s") is None else f"{r['statuses_s']:.1f}",
             _ms(writes_ms.get("key rotated"), "p50", "p99", "max"),
             _ms(writes_ms.get("consumer deleted"), "p50", "p99", "max"),
             _ms(r.get("rtt_quiet_ms"), "p99", "max"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -41,6 +42,9 @@ log = logging.getLogger("wsgate.handlers")
 
 # How long to wait for objects listed at start that kopf never delivers (deleted since).
 INITIAL_LIST_WAIT_SECONDS = 60.0
+# How long start-up waits for the first build to reach the proxies before kopf starts
+# its watches (which deliver every object again, and keep the loop busy meanwhile).
+FIRST_PUSH_WAIT_SECONDS = 30.0
 
 
 def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
@@ -96,6 +100,8 @@ def _watch(registry: kopf.OperatorRegistry, kind: Kind, options: OperatorOptions
         cache: ClusterCache = memo.cache
         if event.get("type") == "DELETED":
             relevant = cache.remove(kind, body)
+        elif cache.holds(kind, body):
+            return  # the version held already: kopf's delivery of what was listed at start
         else:
             relevant = cache.put(kind, _plain(kind, body), _fingerprint(kind, body))
         reconciler: Reconciler = memo.reconciler
@@ -128,7 +134,8 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
             target, reason, options.proxy_namespace),
         metrics=metrics,
     )
-    memo.reconciler = Reconciler(cache.view, pusher, KubeWriter(),
+    memo.writer = KubeWriter()
+    memo.reconciler = Reconciler(cache.view, pusher, memo.writer,
                                  holdoff=options.holdoff, max_holdoff=options.max_holdoff,
                                  verify_every=options.verify_every, metrics=metrics)
     memo.pusher = pusher
@@ -142,6 +149,17 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     memo.reconciler.objects_changed()  # the first build: the whole view, now
     memo.tasks = [asyncio.create_task(memo.reconciler.run()),
                   asyncio.create_task(_drop_undelivered(cache, memo.reconciler))]
+    # kopf starts watching when this returns, and delivers every object again (21,000
+    # deliveries at 10,000 consumers, most of the operator's CPU for seconds): the first
+    # build is pushed before that, within a bound. Changes made meanwhile come with those
+    # deliveries (kopf lists afresh), so nothing is missed.
+    try:
+        async with asyncio.timeout(FIRST_PUSH_WAIT_SECONDS):
+            await memo.reconciler.wait_for_build(0)
+            await pusher.idle.wait()
+    except TimeoutError:
+        log.warning("the first config has not reached every proxy yet; watching anyway",
+                    extra={"seconds": FIRST_PUSH_WAIT_SECONDS})
 
 
 async def _drop_undelivered(cache: ClusterCache, reconciler: Reconciler) -> None:
@@ -156,6 +174,11 @@ async def _drop_undelivered(cache: ClusterCache, reconciler: Reconciler) -> None
                         "dropped", extra={"missing": dropped})
             reconciler.objects_changed()
     log.info("initial lists delivered", extra={"objects": cache.size()})
+    # What start-up built lives as long as the operator (kopf's state of each object, the
+    # bodies it delivered, the statuses written): out of the collector's sight, so that a
+    # full collection does not walk it while a change waits to be pushed.
+    await reconciler.statuses.wait_drained()
+    gc.freeze()
 
 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -163,3 +186,5 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     if memo.get("pusher") is not None:
         await memo.pusher.close()
+    if memo.get("writer") is not None:
+        await memo.writer.close()

@@ -29,6 +29,11 @@ async def run_operator(
     (e.g. http://0.0.0.0:8080/healthz); ``memo`` receives the operator's parts
     (``options``, ``metrics``, and once it has started ``cache``, ``reconciler``,
     ``pusher``); ``metrics`` is where it counts (a registry of its own by default)."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs every handler call at info ("Handler ... succeeded."): a line per
+        # event, tens of thousands at start-up and one per status written. Its warnings
+        # and errors still show; --log-level debug shows the rest.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo = memo if memo is not None else kopf.Memo()
     memo.options = options
     memo.metrics = metrics or OperatorMetrics()

@@ -28,6 +28,22 @@ class OperatorMetrics:
             "wsgate_operator_compile_seconds", "Time to compile the whole view.",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry)
+        self.status_writes = Counter(
+            "wsgate_operator_status_writes", "Status writes to the API, by outcome "
+            "(written; failed: computed and queued again by the next build).", ["outcome"],
+            registry=self.registry)
+        self.statuses_skipped = Counter(
+            "wsgate_operator_statuses_skipped", "Statuses computed and not written, by why "
+            "(unchanged: the object carries it already, or it is queued; replaced: a newer "
+            "status of the same object took its place in the queue).", ["reason"],
+            registry=self.registry)
+        self.statuses_pending = Gauge(
+            "wsgate_operator_statuses_pending", "Status writes queued, waiting for the "
+            "pushes to be done and for a writer.", registry=self.registry)
+        for outcome in ("written", "failed"):  # exported at 0 before the first
+            self.status_writes.labels(outcome)
+        for reason in ("unchanged", "replaced"):
+            self.statuses_skipped.labels(reason)
         self.objects = Gauge(
             "wsgate_operator_objects", "Objects in the operator's view, by kind.", ["kind"],
             registry=self.registry)

@@ -100,6 +100,11 @@ class Pusher:
         self._targets: dict[str, ProxyTarget] = {}
         self._running: dict[str, str] = {}  # proxy -> version it runs
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Proxies being brought up to date right now (not those waiting to retry): while
+        # any is, status writes wait (reconciler.py), so that they never delay a push.
+        self._busy: set[str] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._included: OrderedDict[str, frozenset[tuple[str, int]]] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
 
@@ -111,10 +116,14 @@ class Pusher:
         if self._config is not None and config.version == self._config.version:
             self._config = config
             return
-        self._config = config
+        previous, self._config = self._config, config
         self._full_body = None
-        self._included[config.version] = frozenset(
-            (r.key, r.generation) for r in config.items["route"].values())
+        if previous is not None and previous.version in self._included and not any(
+                kind == "route" for kind, _ in config.changed_items):
+            included = self._included[previous.version]  # the same routes (most builds)
+        else:
+            included = frozenset((r.key, r.generation) for r in config.items["route"].values())
+        self._included[config.version] = included
         self._included.move_to_end(config.version)
         while len(self._included) > REMEMBERED_VERSIONS:
             self._included.popitem(last=False)
@@ -161,6 +170,7 @@ class Pusher:
             self._on_change()
 
     def _forget(self, name: str) -> None:
+        self._set_busy(name, False)
         self._asked.discard(name)
         self._failing.discard(name)
         self._whole.discard(name)
@@ -197,9 +207,26 @@ class Pusher:
             return
         task = self._tasks.get(name)
         if task is None or task.done():
+            self._set_busy(name, True)
             self._tasks[name] = asyncio.create_task(self._push_until_current(name))
 
+    def _set_busy(self, name: str, busy: bool) -> None:
+        if busy:
+            self._busy.add(name)
+            self.idle.clear()
+        else:
+            self._busy.discard(name)
+            if not self._busy:
+                self.idle.set()
+
     async def _push_until_current(self, name: str) -> None:
+        try:
+            await self._bring_one(name)
+        finally:
+            if self._tasks.get(name) is asyncio.current_task():
+                self._set_busy(name, False)
+
+    async def _bring_one(self, name: str) -> None:
         delay = FIRST_RETRY_SECONDS
         target = self._targets.get(name)
         if target is not None and name not in self._running:
@@ -240,7 +267,9 @@ class Pusher:
             if name not in self._failing:
                 self._failing.add(name)
                 self._on_failure(target, answer)
+            self._set_busy(name, False)  # a proxy that keeps failing holds up nothing else
             await asyncio.sleep(delay)
+            self._set_busy(name, True)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def _push(self, target: ProxyTarget, version: str, body: bytes,

@@ -25,8 +25,12 @@ from tests.support import (
 from wsgate_operator.cache import ClusterCache
 from wsgate_operator.compiler import ObjectRef, Snapshot
 from wsgate_operator.kinds import BY_KIND
+from wsgate_operator.kube import StatusNotWritten
+from wsgate_operator.metrics import OperatorMetrics
 from wsgate_operator.pusher import ProxyTarget, Pusher
 from wsgate_operator.reconciler import ClusterView, Reconciler
+from wsgate_operator.status import Event
+from wsgate_operator.status_writes import StatusWrites
 
 
 class RecordingWriter:
@@ -35,8 +39,15 @@ class RecordingWriter:
         self.statuses = {}
         self.events = []
         self.writes = 0
+        # Called as each write starts (what the test wants to know of that moment), and
+        # then how long the write takes (an API server's answer).
+        self.on_write = lambda: None
+        self.delay = 0.0
 
     async def write_status(self, obj, status):
+        self.on_write()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.writes += 1
         # As the watch would bring it back: a new body in the object's place (the one
         # the build read may be in the compiler's thread).
@@ -310,3 +321,133 @@ async def test_events_during_a_compile_never_reach_it():
     assert names == {"john"} | {f"c{i}" for i in range(changes, 1500)} | {
         f"new{i}" for i in range(changes)}
     await pusher.close()
+
+
+def _pushes_done(op, proxies):
+    """At this moment: no build waits, and every proxy runs the latest build."""
+    version = op.reconciler.compiled.version
+    return op.pusher.running() == {name: version for name in proxies}
+
+
+async def test_statuses_are_written_after_the_pushes_and_never_hold_one_back(proxies, upstream):
+    objects = objects_for(upstream.port)
+    for i in range(300):
+        objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        moments = []
+        op.writer.on_write = lambda: moments.append(_pushes_done(op, proxies))
+        op.writer.delay = 0.01  # 302 writes, 16 at a time: the queue lasts a while
+        await eventually(lambda: _all_run(op, proxies))
+        # A key rotated while most statuses still wait: it is pushed before them.
+        await eventually(lambda: _some_written(op))
+        secret = next(o for o in objects if o["metadata"]["name"] == "c299-key")
+        objects[objects.index(secret)] = {**secret, "stringData": {"key": "rotated"}}
+        builds = op.reconciler.builds
+        op.reconciler.objects_changed()
+        await asyncio.wait_for(op.reconciler.wait_for_build(builds), 5)
+        await asyncio.wait_for(op.pusher.wait_idle(), 5)
+        assert op.reconciler.statuses.pending() > 0  # the push did not wait for them
+        await asyncio.wait_for(op.reconciler.statuses.wait_drained(), 30)
+        # Every write started when the proxies ran the latest build: none went first.
+        assert len(moments) >= 302
+        assert all(moments)
+        assert op.pusher.metrics.value("wsgate_operator_status_writes_total",
+                                       outcome="written") == op.writer.writes
+
+
+async def _some_written(op):
+    assert 16 <= op.writer.writes < 200
+
+
+async def test_a_restarted_operator_writes_no_status(proxies, upstream):
+    objects = objects_for(upstream.port)
+    for i in range(20):
+        objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+    admin = {n: p.admin_port for n, p in proxies.items()}
+    async with Operator(objects, admin) as first:
+        await eventually(lambda: _programmed(first))
+        await asyncio.wait_for(first.reconciler.statuses.wait_drained(), 10)
+        assert first.writer.writes == 22  # a route and 21 consumers, once each
+    # The objects now carry what the first operator wrote (the writer put it there, as
+    # the API would); a new operator computes the same statuses and writes none.
+    async with Operator(objects, admin) as second:
+        async def all_computed():
+            unchanged = second.pusher.metrics.value(
+                "wsgate_operator_statuses_skipped_total", reason="unchanged")
+            assert unchanged >= 22
+            assert second.pusher.knows_every_proxy()
+
+        await eventually(all_computed)
+        await asyncio.wait_for(second.pusher.wait_idle(), 5)
+        await asyncio.wait_for(second.reconciler.statuses.wait_drained(), 5)
+        assert second.writer.writes == 0
+        assert second.pushes() == 0  # and the proxies ran its config already
+
+
+async def test_repeated_changes_of_one_object_are_written_once():
+    written = []
+    metrics = OperatorMetrics()
+    gate = asyncio.Event()  # the pushes: not done until the test says so
+    waiting = []
+
+    async def pushes_done():
+        waiting.append(1)
+        await gate.wait()
+
+    class Writer:
+        async def write_status(self, obj, status):
+            written.append((obj["metadata"]["name"], status))
+
+        async def post_event(self, obj, event):
+            written.append((obj["metadata"]["name"], event.reason))
+
+    queue = StatusWrites(Writer(), metrics, pushes_done, lambda _key: None, writers=4)
+    task = asyncio.create_task(queue.run())
+    try:
+        consumer = consumer_objects("c", "k")[1]
+        ref = ObjectRef.of(consumer)
+        for n in range(5):
+            queue.queue(ref, consumer, {"n": n}, [Event(ref, "Normal", f"R{n}", "")])
+        other = consumer_objects("d", "k")[1]
+        queue.queue(ObjectRef.of(other), other, {"n": 0}, [])
+        await eventually(lambda: _equal(len(waiting), 4))  # every writer at the gate
+        assert written == []  # nothing goes before the pushes
+        assert queue.pending() == 2
+        gate.set()
+        await asyncio.wait_for(queue.wait_drained(), 5)
+        # The latest status once, after every Event; the other object's too.
+        mine = [w for w in written if w[0] == "c"]
+        assert mine == [("c", f"R{n}") for n in range(5)] + [("c", {"n": 4})]
+        assert ("d", {"n": 0}) in written
+        assert metrics.value("wsgate_operator_statuses_skipped_total", reason="replaced") == 4
+        assert metrics.value("wsgate_operator_status_writes_total", outcome="written") == 2
+    finally:
+        task.cancel()
+
+
+async def _equal(a, b):
+    assert a == b
+
+
+async def test_a_status_the_api_refused_is_written_again(proxies, upstream):
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        refusals = []
+        write = op.writer.write_status
+
+        async def refuse_once(obj, status):
+            if obj["metadata"]["name"] == "john" and not refusals:
+                refusals.append(obj)
+                raise StatusNotWritten("the API answered 503: try later")
+            await write(obj, status)
+
+        op.writer.write_status = refuse_once
+        # No other change comes: the failed write alone brings it back.
+        await eventually(lambda: _ready(op, "john"), timeout=15)
+        assert len(refusals) == 1
+        assert op.pusher.metrics.value("wsgate_operator_status_writes_total",
+                                       outcome="failed") == 1
+
+
+async def _ready(op, name):
+    assert condition(op.status("WsConsumer", name), "Ready")["status"] == "True"

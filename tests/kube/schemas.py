@@ -6,6 +6,7 @@ draft 4, with the Kubernetes extensions that matter here), and the CEL rules
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import celpy
@@ -80,19 +81,36 @@ def _path(parts: Any) -> str:
 _CEL = celpy.Environment()
 
 
-def _cel_errors(value: Any, schema: Schema, path: list[Any]) -> list[tuple[str, str]]:
-    """Evaluate every x-kubernetes-validations rule where its field is present."""
+@functools.lru_cache(maxsize=1024)
+def _cel_program(rule: str) -> celpy.Runner:
+    """A rule compiled once (parsing it is most of the cost of evaluating it)."""
+    return _CEL.program(_CEL.compile(rule))
+
+
+_ABSENT = object()
+
+
+def _cel_errors(value: Any, schema: Schema, path: list[Any],
+                old: Any = _ABSENT) -> list[tuple[str, str]]:
+    """Evaluate every x-kubernetes-validations rule where its field is present. On an
+    update, a value equal to the one stored is not validated again (the API server's
+    validation ratcheting, on by default since Kubernetes 1.30: a status write does not
+    evaluate the spec's rules)."""
+    if old is not _ABSENT and value == old:
+        return []
     errors = []
     for rule in schema.get("x-kubernetes-validations") or []:
-        program = _CEL.program(_CEL.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        result = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         if isinstance(result, celpy.CELEvalError) or not bool(result):
             errors.append((_path(path), rule.get("message") or f"failed rule: {rule['rule']}"))
     if isinstance(value, dict):
+        olds = old if isinstance(old, dict) else {}
         for key, sub in (schema.get("properties") or {}).items():
             if key in value:
-                errors += _cel_errors(value[key], sub, [*path, key])
+                errors += _cel_errors(value[key], sub, [*path, key], olds.get(key, _ABSENT))
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        # Items of a list are ratcheted by position only where the list is a set or
+        # keeps its order; simpler and stricter: a changed list validates every item.
         for i, item in enumerate(value):
             errors += _cel_errors(item, schema["items"], [*path, i])
     return errors
@@ -108,7 +126,10 @@ class CrdSchema:
         return [f for f in pruned_fields(obj, self.schema)
                 if f.split(".")[0].split("[")[0] != "metadata"]
 
-    def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    def admit(self, obj: dict[str, Any], stored: dict[str, Any] | None = None
+              ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The object pruned and defaulted, and what is wrong with it (``stored``: the
+        object it updates, whose unchanged values are not held to the CEL rules again)."""
         metadata = obj.get("metadata")
         admitted = _prune_and_default(copy.deepcopy(obj), self.schema)
         admitted["metadata"] = metadata  # metadata is the API server's own business
@@ -117,7 +138,8 @@ class CrdSchema:
             for error in self._validator.iter_errors(admitted)
         )
         if not errors:  # the API server runs CEL on schema-valid objects only
-            errors = _cel_errors(admitted, self.schema, [])
+            errors = _cel_errors(admitted, self.schema, [],
+                                 _ABSENT if stored is None else stored)
         return admitted, errors
 
 

@@ -148,18 +148,32 @@ class Store:
         return copy.deepcopy(obj)
 
     def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[Obj]:
-        return [copy.deepcopy(obj) for (key, ns, _), obj in sorted(self.objects.items())
-                if key == kind.key and (namespace is None or ns == namespace)
-                and selector_matches(label_selector, obj["metadata"].get("labels") or {})
+             field_selector: str | None = None, *, copies: bool = True) -> list[Obj]:
+        """The matching objects, by namespace and name. ``copies=False`` for a caller that
+        only serializes them at once (a stored object is replaced on every write, never
+        changed in place); 50,000 deep copies per list are seconds."""
+        found = sorted((entry for entry in self.objects.items()
+                        if entry[0][0] == kind.key
+                        and (namespace is None or entry[0][1] == namespace)), key=lambda e: e[0])
+        return [copy.deepcopy(obj) if copies else obj for _, obj in found
+                if selector_matches(label_selector, obj["metadata"].get("labels") or {})
                 and field_matches(field_selector, obj)]
 
     def events_since(self, kind: Kind, resource_version: int) -> list[WatchEvent]:
         if self.log and resource_version < self.log[0].resource_version - 1:
             raise ApiError(410, "Expired", f"too old resource version: {resource_version} "
                                            f"({self.log[0].resource_version - 1})")
-        return [e for e in self.log
-                if e.kind.key == kind.key and e.resource_version > resource_version]
+        # From the newest back to the first already seen: a watch that keeps up reads
+        # only what is new (a scan of the whole log per wake-up made every write cost
+        # the log's length, times the watches).
+        found = []
+        for event in reversed(self.log):
+            if event.resource_version <= resource_version:
+                break
+            if event.kind.key == kind.key:
+                found.append(event)
+        found.reverse()
+        return found
 
     # -- writing ------------------------------------------------------------------------
     def _record(self, kind: Kind, type_: str, obj: Obj) -> None:
@@ -242,7 +256,7 @@ class Store:
                       "deletionTimestamp"):
             if fixed in current["metadata"]:
                 meta[fixed] = current["metadata"][fixed]
-        new = _fold_string_data(self._validated(kind, new, field_validation))
+        new = _fold_string_data(self._validated(kind, new, field_validation, current))
         if _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -282,7 +296,8 @@ class Store:
                            "the object has been modified; please apply your changes to the "
                            "latest version and try again")
 
-    def _validated(self, kind: Kind, obj: Obj, field_validation: str) -> Obj:
+    def _validated(self, kind: Kind, obj: Obj, field_validation: str,
+                   stored: Obj | None = None) -> Obj:
         schema = self.schemas.get(kind.key)
         name = (obj.get("metadata") or {}).get("name", "")
         if schema is None:
@@ -291,7 +306,7 @@ class Store:
         if unknown and field_validation == "Strict":
             raise _undecodable(kind, "strict decoding error: " + ", ".join(
                 f'unknown field "{f}"' for f in unknown))
-        obj, errors = schema.admit(obj)
+        obj, errors = schema.admit(obj, stored)
         if errors:
             raise _invalid(kind, name, errors)
         return obj

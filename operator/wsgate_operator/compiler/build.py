@@ -82,6 +82,8 @@ class Compiler:
         # Since the last result: the items that changed, the objects whose result did.
         self._changed_items: set[ItemKey] = set()
         self._changed_refs: set[ObjectRef] = set()
+        # The last result's ready endpoints per route (shared by results: never edited).
+        self._route_endpoints: dict[ObjectRef, int] | None = None
 
     # -- input -----------------------------------------------------------------------
     def load(self, snapshot: Snapshot) -> Compiler:
@@ -364,10 +366,15 @@ class Compiler:
             for ref, found in source.items():
                 if found:
                     problems.setdefault(ref, []).extend(found)
-        endpoints = self.items["endpoints"]
-        route_endpoints = {
-            ref: len(e.endpoints) if (e := endpoints.get(r.route.endpoints_key)) else 0
-            for ref, r in self._routes.items()}
+        # Ready endpoints per route: counted again only when a route or endpoints changed
+        # (a build is often one consumer's).
+        if self._route_endpoints is None or any(
+                kind in ("route", "endpoints") for kind, _ in self._changed_items):
+            endpoints = self.items["endpoints"]
+            self._route_endpoints = {
+                ref: len(e.endpoints) if (e := endpoints.get(r.route.endpoints_key)) else 0
+                for ref, r in self._routes.items()}
+        route_endpoints = self._route_endpoints
         compiled = Compiled(
             items={kind: dict(items) for kind, items in self.items.items()},
             version=cfg.version_of(self._digest_sum),
