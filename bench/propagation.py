@@ -48,7 +48,7 @@ from bench.emulator import PROXY_LABELS, PROXY_NAMESPACE, Emulator
 from bench.paths import rss_kib
 from tests.kube.operator import write_kubeconfig
 from tests.operator.conftest import shared_admin_port
-from tests.support import TOKEN, rss_kib
+from tests.support import TOKEN
 from wsgate.processes import WsgateProcess
 from wsgate_operator.manifests import compile_directory
 from wsgate_proxy import config_stream
