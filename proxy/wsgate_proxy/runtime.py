@@ -34,7 +34,7 @@ from .config import (
     Route,
     version_of,
 )
-from .config_stream import SLICE_SECONDS, ConfigChange
+from .config_stream import ConfigChange
 from .expiry import Lifetimes
 from .external_auth import ExternalAuthClient
 from .frames import CloseCode
@@ -46,6 +46,7 @@ from .outbound import Outbound
 from .passwords import MAX_PENDING, PasswordVerifier
 from .relay import Session
 from .routing import Router
+from .slices import SliceClock
 from .tls import CertificateStore, upstream_context
 
 access_log = logging.getLogger("wsgate.access")
@@ -118,13 +119,13 @@ class ActiveConfig:
                 removed = {kind: previous.items[kind].keys() - change.set[kind].keys()
                            for kind in ITEM_MODELS}
                 digests = {}
-                started = time.perf_counter()
-                for n, (item, digest) in enumerate(change.digests.items()):
+                clock = SliceClock(every=64)
+                for item, digest in change.digests.items():
                     if previous.digests.get(item) != digest:
                         digests[item] = digest
-                    if n % 64 == 0 and time.perf_counter() - started > SLICE_SECONDS:
+                    if clock.due():
                         yield None
-                        started = time.perf_counter()
+                        clock.restart()
         changed = {kind: set() for kind in ITEM_MODELS}
         for kind, key in digests:
             changed[kind].add(key)
@@ -134,29 +135,29 @@ class ActiveConfig:
             for key in keys:
                 if self.items[kind].pop(key, None) is not None:
                     self.digest_sum -= self.digests.pop((kind, key))
-        started = time.perf_counter()
-        for n, ((kind, key), digest) in enumerate(digests.items()):
+        clock = SliceClock(every=64)
+        for (kind, key), digest in digests.items():
             self.digest_sum += digest - self.digests.get((kind, key), 0)
             self.digests[(kind, key)] = digest
             self.items[kind][key] = change.set[kind][key]
-            if n % 64 == 0 and time.perf_counter() - started > SLICE_SECONDS:
+            if clock.due():
                 yield None
-                started = time.perf_counter()
+                clock.restart()
         if version_of(self.digest_sum) != change.version:
             raise ConfigMismatch(f"the change does not lead to version {change.version} "
                                  f"(it leads to {version_of(self.digest_sum)}): send the "
                                  "whole config")
         yield None
         # Consumers.
-        started = time.perf_counter()
+        clock = SliceClock()
         for key in removed["consumer"]:
             self.authenticator.remove(key)
         consumers = self.items["consumer"]
         for key in changed["consumer"]:
             self.authenticator.add(consumers[key])  # type: ignore[arg-type]
-            if time.perf_counter() - started > SLICE_SECONDS:
+            if clock.due():
                 yield None
-                started = time.perf_counter()
+                clock.restart()
         self.consumers_changed = removed["consumer"] | changed["consumer"]
         # Routes: the router again when any changed (their order decides contested paths);
         # a route's balancer and upstream TLS when it or its endpoints changed.
@@ -171,11 +172,11 @@ class ActiveConfig:
             changed_routes |= {key for key, route in routes.items()
                                if route.endpoints_key in changed_endpoints}
         old = previous.balancers if previous is not None else {}
-        started = time.perf_counter()
+        clock = SliceClock()
         for key in changed_routes:
-            if time.perf_counter() - started > SLICE_SECONDS:
+            if clock.due():
                 yield None
-                started = time.perf_counter()
+                clock.restart()
             self.upstream_tls.pop(key, None)
             self.balancers.pop(key, None)
             route = routes.get(key)
@@ -198,13 +199,13 @@ class ActiveConfig:
         that each item popped then is freed there and then."""
         self.__dict__.pop("config", None)
         self.__dict__.pop("by_digest", None)
-        started = time.perf_counter()
+        clock = SliceClock()
         for index in (*self.authenticator.indexes(), *self.items.values(), self.digests):
             while index:
                 index.popitem()
-                if time.perf_counter() - started > SLICE_SECONDS:
+                if clock.due():
                     yield None
-                    started = time.perf_counter()
+                    clock.restart()
 
     @property
     def routes(self) -> dict[str, Route]:
@@ -230,8 +231,6 @@ class ActiveConfig:
             for kind, field in ITEM_FIELDS.items()})
 
 
-# How many sessions a periodic counter flush handles before it lets the loop run.
-FLUSH_BATCH = 1000
 # A change that brings this many items parsed anew is built with full collections held
 # off, and what it built is frozen after the swap.
 MANY_NEW_ITEMS = 1000
@@ -425,7 +424,7 @@ class Runtime:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a script applying configs): all at once
-            self._review_due(float("inf"))
+            self._review_due(None)
             return
         self._reviewer = loop.create_task(self._review_in_slices())
 
@@ -434,7 +433,7 @@ class Runtime:
         try:
             while self._due:
                 due = len(self._due)
-                closed += self._review_due(time.perf_counter() + SLICE_SECONDS)
+                closed += self._review_due(SliceClock(every=64))
                 reviewed += due - len(self._due)
                 if self._due:
                     await asyncio.sleep(0)
@@ -443,16 +442,15 @@ class Runtime:
         log.info("sessions reviewed", extra={
             "version": self.version, "reviewed": reviewed, "closed": closed})
 
-    def _review_due(self, deadline: float) -> int:
-        """Review due sessions until the deadline; how many were closed."""
+    def _review_due(self, clock: SliceClock | None) -> int:
+        """Review due sessions until the slice is due (all of them without a clock);
+        how many were closed."""
         closed = 0
         active, due = self.active, self._due
         assert active is not None
-        n = 0
         while due:
             closed += self._review(active, due.pop())
-            n += 1
-            if n % 64 == 0 and time.perf_counter() > deadline:
+            if clock is not None and clock.due():
                 break
         return closed
 
@@ -566,13 +564,14 @@ class Runtime:
         access_log.info("session", extra=session_record(session))
 
     async def flush_counters(self) -> None:
-        """Add what live sessions relayed since the last flush to the counters, a batch
+        """Add what live sessions relayed since the last flush to the counters, a slice
         at a time: with tens of thousands of sessions one pass would hold the loop."""
-        for i, session in enumerate(list(self.sessions), 1):
+        clock = SliceClock(every=64)
+        for session in list(self.sessions):
             if session in self._flushed:  # not ended meanwhile
                 self._flush(session)
-            if i % FLUSH_BATCH == 0:
-                await asyncio.sleep(0)
+            if clock.due():
+                await clock.pause()
 
     def _flush(self, session: Session) -> None:
         now = (session.bytes_c2u, session.bytes_u2c, session.c2u.messages, session.u2c.messages)
