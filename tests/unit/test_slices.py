@@ -23,13 +23,12 @@ def test_reads_the_clock_every_nth_call() -> None:
 def test_pause_lets_the_loop_run_and_begins_a_new_slice() -> None:
     async def main() -> list[str]:
         ran: list[str] = []
-        clock = SliceClock(seconds=60)
-        clock._started -= 120  # this slice has had its time
-        assert clock.due()
-        other = asyncio.get_running_loop().call_soon(ran.append, "other work")
+        clock = SliceClock(seconds=-1, every=2)  # due at every second call
+        assert [clock.due(), clock.due()] == [False, True]
+        clock.due()  # the first call of the next two
+        asyncio.get_running_loop().call_soon(ran.append, "other work")
         await clock.pause()
-        assert not clock.due()
-        other.cancel()
+        assert [clock.due(), clock.due()] == [False, True]  # counted afresh
         return ran
 
     assert asyncio.run(main()) == ["other work"]
