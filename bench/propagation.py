@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import os
 import statistics
 import tempfile
@@ -191,25 +192,47 @@ async def wait_statuses(http: aiohttp.ClientSession, port: int, expected: int,
     return None
 
 
-async def writes(http: aiohttp.ClientSession, urls: list[str], consumers: int,
-                 count: int, rotate: Callable[[int, str], Awaitable[None]],
-                 delete: Callable[[int], Awaitable[None]], limit: float
-                 ) -> dict[str, list[float]]:
+def rotated_key(i: int) -> str:
+    return f"rotated-{i}"
+
+
+# A write (a key rotated to the given one, a consumer deleted): returns when it was made
+# (time.perf_counter()), which is where its write -> enforced latency starts.
+Rotate = Callable[[int, str], Awaitable[float]]
+Delete = Callable[[int], Awaitable[float]]
+
+
+async def writes(http: aiohttp.ClientSession, urls: list[str], count: int, rotate: Rotate,
+                 delete: Delete, limit: float) -> dict[str, list[float]]:
     """``count`` key rotations, then ``count`` deletions, one at a time: write ->
     enforced on every proxy."""
     found: dict[str, list[float]] = {"key rotated": [], "consumer deleted": []}
     for i in range(1, count + 1):
-        old, new = world.original_key(i), f"rotated-{i}"
-        written = time.perf_counter()
-        await rotate(i, new)
+        old, new = world.original_key(i), rotated_key(i)
+        written = await rotate(i, new)
         await until(enforced(http, urls, {old: 401, new: 101}), limit)
         found["key rotated"].append(time.perf_counter() - written)
     for i in range(count + 1, 2 * count + 1):
-        written = time.perf_counter()
-        await delete(i)
+        written = await delete(i)
         await until(enforced(http, urls, {world.original_key(i): 401}), limit)
         found["consumer deleted"].append(time.perf_counter() - written)
     return found
+
+
+def rendered_writes(consumers: int, count: int) -> tuple[dict[int, str], dict[int, str]]:
+    """The consumer file each standalone write leaves (rotations, then deletions, as
+    ``writes`` makes them), rendered before anything is timed: rendering a file's YAML
+    holds this process's loop for tens of ms, which the live sessions' round trips and
+    the write -> enforced latency would count."""
+    keys = {i: world.original_key(i) for i in range(consumers)}
+    rotated, deleted = {}, {}
+    for i in range(1, count + 1):
+        keys[i] = rotated_key(i)
+        rotated[i] = world.consumer_text(i - i % world.PER_FILE, keys)
+    for i in range(count + 1, 2 * count + 1):
+        del keys[i]
+        deleted[i] = world.consumer_text(i - i % world.PER_FILE, keys)
+    return rotated, deleted
 
 
 def pinger_keys(consumers: int) -> list[str]:
@@ -329,24 +352,29 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
             print(f"  operator start -> its {routes + consumers} statuses written: "
                   f"{result['statuses_s'] or 'not'} s")
 
-            async def rotate(i: int, key: str) -> None:
+            # A write is timed from its request's start (the API server stores it
+            # before it answers).
+            async def rotate(i: int, key: str) -> float:
+                sent = time.perf_counter()
                 async with http.patch(
                         f"{emulator.url}/api/v1/namespaces/default/secrets/user-{i}-key",
                         json={"data": {"key": base64.b64encode(key.encode()).decode()}},
                         headers={"Content-Type": "application/merge-patch+json"}) as response:
                     response.raise_for_status()
+                return sent
 
-            async def delete(i: int) -> None:
+            async def delete(i: int) -> float:
+                sent = time.perf_counter()
                 async with http.delete(f"{emulator.url}/apis/{CR}/namespaces/default/"
                                        f"wsconsumers/user-{i}") as response:
                     response.raise_for_status()
+                return sent
 
             pushed = await operator_metric(http, metrics_port, "wsgate_operator_push_bytes_total")
             async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
                 await asyncio.sleep(2)
                 quiet_end = time.perf_counter()
-                delays = await writes(http, last, consumers, args.writes, rotate, delete,
-                                      args.timeout)
+                delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
                 writes_end = time.perf_counter()
                 after = await operator_metric(http, metrics_port,
                                               "wsgate_operator_push_bytes_total")
@@ -411,24 +439,33 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
             result["proxy_kib_per_consumer"] = round(statistics.mean(
                 (rss_kib([p.proc.pid]) - empty_rss) / consumers for p in proxies), 2)
             result["proxy_rss_mib"] = [round(rss_kib([p.proc.pid]) / 1024, 1) for p in proxies]
-            keys = {i: world.original_key(i) for i in range(consumers)}
             admin_ports = [p.admin_port for p in proxies]
             await warm_routes(http, proxies, routes, world.original_key(consumers - 1))
             body = full_body(directory, consumers)
+            rotated, deleted = rendered_writes(consumers, args.writes)
+            # What this process holds from here on (the compiled full body, the rendered
+            # files) out of its collector's sight: a full collection walking it would
+            # stall the loop the pingers and the polls run on.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
 
-            async def rotate(i: int, key: str) -> None:
-                keys[i] = key
-                world.consumer_file(directory, i - i % world.PER_FILE, keys)
+            # A write is timed from the rename that makes it (what the watcher sees).
+            async def rotate(i: int, key: str) -> float:
+                assert key == rotated_key(i)
+                world.replace_file(world.consumer_path(directory, i - i % world.PER_FILE),
+                                   rotated[i])
+                return time.perf_counter()
 
-            async def delete(i: int) -> None:
-                del keys[i]
-                world.consumer_file(directory, i - i % world.PER_FILE, keys)
+            async def delete(i: int) -> float:
+                world.replace_file(world.consumer_path(directory, i - i % world.PER_FILE),
+                                   deleted[i])
+                return time.perf_counter()
 
             async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
                 await asyncio.sleep(2)
                 quiet_end = time.perf_counter()
-                delays = await writes(http, last, consumers, args.writes, rotate, delete,
-                                      args.timeout)
+                delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
                 writes_end = time.perf_counter()
                 await asyncio.sleep(1)
                 scrape_start = time.perf_counter()

@@ -68,16 +68,32 @@ def objects(routes: int, consumers: int, echo_port: int) -> list[dict[str, Any]]
     return found
 
 
-def consumer_file(directory: Path, first: int, keys: dict[int, str]) -> Path:
-    """The file holding consumers first..first+PER_FILE-1 (with their Secrets)."""
+def consumer_text(first: int, keys: dict[int, str]) -> str:
+    """The YAML of the file holding consumers first..first+PER_FILE-1 (with their
+    Secrets)."""
     docs = []
     for i in range(first, first + PER_FILE):
         if i in keys:
             docs += [key_secret(i, keys[i]), consumer(i)]
-    path = directory / f"consumers-{first // PER_FILE:05d}.yaml"
-    tmp = directory / f".{path.name}.tmp"
-    tmp.write_text(yaml.dump_all(docs, Dumper=Dumper, sort_keys=False))
-    tmp.replace(path)  # a rename: a watcher never sees half a file
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False)
+
+
+def consumer_path(directory: Path, first: int) -> Path:
+    return directory / f"consumers-{first // PER_FILE:05d}.yaml"
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file beside ``path`` and rename it over ``path``: a watcher
+    never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def consumer_file(directory: Path, first: int, keys: dict[int, str]) -> Path:
+    """Write the file holding consumers first..first+PER_FILE-1 (with their Secrets)."""
+    path = consumer_path(directory, first)
+    replace_file(path, consumer_text(first, keys))
     return path
 
 

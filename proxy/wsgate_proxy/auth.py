@@ -100,10 +100,6 @@ class Authenticator:
         other._jwt, other._fingerprints = dict(self._jwt), dict(self._fingerprints)
         return other
 
-    def indexes(self) -> tuple[dict[Any, Any], ...]:
-        """Its indexes, for a replaced config to empty a slice at a time."""
-        return self._keys, self._basic, self._jwt, self._fingerprints
-
     def add(self, consumer: Consumer) -> None:
         """Add a consumer (one of the same key is removed first)."""
         self.remove(consumer.key)

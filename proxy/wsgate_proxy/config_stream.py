@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from .config import ITEM_MODELS, Item, digest_of, item_digest
+from .slices import SliceClock
 
 MEDIA_TYPE = "application/vnd.wsgate.config-stream"
-# How long one slice of parsing may hold the loop before it lets other work run.
-SLICE_SECONDS = 0.002
 
 
 class StreamError(ValueError):
@@ -88,7 +86,7 @@ def parse(body: bytes, known: Known | None = None) -> Iterator[ConfigChange | No
         raise StreamError(f'line 1: not a header {{"version": ..., "base": ...}} ({exc})') \
             from None
     change = ConfigChange(version, base)
-    started = time.perf_counter()
+    clock = SliceClock()
     for number, line in enumerate(lines[1:], 2):
         if not line:
             continue
@@ -112,9 +110,9 @@ def parse(body: bytes, known: Known | None = None) -> Iterator[ConfigChange | No
                 raise StreamError(f"line {number}: {kind} {item.key} is set twice")
             change.set[kind][item.key] = item
             change.digests[(kind, item.key)] = digest
-        if time.perf_counter() - started > SLICE_SECONDS:
+        if clock.due():
             yield None
-            started = time.perf_counter()
+            clock.restart()
     yield change
 
 

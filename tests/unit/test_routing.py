@@ -4,6 +4,7 @@ import pytest
 
 from wsgate_proxy.config import Backend, PathMatch, Route
 from wsgate_proxy.routing import BadPath, Router, normalize_path
+from wsgate_proxy.slices import SliceClock
 
 
 def route(name, *paths, hosts=(), rewrite=None):
@@ -119,3 +120,26 @@ def test_prefix_rewrite(prefix, rewrite, path, upstream):
 def test_exact_rewrite_replaces_the_path():
     router = Router((route("r", ("Exact", "/old"), rewrite="/new"),))
     assert router.match("h", "/old").upstream_path == "/new"
+
+
+def tables(router: Router) -> dict[str, dict[str, tuple[dict, dict]]]:
+    """Everything a router matches with: each host's Exact paths and Prefixes."""
+    def of(table):
+        return table.exact, table.prefixes
+    return {"exact": {h: of(t) for h, t in router._exact_hosts.items()},
+            "wildcards": {h: of(t) for h, t in router._wildcards.items()},
+            "any": {"": of(router._any)}}
+
+
+def test_a_router_built_in_slices_equals_one_built_at_once():
+    routes = [route(f"r{i:03d}", ("Prefix", f"/p{i % 40}"), ("Exact", f"/e{i % 25}"),
+                    hosts=(("a.example.com",), ("*.example.com",), ())[i % 3])
+              for i in range(300)]
+    whole = Router(routes)
+    sliced = Router()
+    # A clock always due: the router is built a route at a time, yielding after each.
+    steps = sum(1 for _ in sliced.adding(routes, SliceClock(seconds=-1)))
+    assert steps == len(routes)
+    assert tables(sliced) == tables(whole)
+    assert sliced.match("x.example.com", "/p7/x").route.name == "r007" \
+        == whole.match("x.example.com", "/p7/x").route.name

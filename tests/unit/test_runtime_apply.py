@@ -14,7 +14,7 @@ import pytest
 from tests.support import consumer_objects, objects_for
 from wsgate_operator.compiler import Snapshot, compile_snapshot
 from wsgate_proxy import config_stream
-from wsgate_proxy.runtime import NEVER, Runtime
+from wsgate_proxy.runtime import NEVER, ActiveConfig, Runtime
 
 
 @functools.cache
@@ -94,6 +94,31 @@ async def test_a_replaced_config_is_let_go(unfrozen):
     await runtime.apply_stream(whole(200, "new"))
     await released(runtime)
     assert first() is None
+
+
+async def test_letting_a_replaced_config_go_costs_what_replaced_it(unfrozen):
+    """A config replaced by a one-consumer change frees that consumer a slice at a time;
+    the rest it shares with its successor, and its indexes go at once, freeing none."""
+    runtime = Runtime()
+    await runtime.apply_stream(whole(50, "key"))
+    first = runtime.active
+    assert first is not None
+    change = await config_stream.read(whole(50, "key", changed=7), runtime.known_item)
+    second = ActiveConfig(first, change, runtime.endpoint_sessions, runtime.health,
+                          runtime.passwords)
+    for _ in second.build():
+        pass
+    seven = next(iter(first.items["consumer"]["default/user-7"].keys)).sha256
+    replaced = second.take_replaced()
+    assert replaced == [("consumer", "default/user-7")]
+    assert second.take_replaced() == []  # not kept with the live config
+    for _ in first.release(replaced):
+        pass
+    assert first.items["consumer"].keys() == second.items["consumer"].keys() - {"default/user-7"}
+    assert first.authenticator.holder("default/user-7", seven) is None
+    eight = first.items["consumer"]["default/user-8"]
+    assert eight is second.items["consumer"]["default/user-8"]
+    assert first.authenticator.holder("default/user-8", next(iter(eight.keys)).sha256) is eight
 
 
 async def test_memory_stays_flat_across_a_hundred_whole_configs(unfrozen):
