@@ -32,6 +32,7 @@ from typing import Any
 import kopf
 
 from .cache import ClusterCache, key_of
+from .collector import Collector
 from .kinds import KINDS, PROXY_POD, Kind
 from .metrics import OperatorMetrics
 from .options import OperatorOptions
@@ -147,8 +148,12 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     cache.expect({key_of(kind, item) for kind, items in listed.items() for item in items})
     log.info("initial lists read", extra={"objects": cache.size()})
     memo.reconciler.objects_changed()  # the first build: the whole view, now
-    memo.tasks = [asyncio.create_task(memo.reconciler.run()),
-                  asyncio.create_task(_drop_undelivered(cache, memo.reconciler))]
+    reconciler: Reconciler = memo.reconciler
+    memo.collector = Collector(reconciler.idle, reconciler.pushes_done,
+                               lambda: reconciler.changes)
+    memo.tasks = [asyncio.create_task(reconciler.run()),
+                  asyncio.create_task(_drop_undelivered(cache, reconciler)),
+                  asyncio.create_task(memo.collector.run())]
     # kopf starts watching when this returns, and delivers every object again (21,000
     # deliveries at 10,000 consumers, most of the operator's CPU for seconds): the first
     # build is pushed before that, within a bound. Changes made meanwhile come with those

@@ -108,6 +108,7 @@ class Reconciler:
         # statuses queued), and status writes queued in all.
         self.builds = 0
         self.statuses_queued = 0
+        self.changes = 0  # changes told of (objects_changed, proxies_changed)
         self._built = asyncio.Event()
         # What was last queued per object, so a status is not written twice while the
         # watch has not yet brought our own write back.
@@ -124,12 +125,18 @@ class Reconciler:
             await built.wait()
         return self.builds
 
+    def idle(self) -> bool:
+        """Whether nothing waits to be built or pushed now (pushes_done would return)."""
+        return self._built_all.is_set() and self.pusher.idle.is_set()
+
     def objects_changed(self) -> None:
+        self.changes += 1
         self._objects_changed = True
         self._built_all.clear()
         self._wake.set()
 
     def proxies_changed(self) -> None:
+        self.changes += 1
         self._proxies_moved = True
         self._built_all.clear()
         self._wake.set()
@@ -137,7 +144,7 @@ class Reconciler:
     async def pushes_done(self) -> None:
         """Until no change waits for a build or a push (a proxy that keeps failing, in
         its backoff between retries, does not count)."""
-        while not (self._built_all.is_set() and self.pusher.idle.is_set()):
+        while not self.idle():
             await self._built_all.wait()
             await self.pusher.idle.wait()
 
