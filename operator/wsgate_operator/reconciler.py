@@ -101,7 +101,10 @@ class Reconciler:
         self._compiler = Compiler()
         self._compiler_fresh = True  # holds nothing yet: the next build compiles the view
         self._status_all = True  # the next status pass computes every object's
-        self._proxies_moved = True  # the next status pass computes every route's
+        self._proxies_moved = True  # the next status pass looks at every route's
+        # What the proxies ran at the last status pass (Pusher.placement): a route's
+        # proxy count moves only when it does.
+        self._placement: tuple[object, ...] | None = None
         # Each route's status was last computed from this body and this proxy count.
         self._route_inputs: dict[ObjectRef, tuple[K8sObject, ProxySync]] = {}
         # Sequence numbers, as Contour's tests wait on: compiles done (each with its
@@ -286,8 +289,14 @@ class Reconciler:
             self.statuses.drop(ref)
         computed = []
         if self.pusher.knows_every_proxy():
-            every_route = changed is None or self._proxies_moved
+            # After a push the proxies run a new version; unless it includes other routes
+            # (or generations) than the one before, no route's proxy count moved, and only
+            # the routes the build changed are looked at (1,000 routes: 4 ms a pass).
+            placement = self.pusher.placement()
+            every_route = changed is None or (
+                self._proxies_moved and placement != self._placement)
             self._proxies_moved = False
+            self._placement = placement
             for obj in view.snapshot.routes if every_route else _bodies(view, changed, "WsRoute"):
                 ref = ObjectRef.of(obj)
                 sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))

@@ -180,6 +180,40 @@ async def test_a_change_to_one_consumer_writes_one_status(proxies, upstream):
         assert condition(op.status("WsConsumer", "c7"), "Ready")["status"] == "False"
 
 
+async def test_route_statuses_follow_what_the_proxies_run_only_when_its_routes_moved(
+        proxies, upstream):
+    """After a consumer's change is pushed, the proxies run a config of the same routes:
+    the status pass looks at no route (with 1,000 routes it computed each one's proxy
+    count after every push). After a route's change it does."""
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        await eventually(lambda: _programmed(op))
+        await asyncio.wait_for(op.reconciler.pushes_done(), 5)
+        before = op.pusher.placement()
+        assert [name for name, _ in before] == sorted(proxies)
+        generation = op.reconciler.compiled.items["route"]["default/echo"].generation
+        assert all(included == {("default/echo", generation)} for _, included in before)
+        objects.extend(consumer_objects("new", "new-key"))
+        op.reconciler.objects_changed()
+        await eventually(lambda: _holds_consumers(op, 2))
+        await eventually(lambda: _all_run(op, proxies))
+        await asyncio.wait_for(op.reconciler.pushes_done(), 5)
+        after = op.pusher.placement()
+        assert all(a[1] is b[1] for a, b in zip(after, before, strict=True))
+        route = next(o for o in objects if o["kind"] == "WsRoute")
+        objects[objects.index(route)] = {
+            **route, "metadata": {**route["metadata"], "generation": generation + 1}}
+        op.reconciler.objects_changed()
+        await eventually(lambda: _route_generation_runs(op, generation + 1))
+        assert op.pusher.placement() != before
+
+
+async def _route_generation_runs(op, generation):
+    assert {included for _, included in op.pusher.placement()} == {
+        frozenset({("default/echo", generation)})}
+    assert op.status("WsRoute", "echo")["observedGeneration"] == generation
+
+
 async def _holds_consumers(op, count):
     assert len(op.reconciler.compiled.config.consumers) == count
 
