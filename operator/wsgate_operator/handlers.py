@@ -48,6 +48,23 @@ INITIAL_LIST_WAIT_SECONDS = 60.0
 FIRST_PUSH_WAIT_SECONDS = 30.0
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base. kopf's default, on every event of every object, deep-copies the
+    body into an "essence" and reads the last-handled-configuration annotation, for the
+    old/new/diff that only on.create/update/field handlers read. Ours are all on.event
+    handlers (build_registry), so that work is wasted: at an operator's first start,
+    where each of 11,000 status writes comes back as an event, it was 7% of its CPU."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
+
+
 def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers, filtering by these options."""
     registry = kopf.OperatorRegistry()
@@ -124,6 +141,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     metrics: OperatorMetrics = memo.metrics
     settings.posting.enabled = False  # Events are ours (kube.py), not kopf's handler logs
     settings.scanning.disabled = True  # no watch on CRDs: the RBAC grants none
+    settings.persistence.diffbase_storage = NoDiffBase()  # no handler reads a diff
     settings.watching.server_timeout = 300
     load_client_config()
     cache = ClusterCache(lambda body: proxy_target(body, options))
