@@ -120,6 +120,8 @@ def _watch(registry: kopf.OperatorRegistry, kind: Kind, options: OperatorOptions
             relevant = cache.remove(kind, body)
         elif cache.holds(kind, body):
             return  # the version held already: kopf's delivery of what was listed at start
+        elif kind.status_subresource and cache.restatused(kind, body):
+            return  # a status written: nothing a build reads has moved
         else:
             relevant = cache.put(kind, _plain(kind, body), _fingerprint(kind, body))
         reconciler: Reconciler = memo.reconciler
