@@ -214,6 +214,22 @@ async def _route_generation_runs(op, generation):
     assert op.status("WsRoute", "echo")["observedGeneration"] == generation
 
 
+async def test_statuses_are_computed_a_slice_at_a_time(proxies, upstream):
+    """Every status of a first build (half a second at 10k consumers) is computed with
+    the loop let run in between: the pushes under way go on."""
+    objects = objects_for(upstream.port)
+    for i in range(3000):
+        objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        seen = set()
+        while op.reconciler.builds == 0:  # every loop turn until the first build is done
+            seen.add(op.reconciler.statuses_queued)
+            await asyncio.sleep(0)
+        total = op.reconciler.statuses_queued
+        assert total >= 3001
+        assert [n for n in seen if 0 < n < total]
+
+
 async def _holds_consumers(op, count):
     assert len(op.reconciler.compiled.config.consumers) == count
 
