@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wsgate_proxy.slices import SliceClock
+
 from .compiler import Compiled, K8sObject, ObjectRef, Snapshot
 from .compiler.build import Compiler
 from .kinds import COMPILED
@@ -42,8 +44,9 @@ log = logging.getLogger("wsgate.reconciler")
 INLINE_CHANGES = 50
 # How long after a failed status write every status is computed (and written) again.
 STATUS_RETRY_SECONDS = 2.0
-# How long computing statuses holds the loop before it lets other work run.
-SLICE_SECONDS = 0.005
+# How long computing statuses holds the loop before it lets other work run (the
+# operator's loop relays no sessions: longer than a proxy's slices).
+STATUS_SLICE_SECONDS = 0.005
 
 
 @dataclass
@@ -306,11 +309,10 @@ class Reconciler:
         # a proxy comes or goes 90 ms: computed a slice at a time, so that the pushes
         # under way and kopf's deliveries go on meanwhile.
         unchanged = 0
-        started = time.perf_counter()
+        clock = SliceClock(STATUS_SLICE_SECONDS)
         for obj in routes:
-            if time.perf_counter() - started > SLICE_SECONDS:
-                await asyncio.sleep(0)
-                started = time.perf_counter()
+            if clock.due():
+                await clock.pause()
             ref = ObjectRef.of(obj)
             sync = self.pusher.sync(f"{ref.namespace}/{ref.name}", generation_of(obj))
             before = self._route_inputs.get(ref)
@@ -320,9 +322,8 @@ class Reconciler:
             self._route_inputs[ref] = (obj, sync)
             unchanged += self._offer(ref, obj, route_status(obj, compiled, sync, now))
         for obj in consumers:
-            if time.perf_counter() - started > SLICE_SECONDS:
-                await asyncio.sleep(0)
-                started = time.perf_counter()
+            if clock.due():
+                await clock.pause()
             unchanged += self._offer(ObjectRef.of(obj), obj, consumer_status(obj, compiled, now))
         self.metrics.statuses_skipped.labels("unchanged").inc(unchanged)
 
