@@ -75,6 +75,31 @@ class ClusterCache:
         self._arrived(key)
         return True
 
+    def restatused(self, kind: Kind, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` is the held object with only its status or metadata moved,
+        as when a status write (ours, as a rule) comes back; if so it is held in the old
+        one's place with the new metadata and status. For kinds with a status
+        subresource: the same generation means the same spec, and with the same labels
+        and deletionTimestamp, the same fingerprint (handlers._fingerprint) without
+        copying the whole body or serialising it (11,000 such events at a first start;
+        a deletion that comes after them on the watch waits for them all)."""
+        key = key_of(kind, body)
+        held = self._objects[kind.kind].get(key)
+        meta = body.get("metadata") or {}
+        if held is None or meta.get("generation") is None or any(
+                meta.get(field) != held["metadata"].get(field)
+                for field in ("generation", "labels", "deletionTimestamp")):
+            return False
+        # Not deep copies: kopf parses each event's body afresh and never changes it.
+        fresh = {**held, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        if "status" in body:
+            fresh["status"] = body["status"]
+        else:
+            fresh.pop("status", None)
+        self._objects[kind.kind][key] = fresh
+        self._arrived(key)
+        return True
+
     def seed(self, kind: Kind, body: dict[str, Any], fingerprint: str) -> None:
         """Store an object listed at start (kopf's delivery of it is still expected)."""
         key = key_of(kind, body)

@@ -32,6 +32,7 @@ from typing import Any
 import kopf
 
 from .cache import ClusterCache, key_of
+from .collector import Collector
 from .kinds import KINDS, PROXY_POD, Kind
 from .metrics import OperatorMetrics
 from .options import OperatorOptions
@@ -45,6 +46,23 @@ INITIAL_LIST_WAIT_SECONDS = 60.0
 # How long start-up waits for the first build to reach the proxies before kopf starts
 # its watches (which deliver every object again, and keep the loop busy meanwhile).
 FIRST_PUSH_WAIT_SECONDS = 30.0
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base. kopf's default, on every event of every object, deep-copies the
+    body into an "essence" and reads the last-handled-configuration annotation, for the
+    old/new/diff that only on.create/update/field handlers read. Ours are all on.event
+    handlers (build_registry), so that work is wasted: at an operator's first start,
+    where each of 11,000 status writes comes back as an event, it was 7% of its CPU."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
 
 
 def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
@@ -102,6 +120,8 @@ def _watch(registry: kopf.OperatorRegistry, kind: Kind, options: OperatorOptions
             relevant = cache.remove(kind, body)
         elif cache.holds(kind, body):
             return  # the version held already: kopf's delivery of what was listed at start
+        elif kind.status_subresource and cache.restatused(kind, body):
+            return  # a status written: nothing a build reads has moved
         else:
             relevant = cache.put(kind, _plain(kind, body), _fingerprint(kind, body))
         reconciler: Reconciler = memo.reconciler
@@ -123,6 +143,7 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     metrics: OperatorMetrics = memo.metrics
     settings.posting.enabled = False  # Events are ours (kube.py), not kopf's handler logs
     settings.scanning.disabled = True  # no watch on CRDs: the RBAC grants none
+    settings.persistence.diffbase_storage = NoDiffBase()  # no handler reads a diff
     settings.watching.server_timeout = 300
     load_client_config()
     cache = ClusterCache(lambda body: proxy_target(body, options))
@@ -147,8 +168,12 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> N
     cache.expect({key_of(kind, item) for kind, items in listed.items() for item in items})
     log.info("initial lists read", extra={"objects": cache.size()})
     memo.reconciler.objects_changed()  # the first build: the whole view, now
-    memo.tasks = [asyncio.create_task(memo.reconciler.run()),
-                  asyncio.create_task(_drop_undelivered(cache, memo.reconciler))]
+    reconciler: Reconciler = memo.reconciler
+    memo.collector = Collector(reconciler.idle, reconciler.pushes_done,
+                               lambda: reconciler.changes)
+    memo.tasks = [asyncio.create_task(reconciler.run()),
+                  asyncio.create_task(_drop_undelivered(cache, reconciler)),
+                  asyncio.create_task(memo.collector.run())]
     # kopf starts watching when this returns, and delivers every object again (21,000
     # deliveries at 10,000 consumers, most of the operator's CPU for seconds): the first
     # build is pushed before that, within a bound. Changes made meanwhile come with those

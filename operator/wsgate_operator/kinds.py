@@ -59,6 +59,9 @@ class Kind:
     field: str | None
     # Which objects of the kind the operator keeps (the rest it never stores).
     filter: Callable[[Body, OperatorOptions], bool]
+    # Ours, with a status subresource: every change to anything but metadata and status
+    # moves metadata.generation (what tells our own status writes coming back apart).
+    status_subresource: bool = False
 
     @property
     def api_version(self) -> str:
@@ -66,9 +69,10 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("WsRoute", API_GROUP, API_VERSION, "wsroutes", "routes", in_watched_namespace),
+    Kind("WsRoute", API_GROUP, API_VERSION, "wsroutes", "routes", in_watched_namespace,
+         status_subresource=True),
     Kind("WsConsumer", API_GROUP, API_VERSION, "wsconsumers", "consumers",
-         in_watched_namespace),
+         in_watched_namespace, status_subresource=True),
     Kind("Secret", "", "v1", "secrets", "secrets", credential_or_certificate),
     Kind("Service", "", "v1", "services", "services", in_watched_namespace),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", "endpoint_slices",

@@ -188,6 +188,13 @@ class Pusher:
         )
         return ProxySync(synced=synced, total=len(self._targets))
 
+    def placement(self) -> tuple[tuple[str, frozenset[tuple[str, int]] | None], ...]:
+        """Each proxy with the routes (key, generation) of the config it runs: what every
+        route's ``sync`` follows. A build that changed no route keeps the set of the
+        build before it (the same object), so equal placements compare in no time."""
+        return tuple((name, self._included.get(self._running.get(name, "")))
+                     for name in sorted(self._targets))
+
     def knows_every_proxy(self) -> bool:
         """Whether every proxy has been asked what it runs (or pushed to) at least once."""
         return self._targets.keys() <= self._asked

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
+import math
 import socket
 
 import pytest
@@ -23,6 +25,7 @@ from tests.support import (
     route_of,
 )
 from wsgate_operator.cache import ClusterCache
+from wsgate_operator.collector import NEVER, Collector
 from wsgate_operator.compiler import ObjectRef, Snapshot
 from wsgate_operator.kinds import BY_KIND
 from wsgate_operator.kube import StatusNotWritten
@@ -175,6 +178,56 @@ async def test_a_change_to_one_consumer_writes_one_status(proxies, upstream):
         await eventually(lambda: _all_written(op))
         assert op.writer.writes - writes == 1
         assert condition(op.status("WsConsumer", "c7"), "Ready")["status"] == "False"
+
+
+async def test_route_statuses_follow_what_the_proxies_run_only_when_its_routes_moved(
+        proxies, upstream):
+    """After a consumer's change is pushed, the proxies run a config of the same routes:
+    the status pass looks at no route (with 1,000 routes it computed each one's proxy
+    count after every push). After a route's change it does."""
+    objects = objects_for(upstream.port)
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        await eventually(lambda: _programmed(op))
+        await asyncio.wait_for(op.reconciler.pushes_done(), 5)
+        before = op.pusher.placement()
+        assert [name for name, _ in before] == sorted(proxies)
+        generation = op.reconciler.compiled.items["route"]["default/echo"].generation
+        assert all(included == {("default/echo", generation)} for _, included in before)
+        objects.extend(consumer_objects("new", "new-key"))
+        op.reconciler.objects_changed()
+        await eventually(lambda: _holds_consumers(op, 2))
+        await eventually(lambda: _all_run(op, proxies))
+        await asyncio.wait_for(op.reconciler.pushes_done(), 5)
+        after = op.pusher.placement()
+        assert all(a[1] is b[1] for a, b in zip(after, before, strict=True))
+        route = next(o for o in objects if o["kind"] == "WsRoute")
+        objects[objects.index(route)] = {
+            **route, "metadata": {**route["metadata"], "generation": generation + 1}}
+        op.reconciler.objects_changed()
+        await eventually(lambda: _route_generation_runs(op, generation + 1))
+        assert op.pusher.placement() != before
+
+
+async def _route_generation_runs(op, generation):
+    assert {included for _, included in op.pusher.placement()} == {
+        frozenset({("default/echo", generation)})}
+    assert op.status("WsRoute", "echo")["observedGeneration"] == generation
+
+
+async def test_statuses_are_computed_a_slice_at_a_time(proxies, upstream):
+    """Every status of a first build (half a second at 10k consumers) is computed with
+    the loop let run in between: the pushes under way go on."""
+    objects = objects_for(upstream.port)
+    for i in range(3000):
+        objects.extend(consumer_objects(f"c{i}", f"key-{i}"))
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        seen = set()
+        while op.reconciler.builds == 0:  # every loop turn until the first build is done
+            seen.add(op.reconciler.statuses_queued)
+            await asyncio.sleep(0)
+        total = op.reconciler.statuses_queued
+        assert total >= 3001
+        assert [n for n in seen if 0 < n < total]
 
 
 async def _holds_consumers(op, count):
@@ -451,3 +504,47 @@ async def test_a_status_the_api_refused_is_written_again(proxies, upstream):
 
 async def _ready(op, name):
     assert condition(op.status("WsConsumer", name), "Ready")["status"] == "True"
+
+
+async def test_full_collections_wait_until_nothing_is_built_or_pushed(proxies, upstream):
+    """A full collection walks every object while the loop waits: never while a change
+    waits to be built or pushed, one once the operator has been quiet."""
+    objects = objects_for(upstream.port)
+    full: list[bool] = []  # per full collection: whether nothing waited to be built or pushed
+
+    async with Operator(objects, {n: p.admin_port for n, p in proxies.items()}) as op:
+        def record(phase: str, info: dict) -> None:
+            if phase == "start" and info["generation"] == 2:
+                full.append(op.reconciler.idle())
+
+        automatic = gc.get_threshold()
+        collector = Collector(op.reconciler.idle, op.reconciler.pushes_done,
+                              lambda: op.reconciler.changes, quiet=0.3, every=0.1)
+        collecting = asyncio.create_task(collector.run())
+        gc.callbacks.append(record)
+        try:
+            await eventually(lambda: _programmed(op))
+            await asyncio.wait_for(op.reconciler.pushes_done(), 5)
+            objects.extend(consumer_objects("new", "new-key"))
+            op.reconciler.objects_changed()
+            # While that change waits: enough surviving objects to set off an automatic
+            # full collection (in CPython, after threshold[2] collections of the middle
+            # generation, once the survivors are 25% of what the last full one left).
+            assert not op.reconciler.idle()
+            survivors = [[] for _ in range(2 * math.prod(automatic) + len(gc.get_objects()))]
+            assert not op.reconciler.idle()
+            await eventually(lambda: _holds_consumers(op, 2))
+            await eventually(lambda: _collected(collector))
+        finally:
+            gc.callbacks.remove(record)
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
+            gc.unfreeze()  # what the reconciler froze belongs to this test only
+        assert survivors
+        assert full
+        assert all(full), full
+        assert gc.get_threshold()[2] != NEVER  # automatic ones again, once it stopped
+
+
+async def _collected(collector):
+    assert collector.collections >= 1

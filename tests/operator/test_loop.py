@@ -32,6 +32,37 @@ def test_kopf_runs_every_change_handler_as_a_coroutine(operator_options):
                 if h.fn.__module__ == handlers.__name__]
 
 
+async def test_kopf_builds_no_diff_base_for_the_events_it_delivers(
+        api, proxies, operator, upstream, monkeypatch):
+    """Only on.create/update/field handlers read kopf's old/new/diff; ours are on.event
+    handlers, so kopf's deep copy of each body into a diff base is not made."""
+    assert not handlers.build_registry(operator.options)._changing.get_all_handlers()
+    built = []
+    original = kopf.DiffBaseStorage.build
+
+    def counted(self, **kwargs):
+        built.append(kwargs["body"].get("kind"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(kopf.DiffBaseStorage, "build", counted)
+    proxies.start("proxy-a", 0)
+    for obj in objects_for(upstream.port):
+        api.apply(obj)
+
+    async def consumers(memo):
+        await memo.reconciler.wait_for_build(0)
+        return {c.name for c in memo.reconciler.compiled.config.consumers}
+
+    for obj in consumer_objects("late", "late-key"):
+        api.apply(obj)
+
+    async def built_late():
+        assert "late" in await operator.on_loop(consumers)
+
+    await eventually(built_late)
+    assert built == []
+
+
 async def test_changes_delivered_while_builds_run_are_all_built(api, proxies, operator, upstream,
                                                                caplog):
     caplog.set_level(logging.WARNING)

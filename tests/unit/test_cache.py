@@ -78,3 +78,33 @@ async def test_builds_from_the_changes_equal_a_fresh_compile():
     # c3 and c4 held key-4 together (both refused); with c4 gone, c3 holds it alone.
     assert "default/c3" in reconciler.compiled.items["consumer"]
     assert reconciler.compiled.problems_of(ObjectRef("WsConsumer", "default", "c5"))
+
+
+def test_a_status_written_is_held_without_a_fingerprint_and_is_no_change():
+    """A status write coming back (same generation, labels and deletionTimestamp) is
+    held with its new status and metadata, and builds nothing; a spec change (the
+    generation moved) or a label change is left to the fingerprint."""
+    cache = ClusterCache(lambda _body: None)
+    kind = BY_KIND["WsConsumer"]
+    _secret, consumer = consumer_objects("ann", "k1")
+    consumer["metadata"].update(generation=1, resourceVersion="1")
+    _put(cache, consumer)
+    cache.view()
+    echo = {**consumer, "metadata": {**consumer["metadata"], "resourceVersion": "2",
+                                     "managedFields": [{"manager": "wsgate"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert cache.restatused(kind, echo)
+    view = cache.view()
+    assert view.changes == {}
+    held = view.body(ObjectRef("WsConsumer", "default", "ann"))
+    assert held["status"] == echo["status"]
+    assert held["metadata"]["resourceVersion"] == "2"
+    assert "managedFields" not in held["metadata"]
+    assert held["spec"] == consumer["spec"]
+    assert not _put(cache, echo)  # what the fingerprint says of it too
+    moved = {**echo, "metadata": {**echo["metadata"], "generation": 2},
+             "spec": {**consumer["spec"], "disabled": True}}
+    assert not cache.restatused(kind, moved)
+    relabelled = {**echo, "metadata": {**echo["metadata"], "labels": {"tier": "gold"}}}
+    assert not cache.restatused(kind, relabelled)
+    assert not cache.restatused(kind, {**echo, "metadata": {"name": "other"}})
