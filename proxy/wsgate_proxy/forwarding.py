@@ -17,6 +17,7 @@ Three rules, each closing a way to smuggle something past the proxy:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from aiohttp.http_parser import RawRequestMessage
@@ -67,15 +68,15 @@ class _RouteRules:
 
 
 # Routes are frozen and replaced whole by a new config, so their rules are kept by
-# identity: an entry holds its route, so the id cannot be reused while it is here. The
-# oldest entries go first beyond the bound (routes of past configs, or a config with more
-# routes than this, which then only recomputes).
-_MAX_CACHED_ROUTES = 4096
-_rules: dict[int, tuple[Route, _RouteRules]] = {}
+# identity for as long as the route lives: an entry leaves when its route is freed
+# (before the id can be reused), so the cache is bounded by the routes of the configs
+# still in use and never keeps a past config's routes alive.
+_rules: dict[int, tuple[weakref.ref[Route], _RouteRules]] = {}
 
 
 def _route_rules(route: Route) -> _RouteRules:
-    entry = _rules.get(id(route))
+    key = id(route)
+    entry = _rules.get(key)
     if entry is not None:
         return entry[1]
     dropped = _NOT_FORWARDED | _verified_headers(route)
@@ -85,9 +86,7 @@ def _route_rules(route: Route) -> _RouteRules:
         dropped = dropped | _credential_headers(route)
         cookies, queries = _credential_cookies(route), _credential_queries(route)
     rules = _RouteRules(dropped, dropped | _PROXY_ANSWERED, cookies, queries)
-    if len(_rules) >= _MAX_CACHED_ROUTES:
-        del _rules[next(iter(_rules))]
-    _rules[id(route)] = (route, rules)
+    _rules[key] = (weakref.ref(route, lambda _: _rules.pop(key, None)), rules)
     return rules
 
 
