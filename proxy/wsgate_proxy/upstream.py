@@ -98,13 +98,14 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
-        if end >= 0:
+        # The limit holds for a whole head too, whether it came in one read or in many.
+        if end >= 0 and end + 4 <= MAX_RESPONSE_HEAD:
             head, tail = bytes(self._buffer[: end + 4]), bytes(self._buffer[end + 4 :])
             self._buffer.clear()
             if tail:
                 self._early.append(tail)
             self._head.set_result(head)
-        elif len(self._buffer) > MAX_RESPONSE_HEAD:
+        elif end >= 0 or len(self._buffer) > MAX_RESPONSE_HEAD:
             self._head.set_exception(
                 UpstreamError(f"the response head exceeds {MAX_RESPONSE_HEAD} bytes")
             )

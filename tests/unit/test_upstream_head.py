@@ -95,6 +95,14 @@ async def test_a_head_beyond_the_limit_is_refused_before_it_ends():
         await _dial(answer)
 
 
+async def test_a_whole_head_beyond_the_limit_is_refused_even_in_one_read():
+    """Refused however the bytes arrive (it was accepted when the whole head came in one
+    read, refused when it came in pieces)."""
+    answer = switching(KEY, "X-Huge: " + "h" * MAX_RESPONSE_HEAD)
+    with pytest.raises(UpstreamError, match=f"exceeds {MAX_RESPONSE_HEAD} bytes"):
+        await _dial(answer)
+
+
 async def test_a_head_just_within_the_limit_is_accepted():
     head = switching(KEY)
     answer = switching(KEY, "X-Big: " + "b" * (MAX_RESPONSE_HEAD - len(head) - 9))
