@@ -49,24 +49,35 @@ TICKS = os.sysconf("SC_CLK_TCK")
 Load = tuple[Callable[[Path_], dict[str, Any]], Callable[[dict[str, Any]], int], str]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes."""
+    user = system = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
 
 
-def us_per_unit(path: Path_, upstream: list[int], load: Load) -> tuple[float, float]:
-    """CPU µs per unit of the process in the middle, and of the whole path (the client,
-    a process of its own that has ended, and the upstream too)."""
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
+
+
+def us_per_unit(path: Path_, upstream: list[int], load: Load) -> tuple[float, float, float,
+                                                                        float]:
+    """CPU µs per unit of the process in the middle, the system part of it, that of the
+    whole path (the client, a process of its own that has ended, and the upstream too),
+    and the share of one core the process in the middle used while the load ran."""
     run, units, _ = load
-    before = cpu_seconds(path.pids), cpu_seconds(upstream), _children_cpu()
+    before = cpu_times(path.pids), cpu_seconds(upstream), _children_cpu()
     result = run(path)
-    middle = cpu_seconds(path.pids) - before[0]
+    after = cpu_times(path.pids)
+    middle = sum(after) - sum(before[0])
+    system = after[1] - before[0][1]
     rest = cpu_seconds(upstream) - before[1] + _children_cpu() - before[2]
     n = units(result)
-    return middle / n * 1e6, (middle + rest) / n * 1e6
+    return (middle / n * 1e6, system / n * 1e6, (middle + rest) / n * 1e6,
+            middle / result["seconds"])
 
 
 def _children_cpu() -> float:
@@ -153,15 +164,22 @@ def run(args: argparse.Namespace) -> None:
             if args.only and name not in args.only:
                 continue
             rounds: dict[str, list[float]] = {p.name: [] for p in paths}
+            system: dict[str, list[float]] = {p.name: [] for p in paths}
             whole: dict[str, list[float]] = {p.name: [] for p in paths}
+            share: dict[str, list[float]] = {p.name: [] for p in paths}
             for i in range(args.rounds):
                 for path in paths if i % 2 == 0 else paths[::-1]:
-                    middle, path_us = us_per_unit(path, direct.upstream_pids, load)
+                    middle, sys_us, path_us, core = us_per_unit(path, direct.upstream_pids,
+                                                                load)
                     rounds[path.name].append(middle)
+                    system[path.name].append(sys_us)
                     whole[path.name].append(path_us)
+                    share[path.name].append(core)
             report[name] = {"unit": load[2], "load_average": os.getloadavg()[0],
                             "us": {n: statistics.median(v) for n, v in rounds.items()},
                             "rounds": rounds,
+                            "system_us": {n: statistics.median(v) for n, v in system.items()},
+                            "core_share": {n: statistics.median(v) for n, v in share.items()},
                             "path_us": {n: statistics.median(v) for n, v in whole.items()},
                             "path_rounds": whole}
             _print(name, report[name])
@@ -178,10 +196,12 @@ def run(args: argparse.Namespace) -> None:
 def _print(name: str, entry: dict[str, Any]) -> None:
     print(f"\n== {name}: CPU µs per {entry['unit']}, in the process in the middle and "
           f"on the whole path (median of rounds; load average {entry['load_average']:.1f})")
-    rows = [["path", "µs in the middle", "rounds", "µs on the whole path", "rounds"]]
+    rows = [["path", "µs in the middle", "of which system", "rounds", "cores used",
+             "µs on the whole path", "rounds"]]
     for path, us in entry["us"].items():
-        rows.append([path, f"{us:.1f}", " ".join(f"{r:.0f}" for r in entry["rounds"][path]),
-                     f"{entry['path_us'][path]:.1f}",
+        rows.append([path, f"{us:.1f}", f"{entry['system_us'][path]:.1f}",
+                     " ".join(f"{r:.0f}" for r in entry["rounds"][path]),
+                     f"{entry['core_share'][path]:.2f}", f"{entry['path_us'][path]:.1f}",
                      " ".join(f"{r:.0f}" for r in entry["path_rounds"][path])])
     print(table(rows))
 

@@ -6,9 +6,11 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from wsgate_proxy import accesslog
 from wsgate_proxy.listener import parse_error_reason
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -25,21 +27,46 @@ class JsonFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        second, prefix = self._second
-        if int(record.created) != second:
-            second = int(record.created)
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = (second, prefix)
-        entry = {
-            "ts": f"{prefix}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
+        entry = self.head(record.created, int(record.msecs), record.levelname.lower(),
+                          record.name, record.getMessage())
         entry.update((k, v) for k, v in vars(record).items() if k not in _OMITTED)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
+
+    def head(self, created: float, msecs: int, level: str, logger: str,
+             event: str) -> dict[str, Any]:
+        """A line's first fields, in the order every line has them."""
+        second, prefix = self._second
+        if int(created) != second:
+            second = int(created)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        return {"ts": f"{prefix}.{msecs:03d}Z", "level": level, "logger": logger,
+                "event": event}
+
+
+def direct_writer(handler: logging.StreamHandler[Any],
+                  formatter: JsonFormatter) -> accesslog.DirectWriter:
+    """The access log's line written as ``handler`` would write its record, while
+    ``handler`` is the root's only one (accesslog.py)."""
+    root = logging.getLogger()
+
+    def write(logger: str, fields: dict[str, Any]) -> bool:
+        handlers = root.handlers
+        if len(handlers) != 1 or handlers[0] is not handler:
+            return False
+        created = time.time()
+        entry = formatter.head(created, int((created - int(created)) * 1000), "info",
+                               logger, "session")
+        entry.update(fields)
+        line = _ENCODER.encode(entry) + handler.terminator
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line)
+            handler.stream.flush()
+        return True
+
+    return write
 
 
 class ClientErrorFilter(logging.Filter):
@@ -64,9 +91,11 @@ def configure(level: str = "info") -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    formatter = JsonFormatter()
+    handler.setFormatter(formatter)
     handler.addFilter(ClientErrorFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    accesslog.write_directly(direct_writer(handler, formatter))
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

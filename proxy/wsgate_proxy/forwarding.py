@@ -17,6 +17,9 @@ Three rules, each closing a way to smuggle something past the proxy:
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 from aiohttp.http_parser import RawRequestMessage
 
 from .config import Route
@@ -54,12 +57,44 @@ def forwarded_subprotocols(handshake: Handshake) -> list[str]:
     return [p for p in handshake.protocols if not is_credential_entry(p)]
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteRules:
+    """What a route drops from every handshake it forwards, worked out once per route."""
+
+    dropped: frozenset[bytes]  # header names, normalized
+    dropped_answered: frozenset[bytes]  # the same in FirstMessage mode
+    cookies: tuple[str, ...]  # cookie names stripped (hideCredentials)
+    queries: tuple[str, ...]  # query parameters stripped (hideCredentials)
+
+
+# Routes are frozen and replaced whole by a new config, so their rules are kept by
+# identity for as long as the route lives: an entry leaves when its route is freed
+# (before the id can be reused), so the cache is bounded by the routes of the configs
+# still in use and never keeps a past config's routes alive.
+_rules: dict[int, tuple[weakref.ref[Route], _RouteRules]] = {}
+
+
+def _route_rules(route: Route) -> _RouteRules:
+    key = id(route)
+    entry = _rules.get(key)
+    if entry is not None:
+        return entry[1]
+    dropped = _NOT_FORWARDED | _verified_headers(route)
+    cookies: tuple[str, ...] = ()
+    queries: tuple[str, ...] = ()
+    if route.auth.hide_credentials:
+        dropped = dropped | _credential_headers(route)
+        cookies, queries = _credential_cookies(route), _credential_queries(route)
+    rules = _RouteRules(dropped, dropped | _PROXY_ANSWERED, cookies, queries)
+    _rules[key] = (weakref.ref(route, lambda _: _rules.pop(key, None)), rules)
+    return rules
+
+
 def upstream_target(handshake: Handshake) -> str:
     """The path (normalized, rewritten) and query the upstream is asked for."""
     raw_query = handshake.raw_query
-    auth = handshake.route.auth
-    if auth.hide_credentials and raw_query:
-        for name in _credential_queries(handshake.route):
+    if raw_query:
+        for name in _route_rules(handshake.route).queries:
             raw_query = strip_query(raw_query, name)
     target = quote_path(handshake.match.upstream_path)
     return f"{target}?{raw_query}" if raw_query else target
@@ -76,18 +111,13 @@ def upstream_request(request: RawRequestMessage, handshake: Handshake, protocols
 
     Built as bytes from the raw header lines the parser read: names and values are passed
     on as they came, never decoded and encoded again."""
-    route = handshake.route
-    dropped = _NOT_FORWARDED | _verified_headers(route)
-    if key is not None:
-        dropped = dropped | _PROXY_ANSWERED
+    rules = _route_rules(handshake.route)
+    dropped = rules.dropped if key is None else rules.dropped_answered
     connection = request.headers.get("Connection", "")
     if connection.lower() != "upgrade":  # the usual value; anything else may name more
         dropped = dropped | {_normalized(t.encode("latin-1")) for t in connection.split(",")
                              if t.strip()}
-    cookies: list[str] = []
-    if route.auth.hide_credentials:
-        dropped = dropped | _credential_headers(route)
-        cookies = _credential_cookies(route)
+    cookies = rules.cookies
     lines = [b"GET ", upstream_target(handshake).encode("latin-1"), b" HTTP/1.1\r\n"]
     for name, value in request.raw_headers:
         normalized = _normalized(name)
@@ -137,14 +167,14 @@ def _credential_headers(route: Route) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def _credential_cookies(route: Route) -> list[str]:
+def _credential_cookies(route: Route) -> tuple[str, ...]:
     auth = route.auth
     names = []
     if "KeyAuth" in auth.methods and auth.key_auth.cookie:
         names.append(auth.key_auth.cookie)
     if "JWT" in auth.methods and auth.jwt.cookie:
         names.append(auth.jwt.cookie)
-    return names
+    return tuple(names)
 
 
 def _verified_headers(route: Route) -> frozenset[bytes]:
@@ -164,11 +194,11 @@ def _verified_headers(route: Route) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def _credential_queries(route: Route) -> list[str]:
+def _credential_queries(route: Route) -> tuple[str, ...]:
     methods = route.auth.methods
     names = []
     if "KeyAuth" in methods and route.auth.key_auth.query:
         names.append(route.auth.key_auth.query)
     if "JWT" in methods:
         names.append(BEARER_QUERY)
-    return names
+    return tuple(names)

@@ -23,6 +23,7 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 from . import config_stream, metrics
+from .accesslog import log_session
 from .auth import Authenticator, allows
 from .balancing import Balancer, EndpointHealth, balancer_for
 from .config import (
@@ -589,7 +590,7 @@ class Runtime:
         metrics.child(metrics.SESSIONS_ACTIVE, session.route_key).dec()
         metrics.session_closed(session.route_key, session.closed_by, session.close_code,
                                session.close_reason)
-        access_log.info("session", extra=session_record(session))
+        log_session(access_log, session_record(session))
 
     async def flush_counters(self) -> None:
         """Add what live sessions relayed since the last flush to the counters, a slice

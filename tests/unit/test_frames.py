@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.frames import Close, Frame, Opcode
 
 from wsgate_proxy.frames import (
@@ -231,3 +233,78 @@ def test_a_pause_stops_at_the_next_boundary_and_the_rest_follows():
     assert first + second == data[:102]  # up to the end of the first frame
     inspector.paused = False
     assert inspector.feed(b"") == data[102:]  # the proxy's own frame went in between
+
+
+def raw_frame(opcode: int, fin: bool, size: int, width: int, masked: bool) -> bytes:
+    """A frame built by hand, so that its length may take a wider field than it needs
+    (``width``: 0 for 7 bits, 2 or 8 bytes), which the inspector accepts too."""
+    head = bytes((0x80 * fin | opcode,))
+    bit = 0x80 if masked else 0
+    if width == 0:
+        head += bytes((bit | size,))
+    else:
+        head += bytes((bit | (126 if width == 2 else 127),)) + size.to_bytes(width, "big")
+    payload = (1000).to_bytes(2, "big") + b"c" * (size - 2) if opcode == 8 and size >= 2 \
+        else b"p" * size
+    return head + (b"MASK" if masked else b"") + payload
+
+
+@st.composite
+def streams(draw):
+    """A stream of frames of every kind (data, control, reserved, oversized control),
+    lengths in every width, cut into chunks anywhere."""
+    masked = draw(st.booleans())
+    data = b""
+    boundaries = []
+    for _ in range(draw(st.integers(1, 8))):
+        opcode = draw(st.sampled_from([0, 0, 1, 2, 2, 3, 8, 9, 10, 11]))
+        # Small payloads (the reference below takes one byte at a time); the wider
+        # length fields come from the choice of width.
+        size = draw(st.integers(0, 140))
+        width = draw(st.sampled_from([2, 8] if size > 125 else [0, 0, 2, 8]))
+        data += raw_frame(opcode, draw(st.booleans()), size, width, masked)
+        boundaries.append(len(data))
+    # Cuts at most frame boundaries (a chunk of exactly one frame: the fast path's case)
+    # and a few anywhere.
+    cuts = [b for b in boundaries if draw(st.integers(0, 3))]
+    cuts = sorted(cuts + draw(st.lists(st.integers(0, len(data)), max_size=4)))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    return masked, chunks
+
+
+def state(inspector: FrameInspector) -> tuple:
+    return (inspector.messages, inspector.message_bytes, inspector.close_code,
+            inspector.violation, inspector.halted, inspector.broken, inspector.at_boundary)
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.sampled_from([0, 1, 60, 200]), st.integers(-1, 12))
+def test_chunks_as_they_come_and_byte_at_a_time_agree(stream, limit, halt_at):
+    """Whole chunks (where the one-frame fast path applies) forward and count exactly
+    what the same bytes one at a time do (which never takes it), after every chunk."""
+    masked, chunks = stream
+    fast = FrameInspector(masked=masked, max_message_bytes=limit)
+    slow = FrameInspector(masked=masked, max_message_bytes=limit)
+    fast_out = slow_out = b""
+    for i, chunk in enumerate(chunks):
+        if i == halt_at:
+            fast.halt_requested = slow.halt_requested = True
+        fast_out += fast.feed(chunk)
+        pieces = [chunk[j : j + 1] for j in range(len(chunk))] or [b""]
+        slow_out += b"".join(slow.feed(piece) for piece in pieces)
+        assert fast_out == slow_out, i
+        assert state(fast) == state(slow), i
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_a_chunk_of_a_frame_with_a_64_bit_length_is_not_a_whole_frame(masked):
+    """129 bytes (133 masked) starting with a 64-bit length are a header and the start
+    of a payload, even though 127, the length field's marker, would fit them exactly."""
+    data = raw_frame(2, True, 70_000, 8, masked)
+    chunk = data[: 2 + (4 if masked else 0) + 127]
+    inspector = FrameInspector(masked=masked)
+    assert inspector.feed(chunk) == chunk
+    assert not inspector.at_boundary
+    assert inspector.messages == 1
+    assert inspector.feed(data[len(chunk):]) == data[len(chunk):]
+    assert inspector.at_boundary
