@@ -10,6 +10,12 @@ each series' escaped label text is kept from one render to the next (only values
 formatted), and the loop runs between slices. Collectors without labelled children
 (the process collector, unlabelled metrics) are few lines each and left to
 ``generate_latest``, so the output is the same text.
+
+prometheus_client has no public way to read a labelled metric's children one at a
+time: this reads its registry's collector list and a metric's children as its own
+collect() does (``_collector_to_names``, ``_metrics``, ``_child_samples()``).
+tests/unit/test_exposition.py compares the result with generate_latest's, so a
+release that changes them fails there, not in production.
 """
 
 from __future__ import annotations
