@@ -56,13 +56,15 @@ class Exposition:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        self._labels: dict[tuple[Any, ...], str] = {}
+        # Per metric, each series' label text by its label values (the metric's own
+        # keys: no new objects to keep between renders).
+        self._labels: dict[MetricWrapperBase, dict[tuple[str, ...], str]] = {}
 
     async def render(self) -> bytes:
         """The registry's text exposition, as ``generate_latest`` renders it."""
         clock = SliceClock(every=16)
         text = _Text()
-        labels: dict[tuple[Any, ...], str] = {}
+        labels: dict[MetricWrapperBase, dict[tuple[str, ...], str]] = {}
         for collector in self._collectors():
             if isinstance(collector, MetricWrapperBase) and collector._is_parent():
                 await self._family(collector, text, labels, clock)
@@ -83,22 +85,26 @@ class Exposition:
             return list(registry._collector_to_names)
 
     async def _family(self, metric: MetricWrapperBase, text: _Text,
-                      labels: dict[tuple[Any, ...], str], clock: SliceClock) -> None:
+                      labels: dict[MetricWrapperBase, dict[tuple[str, ...], str]],
+                      clock: SliceClock) -> None:
         """A labelled metric's lines: its HELP and TYPE, then each child's samples."""
         described = metric.describe()[0]
         lines = text.lines
         lines.append(generate_latest(_Only([described])).decode())
         with metric._lock:
-            children = list(metric._metrics.items())
-        name, names, known = described.name, metric._labelnames, self._labels
+            # A copy of the dict, not a list of its items: a render should leave no
+            # objects that live through collections (they would bring on a full one,
+            # which walks the whole heap with the loop waiting).
+            children = dict(metric._metrics)
+        name, names = described.name, metric._labelnames
+        known, kept = self._labels.get(metric, {}), labels.setdefault(metric, {})
         extra: dict[tuple[tuple[str, str], ...], str] = {}
         apart: dict[str, list[str]] = {}
-        for values, child in children:
-            key = (metric, values)
-            series = known.get(key)
+        for values, child in children.items():
+            series = known.get(values)
             if series is None:
                 series = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-            labels[key] = series
+            kept[values] = series
             for sample in child._child_samples():
                 label_text = series
                 if sample.labels:  # a histogram bucket's le, a summary's quantile
