@@ -7,6 +7,9 @@ one running is answered 409 with the running version: the sender sends it whole.
 
 Config writes need the bearer token; without a token configured they are refused
 outright, so an admin port exposed by mistake cannot be used to rewrite routing.
+
+``GET /metrics`` renders on the loop a slice at a time (exposition.py); scrapes that
+arrive during a render share it, and at most MAX_SCRAPES are served at once.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
 from pydantic import ValidationError
 
 from . import config_stream
 from .config import GatewayConfig
 from .config_stream import StreamError
+from .exposition import Exposition
 from .runtime import ConfigMismatch, Runtime
 
 log = logging.getLogger("wsgate.admin")
@@ -32,6 +36,13 @@ log = logging.getLogger("wsgate.admin")
 MAX_CONFIG_BYTES = 256 * 1024 * 1024
 # /readyz lists at most this many of the config source's errors.
 MAX_REPORTED_ERRORS = 20
+# Scrapes served at once (rendering or sending); more are answered 503. At a thousand
+# routes a scrape is 1.6 MB that a slow reader keeps in the proxy's send buffer:
+# Prometheus servers scrape one at a time each, a flood must not hold memory.
+MAX_SCRAPES = 4
+# How long a scraper may take to read the response before its connection is dropped
+# (and its place among MAX_SCRAPES freed).
+SCRAPE_SEND_SECONDS = 30.0
 
 
 ApplyConfig = Callable[[GatewayConfig], bool]
@@ -44,7 +55,7 @@ def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
     """The admin routes; ``apply`` and ``apply_stream`` swap a config in (and save it)
     and say if it changed."""
     app = web.Application(client_max_size=MAX_CONFIG_BYTES)
-    api = AdminApi(runtime, token, apply, apply_stream)
+    api = AdminApi(runtime, token, apply, apply_stream, Scrapes(runtime, REGISTRY))
     app.router.add_put("/config", api.put_config)
     app.router.add_get("/config", api.get_config)
     app.router.add_get("/healthz", api.healthz)
@@ -55,8 +66,9 @@ def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
 
 class AdminApi:
     def __init__(self, runtime: Runtime, token: str | None, apply: ApplyConfig,
-                 apply_stream: ApplyStream) -> None:
+                 apply_stream: ApplyStream, scrapes: Scrapes) -> None:
         self.runtime = runtime
+        self.scrapes = scrapes
         self.token = token
         self.apply = apply
         self.apply_stream = apply_stream
@@ -128,12 +140,52 @@ class AdminApi:
             return _json(503, {"status": "no config loaded yet", **refused})
         return _json(200, {"status": "ready", "version": version, **refused})
 
-    async def metrics(self, _request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return await self.scrapes.serve(request)
+
+
+class Scrapes:
+    """``GET /metrics``: one render at a time, shared by the scrapes that arrive while
+    it runs; at most MAX_SCRAPES served at once (the rest get 503 and Retry-After)."""
+
+    def __init__(self, runtime: Runtime, registry: CollectorRegistry,
+                 limit: int = MAX_SCRAPES, send_seconds: float = SCRAPE_SEND_SECONDS) -> None:
+        self.runtime = runtime
+        self.exposition = Exposition(registry)
+        self.limit, self.send_seconds = limit, send_seconds
+        self.serving = 0
+        self._render: asyncio.Task[bytes] | None = None
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        if self.serving >= self.limit:
+            return web.Response(status=503, headers={"Retry-After": "1"},
+                                text=f"{self.serving} scrapes are being served; retry\n")
+        self.serving += 1
+        try:
+            response = web.Response(body=await self._body(),
+                                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+            try:
+                async with asyncio.timeout(self.send_seconds):
+                    await response.prepare(request)
+                    await response.write_eof()
+            except TimeoutError:
+                log.warning("a scraper read /metrics for more than %.0f s: connection "
+                            "dropped", self.send_seconds)
+                if request.transport is not None:
+                    request.transport.abort()
+            return response
+        finally:
+            self.serving -= 1
+
+    async def _body(self) -> bytes:
+        if self._render is None or self._render.done():
+            self._render = asyncio.create_task(self._rendered())
+        # A scraper that goes away does not cancel the render the others wait for.
+        return await asyncio.shield(self._render)
+
+    async def _rendered(self) -> bytes:
         await self.runtime.flush_counters()
-        # Rendering thousands of series takes tens of milliseconds: in a thread, so the
-        # loop keeps relaying meanwhile (prometheus_client's values are thread-safe).
-        body = await asyncio.to_thread(generate_latest)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return await self.exposition.render()
 
 
 def _json(status: int, data: object, headers: dict[str, str] | None = None) -> web.Response:

@@ -81,8 +81,8 @@ async def serve(
     # No *_created series: with 1k routes they are a third of a 2 MB scrape, and say
     # nothing the process start time does not.
     prometheus_client.disable_created_metrics()
-    # A thread that holds the interpreter (rendering /metrics) gives it back to the
-    # event loop after at most 1 ms rather than 5: live sessions wait that long at most.
+    # A thread that holds the interpreter (the state writer putting a config together)
+    # gives it back to the event loop after at most 1 ms rather than 5.
     sys.setswitchinterval(SWITCH_SECONDS)
     store = LeaseStore(options.limits_store) if options.limits_store is not None else None
     runtime = Runtime(password_queue=options.password_queue, shared=store)
