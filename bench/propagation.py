@@ -181,8 +181,9 @@ def pinger_figures(pingers: Pingers, recording: spy.Recording | None) -> dict[st
     for slow in pingers.slow:
         print(f"  slow round trip: {slow['rtt_ms']} ms through proxy-{slow['proxy']}, "
               f"{slow['phase']} +{slow['at_s']}s")
-        if recording is not None:
-            slow["proxy_held"] = spy.described(recording.traces[slow["proxy"]].held(
+        trace = recording.traces[slow["proxy"]] if recording is not None else None
+        if trace is not None:
+            slow["proxy_held"] = spy.described(trace.held(
                 slow["sent"], slow["sent"] + slow["rtt_ms"] / 1000))
             for thread, frames in slow["proxy_held"].items():
                 print(f"    thread {thread}: {frames}")

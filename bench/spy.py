@@ -99,18 +99,20 @@ class Recording:
 
     def __init__(self, pids: list[int], directory: Path, label: str) -> None:
         self.pids, self.directory, self.label = pids, directory, label
-        self.traces: list[Trace] = []
+        # By process, as given; None where py-spy recorded nothing (it said why).
+        self.traces: list[Trace | None] = []
         self._running: list[tuple[subprocess.Popen[bytes], Path, float]] = []
 
     def __enter__(self) -> Recording:
         spy = binary()
+        self.directory.mkdir(parents=True, exist_ok=True)
         for n, pid in enumerate(self.pids):
             path = self.directory / f"{self.label}-proxy-{n}.trace.json"
             launched = time.perf_counter()
             process = subprocess.Popen(
                 [spy, "record", "--idle", "--threads", "--nonblocking", "--rate", str(RATE),
                  "--format", "chrometrace", "--output", str(path), "--pid", str(pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self._running.append((process, path, launched))
         return self
 
@@ -120,5 +122,9 @@ class Recording:
         for process, _path, _launched in self._running:
             process.send_signal(signal.SIGINT)
         for process, path, launched in self._running:
-            process.wait(timeout=60)
-            self.traces.append(Trace(path, launched))
+            _, errors = process.communicate(timeout=60)
+            if path.exists():
+                self.traces.append(Trace(path, launched))
+            else:
+                print(f"  py-spy recorded nothing: {errors.decode(errors='replace')[-500:]}")
+                self.traces.append(None)
