@@ -187,9 +187,14 @@ def pinger_figures(pingers: Pingers, recording: spy.Recording | None) -> dict[st
                 slow["sent"], slow["sent"] + slow["rtt_ms"] / 1000))
             for thread, frames in slow["proxy_held"].items():
                 print(f"    thread {thread}: {frames}")
-    return {"ping_failures": pingers.failures,
-            "pinger_loop_gap_ms": round(pingers.longest_loop_gap * 1000, 1),
-            "slow_rtts": pingers.slow}
+    found: dict[str, Any] = {}
+    if recording is not None:
+        # To line the traces up with the samples' send times afterwards (spy.Trace).
+        found["spy_traces"] = [{"path": str(path), "launched": launched}
+                               for path, launched in recording.recorded]
+    return found | {"ping_failures": pingers.failures,
+                    "pinger_loop_gap_ms": round(pingers.longest_loop_gap * 1000, 1),
+                    "slow_rtts": pingers.slow}
 
 
 # -- the two modes -----------------------------------------------------------------------

@@ -101,6 +101,8 @@ class Recording:
         self.pids, self.directory, self.label = pids, directory, label
         # By process, as given; None where py-spy recorded nothing (it said why).
         self.traces: list[Trace | None] = []
+        # Each trace's file and when its py-spy was launched (time.perf_counter()).
+        self.recorded: list[tuple[Path, float]] = []
         self._running: list[tuple[subprocess.Popen[bytes], Path, float]] = []
 
     def __enter__(self) -> Recording:
@@ -125,6 +127,7 @@ class Recording:
             _, errors = process.communicate(timeout=60)
             if path.exists():
                 self.traces.append(Trace(path, launched))
+                self.recorded.append((path, launched))
             else:
                 print(f"  py-spy recorded nothing: {errors.decode(errors='replace')[-500:]}")
                 self.traces.append(None)

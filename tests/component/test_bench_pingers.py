@@ -70,7 +70,10 @@ async def test_what_the_proxy_ran_is_named_for_a_window(proxy, tmp_path) -> None
             start = time.perf_counter()
             await relayed_past(admin, before + 20)
             end = time.perf_counter()
-    held = recording.traces[0].held(start, end)
+    trace = recording.traces[0]
+    assert trace is not None
+    assert recording.recorded[0][0].exists()
+    held = trace.held(start, end)
     # An idle proxy's loop thread waits for events (in uvloop's C) most of any window.
     share, stack = held["MainThread"][0]
     assert stack[-1].startswith("Runner.run ("), spy.described(held)
