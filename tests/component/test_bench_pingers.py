@@ -42,6 +42,7 @@ async def relayed_past(admin: Admin, count: float) -> float:
     return await eventually(check)
 
 
+@pytest.mark.serial  # bounds round trips: not with other tests' load on the cores
 async def test_a_stall_of_the_benchmark_is_no_round_trip(proxy) -> None:
     admin = Admin(proxy.admin_port)
     url = f"ws://127.0.0.1:{proxy.port}/.ws"
