@@ -32,18 +32,20 @@ import argparse
 import asyncio
 import base64
 import gc
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import world
+from bench import spy, world
 from bench.common import RESULTS, run_main, table, write_results
 from bench.emulator import PROXY_LABELS, PROXY_NAMESPACE, Emulator
 from bench.paths import rss_kib
@@ -57,8 +59,11 @@ from wsgate_proxy import config_stream
 PROXY_ADDRESSES = ["127.0.0.2", "127.0.0.3"]
 SESSIONS = 20
 PING_SECONDS = 0.01
+# A round trip slower than this is listed with when it was sent (the issue's bound).
+SLOW_SECONDS = 0.02
 POLL_SECONDS = 0.02
 CR = world.CR
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -116,50 +121,91 @@ def enforced(http: aiohttp.ClientSession, urls: list[str],
 
 
 class Pingers:
-    """Live sessions pinging through the proxies, every round trip recorded with when
-    it was sent."""
+    """Live sessions pinging through the proxies from a process of their own
+    (bench/pingers.py), so this process's own stalls never count as round trips; every
+    round trip recorded with when it was sent and through which proxy."""
 
-    def __init__(self, http: aiohttp.ClientSession, urls: list[str], keys: list[str]) -> None:
-        self.http, self.urls, self.keys = http, urls, keys
-        self.samples: list[tuple[float, float]] = []
+    def __init__(self, urls: list[str], keys: list[str]) -> None:
+        self.sessions = [[i % len(urls), urls[i % len(urls)], key]
+                         for i, key in enumerate(keys)]
+        self.samples: list[tuple[float, float, int]] = []
         self.failures = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = False
+        self.longest_loop_gap = 0.0
+        self.slow: list[dict[str, Any]] = []
+        self._process: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> Pingers:
-        sockets = []
-        for i, key in enumerate(self.keys):
-            ws = await self.http.ws_connect(self.urls[i % len(self.urls)],
-                                            headers={"apikey": key}, max_msg_size=0)
-            await ws.receive()  # the greeting
-            sockets.append(ws)
-        self._tasks = [asyncio.create_task(self._ping(ws)) for ws in sockets]
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.pingers", "--interval", str(PING_SECONDS),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=REPOSITORY)
+        assert self._process.stdin
+        assert self._process.stdout
+        self._process.stdin.write(json.dumps(self.sessions).encode() + b"\n")
+        if await self._process.stdout.readline() != b"ready\n":
+            self._process.kill()
+            await self._process.wait()
+            raise RuntimeError("the pingers' process did not open its sessions: "
+                               "see its error output above")
         return self
 
-    async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        payload = b"x" * 16
-        try:
-            while not self._stop:
-                sent = time.perf_counter()
-                await ws.send_bytes(payload)
-                message = await ws.receive()
-                if message.type != aiohttp.WSMsgType.BINARY:
-                    self.failures += 1
-                    return
-                self.samples.append((sent, time.perf_counter() - sent))
-                await asyncio.sleep(PING_SECONDS)
-        finally:
-            await ws.close()
-
-    def between(self, start: float, end: float) -> list[float]:
-        return [rtt for sent, rtt in self.samples if start <= sent <= end]
-
     async def __aexit__(self, *exc: object) -> None:
-        self._stop = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        assert self._process
+        assert self._process.stdin
+        self._process.stdin.close()
+        out, _ = await self._process.communicate()
+        found = json.loads(out)
+        self.samples = [(sent, rtt, proxy) for sent, rtt, proxy in found["samples"]]
+        self.failures = found["failures"]
+        self.longest_loop_gap = found["longest_loop_gap"]
+
+    def phase(self, name: str, start: float, end: float) -> dict[str, float]:
+        """The round trips of the pings sent between ``start`` and ``end``; each one
+        slower than SLOW_SECONDS kept (``self.slow``) with when it was sent, from the
+        phase's start, to line it up with what happened then."""
+        rtts = []
+        for sent, rtt, proxy in self.samples:
+            if start <= sent <= end:
+                rtts.append(rtt)
+                if rtt > SLOW_SECONDS:
+                    self.slow.append({"phase": name, "at_s": round(sent - start, 3),
+                                      "sent": sent, "rtt_ms": round(rtt * 1000, 1),
+                                      "proxy": proxy})
+        return summary_ms(rtts)
+
+
+def pinger_figures(pingers: Pingers, recording: spy.Recording | None) -> dict[str, Any]:
+    """What the pingers' process found besides the phases' round trips; its longest loop
+    gap bounds how much of any round trip was its own stall. With a recording (--spy),
+    each slow round trip is given what its proxy's threads ran meanwhile."""
+    for slow in pingers.slow:
+        print(f"  slow round trip: {slow['rtt_ms']} ms through proxy-{slow['proxy']}, "
+              f"{slow['phase']} +{slow['at_s']}s")
+        trace = recording.traces[slow["proxy"]] if recording is not None else None
+        if trace is not None:
+            slow["proxy_held"] = spy.described(trace.held(
+                slow["sent"], slow["sent"] + slow["rtt_ms"] / 1000))
+            for thread, frames in slow["proxy_held"].items():
+                print(f"    thread {thread}: {frames}")
+    found: dict[str, Any] = {}
+    if recording is not None:
+        # To line the traces up with the samples' send times afterwards (spy.Trace).
+        found["spy_traces"] = [{"path": str(path), "launched": launched}
+                               for path, launched in recording.recorded]
+    return found | {"ping_failures": pingers.failures,
+                    "pinger_loop_gap_ms": round(pingers.longest_loop_gap * 1000, 1),
+                    "slow_rtts": pingers.slow}
 
 
 # -- the two modes -----------------------------------------------------------------------
+
+
+def recording(args: argparse.Namespace, proxies: list[WsgateProcess],
+              label: str) -> AbstractContextManager[spy.Recording | None]:
+    """py-spy recording the proxies (--spy), or nothing."""
+    if not args.spy:
+        return nullcontext()
+    return spy.Recording([p.proc.pid for p in proxies if p.proc], RESULTS, label)
 
 
 def proxy_urls(proxies: list[WsgateProcess], route: int) -> list[str]:
@@ -371,40 +417,42 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
                 return sent
 
             pushed = await operator_metric(http, metrics_port, "wsgate_operator_push_bytes_total")
-            async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
-                await asyncio.sleep(2)
-                quiet_end = time.perf_counter()
-                delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
-                writes_end = time.perf_counter()
-                after = await operator_metric(http, metrics_port,
-                                              "wsgate_operator_push_bytes_total")
-                result["bytes_per_change"] = (
-                    round((after - pushed) / (2 * args.writes)) if after is not None
-                    and pushed is not None else None)
-                # A restart after a change made while the operator was down: each proxy
-                # runs a version the new operator never made, and gets a full config.
-                running.stop()
-                restart_key = world.original_key(2 * args.writes + 1)
-                await rotate(2 * args.writes + 1, "after-restart")
-                restarted_at = time.perf_counter()
-                running = operator().start_without_waiting()
-                stack.callback(running.stop)
-                try:
-                    result["restart_s"] = round(await until(enforced(
-                        http, last, {restart_key: 401, "after-restart": 101}), args.timeout), 2)
-                except TimeoutError:
-                    result["restart_s"] = None
-                restart_end = time.perf_counter()
-                await asyncio.sleep(1)
-                # What the restarted operator wrote (the statuses it found were its own).
-                result["restart_status_writes"] = await operator_metric(
-                    http, metrics_port, 'wsgate_operator_status_writes_total{outcome="written"}')
+            with recording(args, proxies, f"propagation-operator-{consumers}") as traces:
+                async with Pingers(proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
+                    await asyncio.sleep(2)
+                    quiet_end = time.perf_counter()
+                    delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
+                    writes_end = time.perf_counter()
+                    after = await operator_metric(http, metrics_port,
+                                                  "wsgate_operator_push_bytes_total")
+                    result["bytes_per_change"] = (
+                        round((after - pushed) / (2 * args.writes)) if after is not None
+                        and pushed is not None else None)
+                    # A restart after a change made while the operator was down: each proxy
+                    # runs a version the new operator never made, and gets a full config.
+                    running.stop()
+                    restart_key = world.original_key(2 * args.writes + 1)
+                    await rotate(2 * args.writes + 1, "after-restart")
+                    restarted_at = time.perf_counter()
+                    running = operator().start_without_waiting()
+                    stack.callback(running.stop)
+                    try:
+                        result["restart_s"] = round(await until(enforced(
+                            http, last, {restart_key: 401, "after-restart": 101}), args.timeout), 2)
+                    except TimeoutError:
+                        result["restart_s"] = None
+                    restart_end = time.perf_counter()
+                    await asyncio.sleep(1)
+                    # What the restarted operator wrote (the statuses it found were its own).
+                    result["restart_status_writes"] = await operator_metric(
+                        http, metrics_port,
+                        'wsgate_operator_status_writes_total{outcome="written"}')
             result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
             result["each_write_ms"] = {k: each_ms(v) for k, v in delays.items()}
-            result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
-            result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
-            result["rtt_restart_ms"] = summary_ms(pingers.between(restarted_at, restart_end))
-            result["ping_failures"] = pingers.failures
+            result["rtt_quiet_ms"] = pingers.phase("quiet", 0, quiet_end)
+            result["rtt_writes_ms"] = pingers.phase("writes", quiet_end, writes_end)
+            result["rtt_restart_ms"] = pingers.phase("restart", restarted_at, restart_end)
+            result.update(pinger_figures(pingers, traces))
     return result
 
 
@@ -462,28 +510,29 @@ async def standalone_mode(args: argparse.Namespace, consumers: int) -> dict[str,
                                    deleted[i])
                 return time.perf_counter()
 
-            async with Pingers(http, proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
-                await asyncio.sleep(2)
-                quiet_end = time.perf_counter()
-                delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
-                writes_end = time.perf_counter()
-                await asyncio.sleep(1)
-                scrape_start = time.perf_counter()
-                durations, series = await scrapes(http, admin_ports, args.scrapes)
-                scrape_end = time.perf_counter()
-                await asyncio.sleep(1)
-                push_start = time.perf_counter()
-                result["full_push_s"] = round(await push_full(http, admin_ports, body), 2)
-                await asyncio.sleep(1)
-                push_end = time.perf_counter()
+            with recording(args, proxies, f"propagation-standalone-{consumers}") as traces:
+                async with Pingers(proxy_urls(proxies, 0), pinger_keys(consumers)) as pingers:
+                    await asyncio.sleep(2)
+                    quiet_end = time.perf_counter()
+                    delays = await writes(http, last, args.writes, rotate, delete, args.timeout)
+                    writes_end = time.perf_counter()
+                    await asyncio.sleep(1)
+                    scrape_start = time.perf_counter()
+                    durations, series = await scrapes(http, admin_ports, args.scrapes)
+                    scrape_end = time.perf_counter()
+                    await asyncio.sleep(1)
+                    push_start = time.perf_counter()
+                    result["full_push_s"] = round(await push_full(http, admin_ports, body), 2)
+                    await asyncio.sleep(1)
+                    push_end = time.perf_counter()
             result["write_ms"] = {k: summary_ms(v) for k, v in delays.items()}
-            result["rtt_quiet_ms"] = summary_ms(pingers.between(0, quiet_end))
-            result["rtt_writes_ms"] = summary_ms(pingers.between(quiet_end, writes_end))
+            result["rtt_quiet_ms"] = pingers.phase("quiet", 0, quiet_end)
+            result["rtt_writes_ms"] = pingers.phase("writes", quiet_end, writes_end)
             result["scrape_ms"] = summary_ms(durations)
             result["scrape_series"] = series
-            result["rtt_scrapes_ms"] = summary_ms(pingers.between(scrape_start, scrape_end))
-            result["rtt_full_push_ms"] = summary_ms(pingers.between(push_start, push_end))
-            result["ping_failures"] = pingers.failures
+            result["rtt_scrapes_ms"] = pingers.phase("scrapes", scrape_start, scrape_end)
+            result["rtt_full_push_ms"] = pingers.phase("full push", push_start, push_end)
+            result.update(pinger_figures(pingers, traces))
     return result
 
 
@@ -584,6 +633,10 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=5,
                         help="standalone: GET /metrics from each proxy this many times, "
                              "every route with series, sessions live")
+    parser.add_argument("--spy", action="store_true",
+                        help="record the proxies with py-spy while sessions are live and "
+                             "name what each slow round trip's proxy ran meanwhile (traces "
+                             "in bench/results/)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="how long one phase (a start-up, one write) may take")
     run_main(run, parser)
