@@ -30,6 +30,9 @@ class OperatorOptions:
     holdoff: float = 0.05
     max_holdoff: float = 0.5
     verify_every: float = 30.0
+    # How long the API server keeps each watch open (timeoutSeconds); the operator then
+    # watches again from the last version it saw.
+    watch_seconds: int = 300
 
     def watches(self, namespace: str | None) -> bool:
         return not self.namespaces or namespace in self.namespaces
