@@ -1,5 +1,5 @@
 """The operator's settings, from its command line: built once and passed to what reads
-them (the kopf registry's filters, the memo), never a module global."""
+them (the watches' filters, the memo), never a module global."""
 
 from __future__ import annotations
 
