@@ -1,26 +1,22 @@
 """The operator's view of the cluster: the latest body of every watched object.
 
-Fed by the kopf handlers; read by the reconciler as a ClusterView. Objects are filed
-by the watched-kinds table (kinds.py). At start it is ``seed``-ed with the objects the
-operator listed itself, so the first build need not wait for kopf to deliver each of
-them; ``expect`` takes those objects, and ``complete`` is set once kopf has delivered
-each of them (the same content again: nothing to build), or they were deleted.
-``undelivered`` are those kopf never delivered: deleted between the two lists.
+Fed by the watches (watches.py); read by the reconciler as a ClusterView. Objects are
+filed by the watched-kinds table (kinds.py).
 
 It also keeps which compiled objects changed since the last view (in a way the build
 cares about: the fingerprint), so a build compiles what changed without comparing the
 whole view with what the compiler holds (with 21,000 objects that comparison alone took
 about 90 ms per change).
 
-It belongs to the event loop: the handlers that feed it are coroutines, and only the
-loop touches its dicts and its Event. A view is safe to hand to another thread (the
-compiler runs in one): its lists and dicts are new, and a body, once stored, is never
-changed; an event stores a new body in its place.
+It belongs to the event loop: only the loop touches its dicts. A view is safe to hand
+to another thread (the compiler runs in one): its lists and dicts are new, and a body,
+once stored, is never changed; an event stores a new body in its place.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +31,16 @@ from .reconciler import ClusterView
 Key = tuple[str, str, str]
 
 
+def fingerprint(kind: Kind, body: Mapping[str, Any]) -> str:
+    """What matters of an object to the build: our own status writes do not."""
+    meta = body.get("metadata") or {}
+    relevant = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+    relevant["metadata"] = {k: meta.get(k) for k in ("labels", "generation", "deletionTimestamp")}
+    if kind is PROXY_POD:
+        relevant["status"] = body.get("status")
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def key_of(kind: Kind, body: Mapping[str, Any]) -> Key:
     meta = body.get("metadata") or {}
     return (kind.kind, meta.get("namespace") or DEFAULT_NAMESPACE, meta.get("name") or "")
@@ -45,9 +51,6 @@ class ClusterCache:
         self._objects: dict[str, dict[Key, dict[str, Any]]] = {k.kind: {} for k in KINDS}
         self._fingerprints: dict[Key, str] = {}
         self._proxy_target = proxy_target
-        self._expected: set[Key] | None = None  # None: the start-up lists are not in yet
-        self._early: set[Key] = set()  # delivered before the lists were known
-        self.complete = asyncio.Event()
         # Compiled objects changed since the last view: the new body, None when deleted.
         self._changes: dict[Key, dict[str, Any] | None] = {}
 
@@ -56,7 +59,6 @@ class ClusterCache:
         changed in a way the build cares about."""
         key = key_of(kind, body)
         self._objects[kind.kind][key] = body
-        self._arrived(key)
         if self._fingerprints.get(key) == fingerprint:
             return False
         self._fingerprints[key] = fingerprint
@@ -66,14 +68,12 @@ class ClusterCache:
 
     def holds(self, kind: Kind, body: Mapping[str, Any]) -> bool:
         """Whether this version of the object is held already (the same resourceVersion:
-        the same object); it counts as delivered."""
+        the same object)."""
         key = key_of(kind, body)
         held = self._objects[kind.kind].get(key)
         version = (body.get("metadata") or {}).get("resourceVersion")
-        if held is None or not version or held["metadata"].get("resourceVersion") != version:
-            return False
-        self._arrived(key)
-        return True
+        return held is not None and bool(version) and \
+            held["metadata"].get("resourceVersion") == version
 
     def restatused(self, kind: Kind, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` is the held object with only its status or metadata moved,
@@ -90,38 +90,20 @@ class ClusterCache:
                 meta.get(field) != held["metadata"].get(field)
                 for field in ("generation", "labels", "deletionTimestamp")):
             return False
-        # Not deep copies: kopf parses each event's body afresh and never changes it.
+        # Not deep copies: each event's body is parsed afresh and never changed.
         fresh = {**held, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         if "status" in body:
             fresh["status"] = body["status"]
         else:
             fresh.pop("status", None)
         self._objects[kind.kind][key] = fresh
-        self._arrived(key)
         return True
 
-    def seed(self, kind: Kind, body: dict[str, Any], fingerprint: str) -> None:
-        """Store an object listed at start (kopf's delivery of it is still expected)."""
-        key = key_of(kind, body)
-        self._objects[kind.kind][key] = body
-        self._fingerprints[key] = fingerprint
-        if kind.field is not None:
-            self._changes[key] = body
-
-    def undelivered(self) -> int:
-        """Forget the objects listed at start that kopf has not delivered (deleted since
-        the start-up list); how many."""
-        missing = list(self._expected or ())
-        for key in missing:
-            if self._objects[key[0]].pop(key, None) is not None and key[0] != PROXY_POD.kind:
-                self._changes[key] = None
-            self._fingerprints.pop(key, None)
-            self._arrived(key)
-        return len(missing)
-
     def remove(self, kind: Kind, body: Mapping[str, Any]) -> bool:
-        key = key_of(kind, body)
-        self._arrived(key)
+        """Forget an object; True when it was held."""
+        return self.remove_key(kind, key_of(kind, body))
+
+    def remove_key(self, kind: Kind, key: Key) -> bool:
         self._fingerprints.pop(key, None)
         if self._objects[kind.kind].pop(key, None) is None:
             return False
@@ -129,21 +111,9 @@ class ClusterCache:
             self._changes[key] = None
         return True
 
-    def expect(self, listed: set[Key]) -> None:
-        self._expected = listed - self._early
-        self._early.clear()
-        self._check_complete()
-
-    def _arrived(self, key: Key) -> None:
-        if self._expected is None:
-            self._early.add(key)
-        else:
-            self._expected.discard(key)
-            self._check_complete()
-
-    def _check_complete(self) -> None:
-        if self._expected is not None and not self._expected and not self.complete.is_set():
-            self.complete.set()
+    def keys(self, kind: Kind) -> list[Key]:
+        """The keys of the objects of a kind held now."""
+        return list(self._objects[kind.kind])
 
     def size(self) -> int:
         return sum(len(objects) for objects in self._objects.values())

@@ -3,7 +3,7 @@
 CPython starts a full (generation 2) collection on its own whenever enough objects
 have survived the younger generations, which in the operator is right when a build
 allocates: in the write -> push path. Such a collection walks every tracked object
-(what start-up built is frozen out of its sight, reconciler.py, but kopf's state and
+(what start-up built is frozen out of its sight, handlers.py, but the watches' state and
 the bodies of every change since are not) and held the loop tens of ms at ten
 thousand consumers while a rotated key waited to be pushed.
 

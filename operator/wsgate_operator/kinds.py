@@ -1,8 +1,8 @@
 """The kinds the operator watches: one table read by everything that needs to know.
 
-The cache files objects by it, the kopf handlers are registered from it, the initial
-list at start walks it, the manifests loader accepts its compiled kinds (and their
-apiVersions), and the compiler's Snapshot has one list per compiled kind. A kind added
+The cache files objects by it, the watches (watches.py) list and watch by it, the
+manifests loader accepts its compiled kinds (and their apiVersions), and the
+compiler's Snapshot has one list per compiled kind. A kind added
 here is watched, listed, cached and loaded from files alike.
 """
 

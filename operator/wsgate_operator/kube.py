@@ -1,20 +1,18 @@
-"""Talking to the Kubernetes API on the operator's own: the list at start (the official
-client, in a thread), statuses and Events (aiohttp, on the loop).
+"""Talking to the Kubernetes API: one connection (``KubeApi``, aiohttp on the operator's
+loop, configured the way kubectl finds the API) that the watches read through
+(watches.py) and the writer writes statuses and Events through (``KubeWriter``).
 
-Apart from that one list, the operator reads through kopf's watches; it writes only
-here. A status write that finds its object gone (404) or changed under it (409) is
-dropped: the next build writes the truth again; any other failure raises
-StatusNotWritten, and the write is made again.
+A status write that finds its object gone (404) or changed under it (409) is dropped:
+the next build writes the truth again; any other failure raises StatusNotWritten, and
+the write is made again.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 import os
-import re
 import ssl
 import time
 from typing import Any
@@ -23,8 +21,7 @@ import aiohttp
 import kubernetes
 
 from .compiler import K8sObject
-from .kinds import BY_KIND, KINDS, PROXY_POD, Kind
-from .options import OperatorOptions
+from .kinds import BY_KIND
 from .status import Event, Status
 
 log = logging.getLogger("wsgate.kube")
@@ -47,73 +44,71 @@ def load_client_config() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def list_initial(options: OperatorOptions) -> dict[Kind, list[dict[str, Any]]]:
-    """Every object the operator watches, listed once at start (the kinds of kinds.py,
-    in the watched namespaces; the proxy pods in theirs, by label): the view is
-    complete when kopf has delivered all of them. Items carry their kind and
-    apiVersion (a list's items need not)."""
-    namespaces: list[str | None] = list(options.namespaces) or [None]
-    listed: dict[Kind, list[dict[str, Any]]] = {}
-    for kind in KINDS:
-        if kind is PROXY_POD:
-            selector = ",".join(f"{k}={v}" for k, v in options.proxy_selector.items())
-            items = _list(kind, options.proxy_namespace, label_selector=selector)
-        else:
-            items = [item for ns in namespaces for item in _list(kind, ns)]
-        listed[kind] = [{**item, "kind": kind.kind, "apiVersion": kind.api_version}
-                        for item in items if kind.filter(item, options)]
-    return listed
-
-
-# The client's API class of each built-in group (custom resources: CustomObjectsApi).
-_APIS = {"": kubernetes.client.CoreV1Api, "discovery.k8s.io": kubernetes.client.DiscoveryV1Api}
-
-
-def _list(kind: Kind, namespace: str | None, **query: str) -> list[dict[str, Any]]:
-    """The items of one kind, in one namespace or all, as the API returns them (the
-    client's typed list call, its body read as JSON rather than deserialized)."""
-    if kind.group not in _APIS:
-        custom = kubernetes.client.CustomObjectsApi()
-        call: Any = functools.partial(
-            custom.list_namespaced_custom_object, kind.group, kind.version, namespace,
-            kind.plural) if namespace else functools.partial(
-            custom.list_cluster_custom_object, kind.group, kind.version, kind.plural)
-    else:
-        api = _APIS[kind.group]()
-        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind.kind).lower()  # EndpointSlice: endpoint_slice
-        call = functools.partial(getattr(api, f"list_namespaced_{snake}"), namespace) \
-            if namespace else getattr(api, f"list_{snake}_for_all_namespaces")
-    response = call(_preload_content=False, **query)
-    return json.loads(response.data).get("items") or []
-
-
 class StatusNotWritten(RuntimeError):
     """The API refused a status write for a reason other than the object being gone or
     changed, or could not be reached: the write is made again."""
 
 
-class KubeWriter:
-    """Statuses and Events, written with aiohttp on the operator's loop. (The official
-    client is synchronous: each call took a thread and 2.4 times the CPU, which at an
-    operator's first start, one status per object, is tens of seconds.) It connects as
-    the official client was configured (load_client_config): host, TLS, client
-    certificate, and a token refreshed through the client's own hook."""
+class KubeApi:
+    """The operator's connection to the API, made as the official client was configured
+    (load_client_config): host, TLS, client certificate, and a token refreshed through
+    the client's own hook. (The official client is synchronous: each call took a thread
+    and 2.4 times the CPU, which at an operator's first start, one status per object, is
+    tens of seconds.)"""
 
     def __init__(self, configuration: kubernetes.client.Configuration | None = None) -> None:
         self._config = configuration or kubernetes.client.Configuration.get_default_copy()
-        self._host = self._config.host.rstrip("/")
+        self.host = self._config.host.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._token_until = 0.0  # time.monotonic() after which the hook is asked again
 
-    def _authorization(self) -> str | None:
-        """The Authorization header's value, from the client's configuration (its hook
-        refreshes the token when due), asked at most every TOKEN_REUSE_SECONDS."""
+    def headers(self, content_type: str | None = None) -> dict[str, str]:
+        """Accept, Content-Type and the Authorization header, from the client's
+        configuration (its hook refreshes the token when due), whose hook is asked at
+        most every TOKEN_REUSE_SECONDS."""
         now = time.monotonic()
         if now >= self._token_until:
             self._token = self._config.get_api_key_with_prefix("authorization")
             self._token_until = now + TOKEN_REUSE_SECONDS
-        return self._token
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self._token:
+            headers["Authorization"] = self._token
+        return headers
+
+    def http(self) -> aiohttp.ClientSession:
+        """The session (made on first use, on the loop that uses it). Requests give their
+        own timeouts: a watch is read for minutes, a write gets REQUEST_TIMEOUT_SECONDS."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._tls()))
+        return self._session
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        config = self._config
+        if not self.host.startswith("https:"):
+            return False
+        if not config.verify_ssl:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=config.ssl_ca_cert)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        return context
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class KubeWriter:
+    """Statuses and Events, written through the operator's API connection."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self._api = api
 
     async def write_status(self, obj: K8sObject, status: Status) -> None:
         meta, kind = obj["metadata"], BY_KIND[obj["kind"]]
@@ -157,38 +152,13 @@ class KubeWriter:
 
     async def _send(self, method: str, path: str, body: Any,
                     content_type: str) -> tuple[int, str]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        if token := self._authorization():
-            headers["Authorization"] = token
         try:
-            async with self._http().request(method, self._host + path, data=json.dumps(body),
-                                            headers=headers) as response:
+            async with self._api.http().request(
+                    method, self._api.host + path, data=json.dumps(body),
+                    headers=self._api.headers(content_type),
+                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)) as response:
                 answer = await response.text()
                 return response.status, answer
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StatusNotWritten(f"cannot reach the API at {self._host}: "
+            raise StatusNotWritten(f"cannot reach the API at {self._api.host}: "
                                    f"{str(exc) or type(exc).__name__}") from None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
-                connector=aiohttp.TCPConnector(ssl=self._tls()))
-        return self._session
-
-    def _tls(self) -> ssl.SSLContext | bool:
-        config = self._config
-        if not self._host.startswith("https:"):
-            return False
-        if not config.verify_ssl:
-            context = ssl.create_default_context()
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        else:
-            context = ssl.create_default_context(cafile=config.ssl_ca_cert)
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, config.key_file)
-        return context
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()

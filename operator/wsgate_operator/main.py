@@ -1,4 +1,4 @@
-"""`wsgate operator`: kopf, with the handlers of handlers.py, until stopped."""
+"""`wsgate operator`: kopf, with the lifecycle of handlers.py, until stopped."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def run_operator(
                                 "proxy_selector": options.proxy_selector,
                                 "proxy_namespace": options.proxy_namespace})
     await kopf.operator(
-        registry=build_registry(options),
+        registry=build_registry(),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,

@@ -44,6 +44,11 @@ class OperatorMetrics:
             self.status_writes.labels(outcome)
         for reason in ("unchanged", "replaced"):
             self.statuses_skipped.labels(reason)
+        self.watch_restarts = Counter(
+            "wsgate_operator_watch_restarts", "Watches begun again other than after the "
+            "server's timeout, by kind and why (expired: 410 Gone, listed again; failed: "
+            "an error or an answer the API does not give, retried after a backoff).",
+            ["kind", "reason"], registry=self.registry)
         self.objects = Gauge(
             "wsgate_operator_objects", "Objects in the operator's view, by kind.", ["kind"],
             registry=self.registry)

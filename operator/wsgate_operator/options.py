@@ -1,5 +1,5 @@
 """The operator's settings, from its command line: built once and passed to what reads
-them (the kopf registry's filters, the memo), never a module global."""
+them (the watches' filters, the memo), never a module global."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ class OperatorOptions:
     holdoff: float = 0.05
     max_holdoff: float = 0.5
     verify_every: float = 30.0
+    # How long the API server keeps each watch open (timeoutSeconds); the operator then
+    # watches again from the last version it saw.
+    watch_seconds: int = 300
 
     def watches(self, namespace: str | None) -> bool:
         return not self.namespaces or namespace in self.namespaces

@@ -307,7 +307,7 @@ class Reconciler:
             _bodies(view, changed, "WsConsumer")
         # Every status (11,000 at 10k consumers) takes half a second, every route's when
         # a proxy comes or goes 90 ms: computed a slice at a time, so that the pushes
-        # under way and kopf's deliveries go on meanwhile.
+        # under way and the watches' events go on meanwhile.
         unchanged = 0
         clock = SliceClock(STATUS_SLICE_SECONDS)
         for obj in routes:

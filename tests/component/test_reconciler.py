@@ -348,7 +348,6 @@ async def test_events_during_a_compile_never_reach_it():
         objects += consumer_objects(f"c{i}", f"key-{i}")
     for n, obj in enumerate(objects):
         cache.put(kinds[obj["kind"]], copy.deepcopy(obj), str(n))
-    cache.expect(set())
     writer = RecordingWriter(objects)
     pusher = Pusher(TOKEN, on_change=lambda: None)
     reconciler = Reconciler(cache.view, pusher, writer)

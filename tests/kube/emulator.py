@@ -85,6 +85,7 @@ class ApiServer(kmock.KubernetesScaffold):
     printer_columns: dict[tuple[str, str, str], list[dict[str, Any]]] = attrs.field(factory=dict)
     _written: asyncio.Event = attrs.field(factory=asyncio.Event)
     watches: int = 0
+    _ended: int = 0  # bumped to end every open watch
     # Every request served over HTTP, as RBAC sees it (tests/operator/test_rbac.py).
     requests: deque[Access] = attrs.field(factory=lambda: deque(maxlen=100_000))
 
@@ -169,6 +170,14 @@ class ApiServer(kmock.KubernetesScaffold):
     def _notify(self) -> None:
         self._written.set()
         self._written = asyncio.Event()
+
+    def restart(self, *, compact: bool = False) -> None:
+        """End every open watch, as an API server's restart does; with ``compact`` the
+        event log is forgotten too, so a watch from an earlier version gets 410 Gone."""
+        if compact:
+            self.store.compact()
+        self._ended += 1
+        self._notify()
 
     # -- HTTP --------------------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -297,6 +306,7 @@ class ApiServer(kmock.KubernetesScaffold):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
         self.watches += 1
+        ended = self._ended
         try:
             if raw_version in ("", "0") or initial:
                 since = self.store.revision
@@ -326,7 +336,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 # would read the whole log again on every wake-up).
                 since = max(since, head)
                 remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
+                if remaining <= 0 or self._ended != ended:
                     break
                 written = self._written
                 try:

@@ -138,6 +138,12 @@ class Store:
     objects: dict[tuple[ResourceKey, str, str], Obj] = field(default_factory=dict)
     log: deque[WatchEvent] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_SIZE))
     revision: int = 1000
+    compacted: int = 0  # a watch from a version before this is 410 Gone
+
+    def compact(self) -> None:
+        """Forget every event up to now, as etcd's compaction does."""
+        self.log.clear()
+        self.compacted = self.revision
 
     # -- reading ------------------------------------------------------------------------
     def get(self, kind: Kind, namespace: str, name: str) -> Obj:
@@ -160,9 +166,10 @@ class Store:
                 and field_matches(field_selector, obj)]
 
     def events_since(self, kind: Kind, resource_version: int) -> list[WatchEvent]:
-        if self.log and resource_version < self.log[0].resource_version - 1:
+        oldest = self.log[0].resource_version - 1 if self.log else self.compacted
+        if resource_version < oldest:
             raise ApiError(410, "Expired", f"too old resource version: {resource_version} "
-                                           f"({self.log[0].resource_version - 1})")
+                                           f"({oldest})")
         # From the newest back to the first already seen: a watch that keeps up reads
         # only what is new (a scan of the whole log per wake-up made every write cost
         # the log's length, times the watches).

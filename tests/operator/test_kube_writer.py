@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes
 
 from wsgate_operator.compiler import ObjectRef
-from wsgate_operator.kube import KubeWriter, load_client_config
+from wsgate_operator.kube import KubeApi, KubeWriter, load_client_config
 from wsgate_operator.status import Event
 
 
@@ -24,7 +24,8 @@ async def test_the_token_hook_is_asked_once_for_a_burst_of_writes(api):
         configuration.refresh_api_key_hook = counted
 
     config.refresh_api_key_hook = counted
-    writer = KubeWriter(config)
+    api_connection = KubeApi(config)
+    writer = KubeWriter(api_connection)
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "p", "namespace": "default", "uid": "u"}}
     try:
@@ -32,7 +33,7 @@ async def test_the_token_hook_is_asked_once_for_a_burst_of_writes(api):
             await writer.post_event(pod, Event(ObjectRef("Pod", "default", "p"), "Normal",
                                                "Tested", "a burst"))
     finally:
-        await writer.close()
+        await api_connection.close()
     assert len(asked) == 1
     posted = [r for r in api.requests if r.resource == "events" and r.verb == "create"]
     assert len(posted) == 5  # each with the token: the emulator refuses none

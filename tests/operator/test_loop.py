@@ -1,15 +1,12 @@
-"""The operator's handlers run on its event loop, and events that arrive while the
-reconciler builds never break a build.
+"""The operator's watches feed its view on its event loop, and events that arrive while
+the reconciler builds never break a build.
 
-kopf runs a plain function handler in a thread pool; from there it would change the
-cache while a build reads it and set asyncio.Events from the wrong thread. The
-operator's loop runs in asyncio's debug mode here (tests/kube/operator.py), where such a
-call raises instead of going unnoticed."""
+The operator's loop runs in asyncio's debug mode here (tests/kube/operator.py), where
+a call into it from another thread raises instead of going unnoticed."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
 import kopf
@@ -21,46 +18,17 @@ CR = "wsgate.io/v1alpha1"
 BURST = 120
 
 
-def test_kopf_runs_every_change_handler_as_a_coroutine(operator_options):
-    registry = handlers.build_registry(operator_options)
-    ours = registry._watching.get_all_handlers()  # kopf 1.45, pinned
-    assert sorted(h.id for h in ours) == sorted(f"{kind}-changed" for kind in (
-        "wsroutes", "wsconsumers", "secrets", "services", "endpointslices", "pods"))
-    assert all(inspect.iscoroutinefunction(h.fn) for h in ours)
+def test_kopf_runs_the_lifecycle_and_watches_nothing_itself():
+    """The watched kinds are the operator's own watches (watches.py): kopf has no
+    resource handler to deliver events to, so it opens no watch of its own."""
+    registry = handlers.build_registry()
+    assert not registry._watching.get_all_handlers()  # kopf 1.45, pinned
+    assert not registry._changing.get_all_handlers()
+    assert {h.fn for h in registry._activities.get_all_handlers()} == {
+        handlers.login, handlers.start, handlers.stop}
     # A registry of its own: nothing of ours is in kopf's global one.
-    assert not [h for h in kopf.get_default_registry()._watching.get_all_handlers()
+    assert not [h for h in kopf.get_default_registry()._activities.get_all_handlers()
                 if h.fn.__module__ == handlers.__name__]
-
-
-async def test_kopf_builds_no_diff_base_for_the_events_it_delivers(
-        api, proxies, operator, upstream, monkeypatch):
-    """Only on.create/update/field handlers read kopf's old/new/diff; ours are on.event
-    handlers, so kopf's deep copy of each body into a diff base is not made."""
-    assert not handlers.build_registry(operator.options)._changing.get_all_handlers()
-    built = []
-    original = kopf.DiffBaseStorage.build
-
-    def counted(self, **kwargs):
-        built.append(kwargs["body"].get("kind"))
-        return original(self, **kwargs)
-
-    monkeypatch.setattr(kopf.DiffBaseStorage, "build", counted)
-    proxies.start("proxy-a", 0)
-    for obj in objects_for(upstream.port):
-        api.apply(obj)
-
-    async def consumers(memo):
-        await memo.reconciler.wait_for_build(0)
-        return {c.name for c in memo.reconciler.compiled.config.consumers}
-
-    for obj in consumer_objects("late", "late-key"):
-        api.apply(obj)
-
-    async def built_late():
-        assert "late" in await operator.on_loop(consumers)
-
-    await eventually(built_late)
-    assert built == []
 
 
 async def test_changes_delivered_while_builds_run_are_all_built(api, proxies, operator, upstream,

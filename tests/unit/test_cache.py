@@ -6,9 +6,8 @@ from __future__ import annotations
 import copy
 
 from tests.support import consumer_objects, objects_for
-from wsgate_operator.cache import ClusterCache
+from wsgate_operator.cache import ClusterCache, fingerprint
 from wsgate_operator.compiler import ObjectRef, compile_snapshot
-from wsgate_operator.handlers import _fingerprint
 from wsgate_operator.kinds import BY_KIND
 from wsgate_operator.pusher import Pusher
 from wsgate_operator.reconciler import Reconciler
@@ -16,7 +15,7 @@ from wsgate_operator.reconciler import Reconciler
 
 def _put(cache: ClusterCache, obj: dict) -> bool:
     kind = BY_KIND[obj["kind"]]
-    return cache.put(kind, obj, _fingerprint(kind, obj))
+    return cache.put(kind, obj, fingerprint(kind, obj))
 
 
 def test_a_view_carries_what_changed_since_the_last_one():

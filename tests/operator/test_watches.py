@@ -1,0 +1,242 @@
+"""The operator's own watches (watches.py) against the API emulator over HTTP, and
+against an API server that answers garbage.
+
+What a user sees: a change made while a watch was away is enforced by the proxies
+(a deleted consumer's key refused), the metric says why the watch began again, and a
+kind whose watch keeps failing does not stop the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp.web
+import kubernetes
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.kube.operator import OperatorThread
+from tests.support import KEY, consumer_objects, eventually, objects_for
+from wsgate_operator import watches
+from wsgate_operator.cache import ClusterCache
+from wsgate_operator.kinds import BY_KIND, Kind
+from wsgate_operator.kube import KubeApi
+from wsgate_operator.metrics import OperatorMetrics
+from wsgate_operator.options import OperatorOptions
+
+CR = "wsgate.io/v1alpha1"
+
+
+async def handshake(url: str, headers: dict[str, str]) -> int:
+    try:
+        async with connect(url, additional_headers=headers):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def watch_requests(api, plural: str, verb: str) -> int:
+    return sum(1 for r in api.requests if r.resource == plural and r.verb == verb)
+
+
+@pytest.fixture
+async def served(api, proxies, operator, apply, upstream):
+    """The quickstart (consumer john) and a second consumer, enforced on one proxy."""
+    proxies.start("proxy-a", 0)
+    apply(*objects_for(upstream.port), *consumer_objects("jane", "jane-key"))
+    url = proxies.url("proxy-a")
+
+    async def both_served():
+        assert await handshake(url, KEY) == 101
+        assert await handshake(url, {"apikey": "jane-key"}) == 101
+
+    await eventually(both_served, timeout=15)
+    return url
+
+
+async def test_a_deletion_lost_to_compaction_is_found_by_listing_again(api, operator, served):
+    """The API server restarts with its event log compacted while a consumer is deleted:
+    the watch's version is gone (410), the operator lists again, and the consumer the
+    list no longer holds is removed (its key refused); the other is still served."""
+    lists_before = watch_requests(api, "wsconsumers", "list")
+    api.delete(CR, "WsConsumer", "jane")
+    api.restart(compact=True)  # before any watch read the DELETED event
+
+    async def jane_refused():
+        assert await handshake(served, {"apikey": "jane-key"}) == 401
+
+    await eventually(jane_refused, timeout=15)
+    assert await handshake(served, KEY) == 101
+    metrics = operator.memo.metrics
+    assert metrics.value("wsgate_operator_watch_restarts_total",
+                         kind="WsConsumer", reason="expired") >= 1
+    assert watch_requests(api, "wsconsumers", "list") > lists_before
+
+
+async def test_a_watch_the_server_ends_resumes_from_its_version_without_listing(
+        api, proxies, apply, upstream, operator_options):
+    """The server's timeout ends each watch (here after 1 s): the operator watches again
+    from the last version it saw, so nothing is listed again, and a change made after
+    that is enforced."""
+    operator_options.watch_seconds = 1
+    async with OperatorThread(operator_options) as running:
+        proxies.start("proxy-a", 0)
+        apply(*objects_for(upstream.port))
+        url = proxies.url("proxy-a")
+
+        async def john_served():
+            assert await handshake(url, KEY) == 101
+
+        await eventually(john_served, timeout=15)
+
+        async def watched_again():
+            assert watch_requests(api, "wsconsumers", "watch") >= 3
+
+        await eventually(watched_again, timeout=15)
+        apply(*consumer_objects("late", "late-key"))
+
+        async def late_served():
+            assert await handshake(url, {"apikey": "late-key"}) == 101
+
+        await eventually(late_served, timeout=15)
+        assert watch_requests(api, "wsconsumers", "list") == 1
+        assert running.memo.metrics.value("wsgate_operator_watch_restarts_total",
+                                          kind="WsConsumer", reason="failed") == 0
+
+
+async def test_a_secret_that_loses_its_credential_label_is_forgotten(api, served):
+    """A Secret the operator no longer may read (its wsgate credential label removed) is
+    dropped from its view, as if deleted: the key it held is refused."""
+    secret = api.get("v1", "Secret", "jane-key")
+    secret["metadata"]["labels"] = {}
+    api.apply(secret)
+
+    async def jane_refused():
+        assert await handshake(served, {"apikey": "jane-key"}) == 401
+
+    await eventually(jane_refused, timeout=15)
+    assert await handshake(served, KEY) == 101
+
+
+# -- an API server that answers garbage ----------------------------------------------------
+
+GOOD = {"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svc", "namespace": "default", "resourceVersion": "5"},
+        "spec": {"ports": [{"port": 80}]}}
+
+
+Behaviour = Callable[[aiohttp.web.StreamResponse, asyncio.Event], Awaitable[None]]
+
+
+def hostile_api(behaviour: Behaviour) -> aiohttp.web.Application:
+    """Lists answer properly; a watch of Services delivers one good event, then a good
+    one after each restart; a watch of WsConsumers gets ``behaviour``; others stay open
+    and quiet."""
+    app = aiohttp.web.Application()
+    served = {"services": 0, "wsconsumers": 0}
+    app[STOP] = stop = asyncio.Event()
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        plural = request.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.query.get("watch") != "true":
+            return aiohttp.web.json_response(
+                {"metadata": {"resourceVersion": "1"}, "items": []})
+        served[plural] = served.get(plural, 0) + 1
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        if plural == "services":
+            name = f"svc-{served[plural]}"
+            event = {"type": "ADDED", "object": {
+                **GOOD, "metadata": {**GOOD["metadata"], "name": name,
+                                     "resourceVersion": str(10 + served[plural])}}}
+            await response.write(json.dumps(event).encode() + b"\n")
+        elif plural == "wsconsumers":
+            await behaviour(response, stop)
+            return response
+        await stop.wait()
+        return response
+
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    app[SERVED] = served
+    return app
+
+
+SERVED = aiohttp.web.AppKey("served", dict)
+STOP = aiohttp.web.AppKey("stop", asyncio.Event)
+
+
+async def garbage_line(response, _stop):
+    await response.write(b"<html>not json</html>\n")
+
+
+async def huge_line(response, _stop):
+    chunk = b"x" * 65536
+    for _ in range(watches.MAX_LINE_BYTES // len(chunk) + 2):
+        await response.write(chunk)
+
+
+async def error_event(response, _stop):
+    await response.write(json.dumps({"type": "ERROR", "object": {
+        "kind": "Status", "code": 500, "message": "etcdserver: request timed out"}}).encode()
+        + b"\n")
+
+
+async def no_object(response, _stop):
+    await response.write(b'{"type": "ADDED", "object": 7}\n')
+
+
+async def silent(_response, stop):
+    await stop.wait()  # never a byte: the client's read timeout ends it
+
+
+@pytest.fixture
+async def hostile(request) -> AsyncIterator[tuple[str, dict[str, int]]]:
+    app = hostile_api(request.param)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", app[SERVED]
+    finally:
+        app[STOP].set()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("hostile", [garbage_line, huge_line, error_event, no_object, silent],
+                         indirect=True)
+async def test_an_api_answering_garbage_is_retried_and_other_kinds_still_delivered(
+        hostile, monkeypatch):
+    url, served = hostile
+    monkeypatch.setattr(watches, "FIRST_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(watches, "READ_MARGIN_SECONDS", 0.5)
+    config = kubernetes.client.Configuration()
+    config.host = url
+    api = KubeApi(config)
+    cache = ClusterCache(lambda _body: None)
+    metrics = OperatorMetrics()
+    changed: list[Kind] = []
+    watch = watches.Watches(api, cache, OperatorOptions(), changed.append, metrics,
+                            watch_seconds=1)
+    try:
+        await watch.list_all()
+        tasks = watch.run()
+        try:
+            async def retried_and_others_delivered():
+                assert served["wsconsumers"] >= 3  # failed, backed off, asked again
+                assert metrics.value("wsgate_operator_watch_restarts_total",
+                                     kind="WsConsumer", reason="failed") >= 2
+                assert BY_KIND["Service"] in changed
+
+            await eventually(retried_and_others_delivered, timeout=15)
+            assert ("Service", "default", "svc-1") in cache.keys(BY_KIND["Service"])
+            assert cache.keys(BY_KIND["WsConsumer"]) == []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await api.close()
