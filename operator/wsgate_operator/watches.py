@@ -229,14 +229,16 @@ class Watches:
 
     async def _absorb_stream(self, scope: Scope, content: aiohttp.StreamReader) -> bool:
         kind, cache, options = scope.kind, self._cache, self._options
-        clock, pending, delivered = SliceClock(every=SLICE_EVERY), b"", False
-        changed = False
+        clock, delivered, changed = SliceClock(every=SLICE_EVERY), False, False
+        buffer = bytearray()  # what came after the last whole line
         async for chunk in content.iter_any():
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            if len(pending) > MAX_LINE_BYTES:
-                raise WatchFailed(f"watching {scope}: an event over {MAX_LINE_BYTES} bytes")
-            for line in lines:
+            # Only the new bytes are searched for the end of a line: a long event that
+            # comes in many chunks is neither searched nor copied again for each.
+            search, start = len(buffer), 0
+            buffer += chunk
+            while (end := buffer.find(b"\n", search)) >= 0:
+                line, start = bytes(buffer[start:end]), end + 1
+                search = start
                 if not line.strip():
                     continue
                 event_type, body = _event(scope, line)
@@ -251,10 +253,13 @@ class Watches:
                         self._on_change(kind)
                         changed = False
                     await clock.pause()
+            del buffer[:start]
+            if len(buffer) > MAX_LINE_BYTES:
+                raise WatchFailed(f"watching {scope}: an event over {MAX_LINE_BYTES} bytes")
             if changed:
                 self._on_change(kind)
                 changed = False
-        if pending.strip():
+        if buffer.strip():
             raise WatchFailed(f"watching {scope}: the stream ended inside an event")
         return delivered
 

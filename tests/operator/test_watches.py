@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp.web
 import kubernetes
@@ -130,12 +131,12 @@ GOOD = {"apiVersion": "v1", "kind": "Service",
 Behaviour = Callable[[aiohttp.web.StreamResponse, asyncio.Event], Awaitable[None]]
 
 
-def hostile_api(behaviour: Behaviour) -> aiohttp.web.Application:
+def hostile_api(behaviour: Behaviour | None) -> aiohttp.web.Application:
     """Lists answer properly; a watch of Services delivers one good event, then a good
-    one after each restart; a watch of WsConsumers gets ``behaviour``; others stay open
-    and quiet."""
+    one after each restart; a watch of WsConsumers gets ``behaviour`` (None: the pieces
+    in ``served["script"]``, one write each, then quiet); others stay open and quiet."""
     app = aiohttp.web.Application()
-    served = {"services": 0, "wsconsumers": 0}
+    served: dict[str, Any] = {"services": 0, "wsconsumers": 0}
     app[STOP] = stop = asyncio.Event()
 
     async def handle(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
@@ -152,6 +153,10 @@ def hostile_api(behaviour: Behaviour) -> aiohttp.web.Application:
                 **GOOD, "metadata": {**GOOD["metadata"], "name": name,
                                      "resourceVersion": str(10 + served[plural])}}}
             await response.write(json.dumps(event).encode() + b"\n")
+        elif plural == "wsconsumers" and behaviour is None:
+            for piece in served.pop("script", []):
+                await response.write(piece)
+                await asyncio.sleep(0.002)  # each piece a read of its own
         elif plural == "wsconsumers":
             await behaviour(response, stop)
             return response
@@ -163,7 +168,7 @@ def hostile_api(behaviour: Behaviour) -> aiohttp.web.Application:
     return app
 
 
-SERVED = aiohttp.web.AppKey("served", dict)
+SERVED = aiohttp.web.AppKey("served", dict[str, Any])
 STOP = aiohttp.web.AppKey("stop", asyncio.Event)
 
 
@@ -234,6 +239,46 @@ async def test_an_api_answering_garbage_is_retried_and_other_kinds_still_deliver
             await eventually(retried_and_others_delivered, timeout=15)
             assert ("Service", "default", "svc-1") in cache.keys(BY_KIND["Service"])
             assert cache.keys(BY_KIND["WsConsumer"]) == []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await api.close()
+
+
+def consumer_event(name: str, version: int) -> bytes:
+    return json.dumps({"type": "ADDED", "object": {
+        "apiVersion": CR, "kind": "WsConsumer",
+        "metadata": {"name": name, "namespace": "default", "generation": 1,
+                     "resourceVersion": str(version)},
+        "spec": {"credentials": []}}}).encode() + b"\n"
+
+
+@pytest.mark.parametrize("hostile", [None], indirect=True)
+async def test_events_split_across_reads_and_sharing_one_are_each_absorbed(hostile):
+    """A watch's bytes come as the network cuts them: an event in 3-byte pieces, two
+    events and a bookmark in one read, a blank keep-alive line."""
+    url, served = hostile
+    stream = (consumer_event("c1", 11) + b"\n" + consumer_event("c2", 12)
+              + b'{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "20"}}}\n')
+    first = len(consumer_event("c1", 11))
+    pieces = [stream[i:min(i + 3, first)] for i in range(0, first, 3)] + [stream[first:]]
+    served["script"] = pieces
+    config = kubernetes.client.Configuration()
+    config.host = url
+    api = KubeApi(config)
+    cache = ClusterCache(lambda _body: None)
+    watch = watches.Watches(api, cache, OperatorOptions(), lambda _kind: None,
+                            OperatorMetrics())
+    try:
+        await watch.list_all()
+        tasks = watch.run()
+        try:
+            async def both_absorbed():
+                assert sorted(k[2] for k in cache.keys(BY_KIND["WsConsumer"])) == ["c1", "c2"]
+
+            await eventually(both_absorbed, timeout=10)
         finally:
             for task in tasks:
                 task.cancel()
