@@ -48,6 +48,10 @@ class OperatorMetrics:
             "pushes to be done and for a writer.", registry=self.registry)
         for outcome in ("written", "failed"):  # exported at 0 before the first
             self.status_writes.labels(outcome)
+        for kind in ("delta", "full"):
+            self.push_bytes.labels(kind)
+        for outcome in ("used", "unsupported", "failed"):
+            self.listings.labels(outcome)
         for reason in ("unchanged", "replaced"):
             self.statuses_skipped.labels(reason)
         self.objects = Gauge(
