@@ -143,10 +143,13 @@ class AdminApi:
         # 50,000 consumers).
         response = web.StreamResponse(headers={"Content-Type": listing.MEDIA_TYPE})
         await response.prepare(request)
-        for chunk in listing.render(active.version, active.digests.items()):
-            await response.write(chunk)
-            await asyncio.sleep(0)  # a write that fits the buffer does not let the loop run
-        await response.write_eof()
+        try:
+            for chunk in listing.render(active.version, active.digests.items()):
+                await response.write(chunk)
+                await asyncio.sleep(0)  # a write that fits the buffer lets nothing run
+            await response.write_eof()
+        except ConnectionResetError:  # the reader went away: nothing more to send
+            pass
         return response
 
     async def healthz(self, _request: web.Request) -> web.Response:

@@ -21,6 +21,14 @@ def test_a_listing_reads_back_as_rendered_and_stays_compact():
     assert len(body) / len(digests) < 50
 
 
+def test_a_large_listing_is_rendered_a_slice_at_a_time():
+    # 50,000 items take 20-30 ms to render: the proxy's loop runs between the chunks.
+    digests = ((("consumer", f"default/user-{n}"), n << 200) for n in range(50_000))
+    chunks = list(listing.render("0123456789abcdef", digests))
+    assert len(chunks) > 2
+    assert len(listing.parse(b"".join(chunks)).digests) == 50_000
+
+
 @pytest.mark.parametrize(("body", "error"), [
     (b"", "line 1"), (b"[]\n", "line 1"), (b'{"version": 1}\n', "line 1"),
     (b'{"version": "v"}\nconsumer default/a\n', "line 2"),
