@@ -10,8 +10,10 @@ KeyAuth Secret), in operator mode and in standalone mode, with two proxies each:
     polled every 20 ms: p50 / p99 / max;
   - the live sessions' round trips: 20 sessions (10 per proxy) pinging every 10 ms,
     before the writes and while they land: p99 / max;
-  - operator restart after a change made while it was down: time to enforced, and the
-    longest round trip meanwhile (each proxy gets a full config with sessions live);
+  - operator restart after a change made while it was down: time to enforced, the
+    longest round trip meanwhile, and the bytes the restarted operator pushed, as deltas
+    and as whole configs (each proxy runs a version the new operator never built: it
+    lists what it runs, GET /config/digests, and gets what differs);
   - bytes pushed per change (the operator's wsgate_operator_push_bytes_total), and
     the proxies' memory per consumer (RSS over that of a proxy without config);
   - standalone: a whole config (every consumer's key changed but the live sessions')
@@ -429,7 +431,7 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
                         round((after - pushed) / (2 * args.writes)) if after is not None
                         and pushed is not None else None)
                     # A restart after a change made while the operator was down: each proxy
-                    # runs a version the new operator never made, and gets a full config.
+                    # runs a version the new operator never made.
                     running.stop()
                     restart_key = world.original_key(2 * args.writes + 1)
                     await rotate(2 * args.writes + 1, "after-restart")
@@ -443,6 +445,9 @@ async def operator_mode(args: argparse.Namespace, consumers: int) -> dict[str, A
                         result["restart_s"] = None
                     restart_end = time.perf_counter()
                     await asyncio.sleep(1)
+                    result["restart_bytes"] = {kind: await operator_metric(
+                        http, metrics_port, f'wsgate_operator_push_bytes_total{{kind="{kind}"}}')
+                        for kind in ("delta", "full")}
                     # What the restarted operator wrote (the statuses it found were its own).
                     result["restart_status_writes"] = await operator_metric(
                         http, metrics_port,
@@ -548,9 +553,9 @@ def _ms(summary: dict[str, float] | None, *keys: str) -> str:
 def report(results: list[dict[str, Any]]) -> str:
     rows = [["mode", "consumers", "start-up s", "statuses s", "rotated p50/p99/max ms",
              "deleted p50/p99/max ms", "RTT quiet p99/max", "RTT writes p99/max",
-             "restart s", "RTT restart p99/max", "full push s", "RTT full push p99/max",
-             "scrape p50/max ms", "series", "RTT scrapes p99/max", "bytes/change",
-             "KiB/consumer"]]
+             "restart s", "RTT restart p99/max", "restart bytes delta/full", "full push s",
+             "RTT full push p99/max", "scrape p50/max ms", "series", "RTT scrapes p99/max",
+             "bytes/change", "KiB/consumer"]]
     for r in results:
         writes_ms = r.get("write_ms") or {}
         rows.append([
@@ -563,6 +568,8 @@ def report(results: list[dict[str, Any]]) -> str:
             _ms(r.get("rtt_writes_ms"), "p99", "max"),
             "-" if r.get("restart_s") is None else f"{r['restart_s']:.1f}",
             _ms(r.get("rtt_restart_ms"), "p99", "max"),
+            " / ".join("-" if b is None else f"{b:,.0f}"
+                       for b in (r.get("restart_bytes") or {}).values()) or "-",
             "-" if r.get("full_push_s") is None else f"{r['full_push_s']:.2f}",
             _ms(r.get("rtt_full_push_ms"), "p99", "max"),
             _ms(r.get("scrape_ms"), "p50", "max"),

@@ -20,6 +20,12 @@ class OperatorMetrics:
             "wsgate_operator_push_bytes", "Bytes of config pushed to proxies, by kind of "
             "push (delta: what changed from the version the proxy ran; full).", ["kind"],
             registry=self.registry)
+        self.listings = Counter(
+            "wsgate_operator_listings", "Proxies on a version this operator did not build "
+            "asked what they run item by item (GET /config/digests), by outcome (used: a "
+            "delta from it was pushed; unsupported: an older proxy; failed: late, too "
+            "large or malformed): but for used, the whole config is pushed.", ["outcome"],
+            registry=self.registry)
         self.push_seconds = Histogram(
             "wsgate_operator_push_seconds", "Time to push a config to a proxy.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -42,6 +48,10 @@ class OperatorMetrics:
             "pushes to be done and for a writer.", registry=self.registry)
         for outcome in ("written", "failed"):  # exported at 0 before the first
             self.status_writes.labels(outcome)
+        for kind in ("delta", "full"):
+            self.push_bytes.labels(kind)
+        for outcome in ("used", "unsupported", "failed"):
+            self.listings.labels(outcome)
         for reason in ("unchanged", "replaced"):
             self.statuses_skipped.labels(reason)
         self.watch_restarts = Counter(

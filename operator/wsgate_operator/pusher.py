@@ -7,10 +7,14 @@ restarted with an older saved config is brought up to date.
 
 A push carries what changed (a config stream, config_stream.py): a proxy known to run
 a recent version A gets the items changed from A to the current version, by key, and
-answers with the version it now runs. A proxy on anything else (a new pod, a restart,
-a version too old to remember) gets the whole config, and so does one that answers a
-delta with 409 (it ran something else after all): divergence is always caught by the
-version, never accumulated.
+answers with the version it now runs. A proxy on a version this operator did not
+build (the operator restarted after a change made while it was down; the proxy
+restarted from a saved config older than the history) is asked what it runs item by
+item (GET /config/digests, listing.py) and gets what differs, as a delta from the
+version it reports. A proxy with no config, one that cannot list (an older proxy:
+404; an answer too large, late or malformed), and one that answers a delta with 409
+(it ran something else after all, or its listing was not what it runs) get the whole
+config: divergence is always caught by the version, never accumulated.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from wsgate_proxy import config_stream
+from wsgate_proxy import config_stream, listing
 
 from .compiler import Compiled
 from .compiler.compiled import ItemKey
@@ -40,6 +44,10 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # How many recent versions remember which route generations they hold, and what
 # changed from each to the next (how far back a delta can start).
 REMEMBERED_VERSIONS = 32
+# A proxy's listing of what it runs (GET /config/digests) is about 45 bytes an item; one
+# larger than this, or slower than LISTING_SECONDS, is given up for the whole config.
+MAX_LISTING_BYTES = 32 * 1024 * 1024
+LISTING_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -146,11 +154,28 @@ class Pusher:
                  if (kind, key) in encoded],
                 [(kind, key) for kind, key in sorted(changed) if (kind, key) not in encoded],
             ), True
+        return self.whole_body(), False
+
+    @staticmethod
+    def body_against(found: listing.Listing, config: Compiled) -> bytes:
+        """A delta from what a proxy listed (GET /config/digests) to ``config``: the
+        items whose short digest differs or that it lacks, and those it has alone."""
+        listed, short = found.digests, listing.short
+        return config_stream.encode(
+            config.version, found.version,
+            [(kind, body) for (kind, key), (body, digest) in config.encoded.items()
+             if listed.get((kind, key)) != short(digest)],
+            sorted(item for item in listed if item not in config.encoded))
+
+    def whole_body(self) -> bytes:
+        """The current config whole (made once per version)."""
+        config = self._config
+        assert config is not None
         if self._full_body is None:
             self._full_body = config_stream.encode(
                 config.version, None,
                 [(kind, body) for (kind, _key), (body, _digest) in config.encoded.items()])
-        return self._full_body, False
+        return self._full_body
 
     def set_targets(self, targets: list[ProxyTarget]) -> None:
         """The running proxy pods (with an IP) now; a new, recreated or restarted pod is
@@ -250,13 +275,34 @@ class Pusher:
             if target is None or config is None or self._running.get(name) == config.version:
                 return
             running = None if name in self._whole else self._running.get(name)
-            body, delta = self.body_for(running)
+            listed = running is not None and not self._remembers(running)
+            if listed:
+                # A version this operator did not build: what the proxy runs, item by item.
+                found = await self._ask_listing(target)
+                target, config = self._targets.get(name), self._config
+                if target is None or config is None:
+                    return
+                if found is None:
+                    self._whole.add(name)
+                    continue
+                if found.version == config.version:
+                    self._running[name] = found.version
+                    self._on_change()
+                    continue
+                if self._remembers(found.version):
+                    body, delta = self.body_for(found.version)
+                else:  # 20-30 ms at 50,000 consumers: off the loop, as compiles are
+                    body, delta = await asyncio.to_thread(self.body_against, found, config), True
+            else:
+                body, delta = self.body_for(running)
             answer = await self._push(target, config.version, body, delta)
             if isinstance(answer, _Running):
                 if name in self._targets:
                     self._running[name] = answer.version
                     self._failing.discard(name)
                     self._whole.discard(name)
+                    if listed and answer.version != config.version:
+                        self._whole.add(name)  # not what it listed: no second listing
                     self._on_change()
                 continue  # the config may have moved on meanwhile
             if isinstance(answer, _Diverged) and delta:
@@ -327,6 +373,42 @@ class Pusher:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return None
         return version if isinstance(version, str) else None
+
+    def _remembers(self, version: str) -> bool:
+        return any(built == version for built, _ in self._history)
+
+    async def _ask_listing(self, target: ProxyTarget) -> listing.Listing | None:
+        """What the proxy runs, item by item (None when it cannot say: the operator then
+        pushes the whole config)."""
+        outcome, reason = "failed", ""
+        try:
+            async with self._http().get(
+                    f"{target.base}/config/digests",
+                    headers={"Authorization": f"Bearer {self._token}"},
+                    timeout=aiohttp.ClientTimeout(total=LISTING_SECONDS)) as response:
+                if response.status == 404:
+                    outcome, reason = "unsupported", "the proxy has no GET /config/digests"
+                elif response.status != 200:
+                    reason = f"HTTP {response.status}"
+                elif (response.content_length or 0) > MAX_LISTING_BYTES:
+                    reason = f"{response.content_length} bytes"
+                else:
+                    body = bytearray()
+                    async for chunk in response.content.iter_any():
+                        body += chunk
+                        if len(body) > MAX_LISTING_BYTES:
+                            reason = f"more than {MAX_LISTING_BYTES} bytes"
+                            break
+                    else:
+                        found = await asyncio.to_thread(listing.parse, bytes(body))
+                        self.metrics.listings.labels("used").inc()
+                        return found
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+        self.metrics.listings.labels(outcome).inc()
+        log.warning("cannot list what the proxy runs; pushing the whole config",
+                    extra={"proxy": target.name, "reason": reason[:500]})
+        return None
 
     async def verify(self) -> None:
         """Ask every proxy what it runs; bring those that differ up to date."""

@@ -8,6 +8,9 @@ one running is answered 409 with the running version: the sender sends it whole.
 Config writes need the bearer token; without a token configured they are refused
 outright, so an admin port exposed by mistake cannot be used to rewrite routing.
 
+``GET /config/digests`` lists what the proxy runs item by item (listing.py), for an
+operator that does not know its version to send only what differs.
+
 ``GET /metrics`` renders on the loop a slice at a time (exposition.py); scrapes that
 arrive during a render share it, and at most MAX_SCRAPES are served at once.
 """
@@ -24,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
 from pydantic import ValidationError
 
-from . import config_stream
+from . import config_stream, listing
 from .config import GatewayConfig
 from .config_stream import StreamError
 from .exposition import Exposition
@@ -58,6 +61,7 @@ def admin_app(runtime: Runtime, token: str | None, apply: ApplyConfig,
     api = AdminApi(runtime, token, apply, apply_stream, Scrapes(runtime, REGISTRY))
     app.router.add_put("/config", api.put_config)
     app.router.add_get("/config", api.get_config)
+    app.router.add_get("/config/digests", api.get_digests)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
@@ -124,6 +128,29 @@ class AdminApi:
         if self.token and (refusal := self._authorized(request)) is not None:
             return refusal
         return _json(200, self.runtime.summary())
+
+    async def get_digests(self, request: web.Request) -> web.StreamResponse:
+        """The version and each item's short digest, rendered and sent a slice at a time
+        (a line an item: 50,000 consumers are 2.3 MB)."""
+        if (refusal := self._authorized(request)) is not None:
+            return refusal
+        active = self.runtime.active
+        if active is None:
+            return _json(503, {"error": "no config loaded yet"})
+        # Read as it is: a config's digests change only while it is built, and one that
+        # is replaced meanwhile is let go (its dicts emptied) only once nothing holds it,
+        # as ``active`` here does (runtime._release). A copy would hold the loop (14 ms at
+        # 50,000 consumers).
+        response = web.StreamResponse(headers={"Content-Type": listing.MEDIA_TYPE})
+        await response.prepare(request)
+        try:
+            for chunk in listing.render(active.version, active.digests.items()):
+                await response.write(chunk)
+                await asyncio.sleep(0)  # a write that fits the buffer lets nothing run
+            await response.write_eof()
+        except ConnectionResetError:  # the reader went away: nothing more to send
+            pass
+        return response
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})

@@ -236,6 +236,38 @@ async def test_operator_restart_keeps_traffic_and_pushes_nothing_new(
     await live.close()
 
 
+async def test_a_restarted_operator_pushes_only_what_changed_while_it_was_down(
+        api, cluster, operator, operator_options):
+    cluster.start("proxy-b", 1)
+    await eventually(lambda: _synced(api, 2, 2), timeout=15)
+    await operator.stop()
+    # While no operator runs: john's key rotated, jane gone. Both proxies run a version
+    # the restarted operator never built.
+    secret = api.get("v1", "Secret", "john-key")
+    secret["data"]["key"] = base64.b64encode(b"john-key-2").decode()
+    api.apply(secret)
+    api.delete(CR, "WsConsumer", "jane")
+    async with OperatorThread(operator_options) as restarted:
+        async def converged(memo):
+            await memo.reconciler.wait_for_build(0)
+            await memo.pusher.wait_idle()
+            return (memo.pusher.running(), memo.reconciler.compiled.version, {
+                kind: memo.metrics.value("wsgate_operator_push_bytes_total", kind=kind)
+                for kind in ("delta", "full")},
+                memo.metrics.value("wsgate_operator_listings_total", outcome="used"))
+
+        running, version, pushed, listed = await restarted.on_loop(converged)
+        assert running == {"proxy-a": version, "proxy-b": version}
+        assert listed == 2  # each proxy said what it runs, and got what differs from it
+        assert pushed["full"] == 0
+        assert pushed["delta"] > 0
+    for name in ("proxy-a", "proxy-b"):
+        url = cluster.url(name)
+        assert await refused_status(url, KEY) == 401
+        assert await refused_status(url, {"apikey": "john-key-2"}) == 101
+        assert await refused_status(url, {"apikey": "jane-key"}) == 401
+
+
 async def test_a_failing_push_is_an_event_on_the_proxy_pod(api, proxies, operator, apply,
                                                            upstream):
     # A proxy whose admin token differs from the operator's refuses every push.
