@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp.web
 import kubernetes
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from tests.kube.operator import OperatorThread
+from tests.scenarios import handshake
 from tests.support import KEY, consumer_objects, eventually, objects_for
 from wsgate_operator import watches
 from wsgate_operator.cache import ClusterCache
@@ -28,14 +28,6 @@ from wsgate_operator.metrics import OperatorMetrics
 from wsgate_operator.options import OperatorOptions
 
 CR = "wsgate.io/v1alpha1"
-
-
-async def handshake(url: str, headers: dict[str, str]) -> int:
-    try:
-        async with connect(url, additional_headers=headers):
-            return 101
-    except InvalidStatus as exc:
-        return exc.response.status_code
 
 
 def watch_requests(api, plural: str, verb: str) -> int:
@@ -211,6 +203,28 @@ async def hostile(request) -> AsyncIterator[tuple[str, dict[str, int]]]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def watching(url: str, on_change: Callable[[Kind], None], metrics: OperatorMetrics,
+                   **settings: Any) -> AsyncIterator[ClusterCache]:
+    """The operator's watches against the API at ``url``, listed and running, into a
+    cache of their own; stopped at the end."""
+    config = kubernetes.client.Configuration()
+    config.host = url
+    api = KubeApi(config)
+    cache = ClusterCache(lambda _body: None)
+    watch = watches.Watches(api, cache, OperatorOptions(), on_change, metrics, **settings)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await watch.list_all()
+        tasks = watch.run()
+        yield cache
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await api.close()
+
+
 @pytest.mark.parametrize("hostile", [garbage_line, huge_line, error_event, no_object, silent],
                          indirect=True)
 async def test_an_api_answering_garbage_is_retried_and_other_kinds_still_delivered(
@@ -218,33 +232,18 @@ async def test_an_api_answering_garbage_is_retried_and_other_kinds_still_deliver
     url, served = hostile
     monkeypatch.setattr(watches, "FIRST_RETRY_SECONDS", 0.05)
     monkeypatch.setattr(watches, "READ_MARGIN_SECONDS", 0.5)
-    config = kubernetes.client.Configuration()
-    config.host = url
-    api = KubeApi(config)
-    cache = ClusterCache(lambda _body: None)
     metrics = OperatorMetrics()
     changed: list[Kind] = []
-    watch = watches.Watches(api, cache, OperatorOptions(), changed.append, metrics,
-                            watch_seconds=1)
-    try:
-        await watch.list_all()
-        tasks = watch.run()
-        try:
-            async def retried_and_others_delivered():
-                assert served["wsconsumers"] >= 3  # failed, backed off, asked again
-                assert metrics.value("wsgate_operator_watch_restarts_total",
-                                     kind="WsConsumer", reason="failed") >= 2
-                assert BY_KIND["Service"] in changed
+    async with watching(url, changed.append, metrics, watch_seconds=1) as cache:
+        async def retried_and_others_delivered():
+            assert served["wsconsumers"] >= 3  # failed, backed off, asked again
+            assert metrics.value("wsgate_operator_watch_restarts_total",
+                                 kind="WsConsumer", reason="failed") >= 2
+            assert BY_KIND["Service"] in changed
 
-            await eventually(retried_and_others_delivered, timeout=15)
-            assert ("Service", "default", "svc-1") in cache.keys(BY_KIND["Service"])
-            assert cache.keys(BY_KIND["WsConsumer"]) == []
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        await api.close()
+        await eventually(retried_and_others_delivered, timeout=15)
+        assert ("Service", "default", "svc-1") in cache.keys(BY_KIND["Service"])
+        assert cache.keys(BY_KIND["WsConsumer"]) == []
 
 
 def consumer_event(name: str, version: int) -> bytes:
@@ -265,23 +264,8 @@ async def test_events_split_across_reads_and_sharing_one_are_each_absorbed(hosti
     first = len(consumer_event("c1", 11))
     pieces = [stream[i:min(i + 3, first)] for i in range(0, first, 3)] + [stream[first:]]
     served["script"] = pieces
-    config = kubernetes.client.Configuration()
-    config.host = url
-    api = KubeApi(config)
-    cache = ClusterCache(lambda _body: None)
-    watch = watches.Watches(api, cache, OperatorOptions(), lambda _kind: None,
-                            OperatorMetrics())
-    try:
-        await watch.list_all()
-        tasks = watch.run()
-        try:
-            async def both_absorbed():
-                assert sorted(k[2] for k in cache.keys(BY_KIND["WsConsumer"])) == ["c1", "c2"]
+    async with watching(url, lambda _kind: None, OperatorMetrics()) as cache:
+        async def both_absorbed():
+            assert sorted(k[2] for k in cache.keys(BY_KIND["WsConsumer"])) == ["c1", "c2"]
 
-            await eventually(both_absorbed, timeout=10)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        await api.close()
+        await eventually(both_absorbed, timeout=10)
