@@ -115,7 +115,7 @@ async def test_a_scrape_of_many_series_does_not_stall_live_sessions(serve, upstr
                 await live.send("ping")
                 await live.recv()
                 (during if overlapped or scraping else quiet).append(time.monotonic() - started)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.001)
 
         pinger = asyncio.create_task(ping())
         await asyncio.sleep(0.3)
@@ -136,6 +136,7 @@ async def test_a_scrape_of_many_series_does_not_stall_live_sessions(serve, upstr
           f"{during[-1] * 1000:.0f} ms (quiet median {sorted(quiet)[len(quiet) // 2] * 1000:.0f}"
           " ms)")
     # Rendering holds the event loop no longer than a slice at a time: round trips go on
-    # during a scrape (on the loop, each would wait for the scrape's end).
-    assert len(during) >= 10
+    # during a scrape (were the render one hold of the loop, at most one or two round
+    # trips would overlap each scrape: the one in flight and the next).
+    assert len(during) >= 3 * len(scrapes)
     assert median < 0.25 * min(scrapes), during
