@@ -78,20 +78,19 @@ def parse(body: bytes, known: Known | None = None) -> Iterator[ConfigChange | No
     are not looked up: the lookup indexes every item the proxy runs (about 10 ms at ten
     thousand consumers), far more than a delta of a few items costs to parse. Raises
     StreamError naming the line that is wrong."""
-    lines = body.split(b"\n")
-    try:
-        header = json.loads(lines[0])
-        version, base = header["version"], header.get("base")
-        if not isinstance(version, str) or not (base is None or isinstance(base, str)):
-            raise TypeError("version must be a string, base a string or null")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StreamError(f'line 1: not a header {{"version": ..., "base": ...}} ({exc})') \
-            from None
+    version, base, start = header(body)
     change = ConfigChange(version, base)
     if base is not None:
         known = None
     clock = SliceClock()
-    for number, line in enumerate(lines[1:], 2):
+    # Line by line, not body.split(): splitting a whole config of 50,000 consumers at
+    # once held the loop 10-14 ms.
+    number, size, find = 1, len(body), body.find
+    while start < size:
+        end = find(b"\n", start)
+        if end < 0:
+            end = size
+        line, start, number = body[start:end], end + 1, number + 1
         if not line:
             continue
         op, _, rest = line.partition(b" ")
@@ -118,6 +117,22 @@ def parse(body: bytes, known: Known | None = None) -> Iterator[ConfigChange | No
             yield None
             clock.restart()
     yield change
+
+
+def header(body: bytes) -> tuple[str, str | None, int]:
+    """A body's version, its base (None: a whole config) and where its items begin.
+    Raises StreamError."""
+    end = body.find(b"\n")
+    end = len(body) if end < 0 else end
+    try:
+        fields = json.loads(body[:end])
+        version, base = fields["version"], fields.get("base")
+        if not isinstance(version, str) or not (base is None or isinstance(base, str)):
+            raise TypeError("version must be a string, base a string or null")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StreamError(f'line 1: not a header {{"version": ..., "base": ...}} ({exc})') \
+            from None
+    return version, base, end + 1
 
 
 async def read(body: bytes, known: Known | None = None) -> ConfigChange:
