@@ -158,7 +158,11 @@ class Watches:
                 raise WatchFailed(f"listing {scope}: the API answered {response.status}: "
                                   f"{raw[:300].decode(errors='replace')}")
         # Tens of megabytes at 50,000 objects: parsed off the loop.
-        listing = await asyncio.to_thread(json.loads, raw)
+        try:
+            listing = await asyncio.to_thread(json.loads, raw)
+        except ValueError as exc:
+            raise WatchFailed(f"listing {scope}: the answer is not JSON ({exc}): "
+                              f"{raw[:100].decode(errors='replace')!r}") from None
         items = listing.get("items") if isinstance(listing, dict) else None
         version = ((listing.get("metadata") or {}).get("resourceVersion")
                    if isinstance(listing, dict) else None)
@@ -196,8 +200,7 @@ class Watches:
                 try:
                     self._versions[scope] = await self._list(scope)
                     continue
-                except (WatchFailed, aiohttp.ClientError, TimeoutError, OSError,
-                        ValueError) as exc:
+                except (WatchFailed, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     reason = _reason(exc)
             except (WatchFailed, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = _reason(exc)

@@ -269,3 +269,38 @@ async def test_events_split_across_reads_and_sharing_one_are_each_absorbed(hosti
             assert sorted(k[2] for k in cache.keys(BY_KIND["WsConsumer"])) == ["c1", "c2"]
 
         await eventually(both_absorbed, timeout=10)
+
+
+@pytest.mark.parametrize("answer", [
+    (500, b'{"kind": "Status", "code": 500}', "answered 500"),
+    (200, b"<html>maintenance</html>", "the answer is not JSON"),
+    (200, b'{"items": "none", "metadata": {}}', "no items or no metadata.resourceVersion"),
+])
+async def test_a_list_the_operator_cannot_use_stops_its_start_with_what_was_wrong(answer):
+    """At start the view must be whole: a list answered with an error or garbage stops
+    the start (kopf retries it), naming the kind and what was wrong."""
+    status, body, why = answer
+
+    async def listing(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(status=status, body=body,
+                                    content_type="application/json")
+
+    app = aiohttp.web.Application()
+    app.router.add_route("GET", "/{tail:.*}", listing)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = kubernetes.client.Configuration()
+    config.host = f"http://127.0.0.1:{port}"
+    api = KubeApi(config)
+    try:
+        watch = watches.Watches(api, ClusterCache(lambda _body: None), OperatorOptions(),
+                                lambda _kind: None, OperatorMetrics())
+        with pytest.raises(watches.WatchFailed, match=why) as failed:
+            await watch.list_all()
+        assert str(failed.value).startswith("listing wsroutes in every namespace: ")
+    finally:
+        await api.close()
+        await runner.cleanup()
