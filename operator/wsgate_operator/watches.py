@@ -19,9 +19,9 @@ What a watch does with the API's answers, as client-go's reflector does:
     lists the scope again: what the list holds is absorbed, what it no longer holds is
     removed (deleted while the watch was away);
   - anything else (an error status, a line that is not JSON, a line over
-    MAX_LINE_BYTES, no byte for longer than the server's timeout allows) is logged
-    with what was wrong, counted, and retried after a growing backoff; the other
-    kinds' watches are not affected.
+    MAX_LINE_BYTES, no byte for longer than the server's timeout allows, a stream
+    that ends at once with no event) is logged with what was wrong, counted, and
+    retried after a growing backoff; the other kinds' watches are not affected.
 An object that stops passing its kind's filter (a Secret whose credential label was
 removed) is removed from the view, as if deleted.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,7 @@ import aiohttp
 
 from wsgate_proxy.slices import SliceClock
 
-from .cache import ClusterCache, fingerprint
-from .compiler.objects import DEFAULT_NAMESPACE
+from .cache import ClusterCache, fingerprint, key_of
 from .kinds import KINDS, PROXY_POD, Kind
 from .kube import KubeApi
 from .metrics import OperatorMetrics
@@ -174,12 +174,12 @@ class Watches:
         for item in items:
             if not _is_object(item):
                 continue
-            listed.add(_name(item))
+            listed.add(key_of(kind, item))
             changed |= absorb(self._cache, kind, "ADDED", item, self._options)
             if clock.due():
                 await clock.pause()
         for key in self._cache.keys(kind):
-            if scope.covers(key[1]) and (key[1], key[2]) not in listed:
+            if scope.covers(key[1]) and key not in listed:
                 changed |= self._cache.remove_key(kind, key)
         if changed:
             self._on_change(kind)
@@ -191,9 +191,15 @@ class Watches:
         delay = FIRST_RETRY_SECONDS
         while True:
             try:
+                started = time.monotonic()
                 if await self._stream(scope):
                     delay = FIRST_RETRY_SECONDS  # it delivered: the next failure is new
-                continue
+                    continue
+                if time.monotonic() - started >= self._watch_seconds / 2:
+                    continue  # the server's timeout, on a quiet kind
+                # Ended at once with nothing: asked again at once, it would be asked in a
+                # tight loop.
+                raise WatchFailed(f"watching {scope}: the stream ended at once, empty")
             except Expired:
                 self._metrics.watch_restarts.labels(scope.kind.kind, "expired").inc()
                 log.info("watch expired; listing again", extra={"scope": str(scope)})
@@ -296,11 +302,6 @@ def _event(scope: Scope, line: bytes) -> tuple[str, dict[str, Any]]:
 def _is_object(body: Any) -> bool:
     meta = body.get("metadata") if isinstance(body, dict) else None
     return isinstance(meta, dict) and isinstance(meta.get("name"), str) and bool(meta["name"])
-
-
-def _name(body: Mapping[str, Any]) -> tuple[str, str]:
-    meta = body["metadata"]
-    return meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"]
 
 
 def _reason(exc: BaseException) -> str:

@@ -184,6 +184,10 @@ async def no_object(response, _stop):
     await response.write(b'{"type": "ADDED", "object": 7}\n')
 
 
+async def ends_at_once(_response, _stop):
+    pass  # 200 and no event, as fast as it is asked
+
+
 async def silent(_response, stop):
     await stop.wait()  # never a byte: the client's read timeout ends it
 
@@ -225,8 +229,8 @@ async def watching(url: str, on_change: Callable[[Kind], None], metrics: Operato
         await api.close()
 
 
-@pytest.mark.parametrize("hostile", [garbage_line, huge_line, error_event, no_object, silent],
-                         indirect=True)
+@pytest.mark.parametrize("hostile", [garbage_line, huge_line, error_event, no_object,
+                                     ends_at_once, silent], indirect=True)
 async def test_an_api_answering_garbage_is_retried_and_other_kinds_still_delivered(
         hostile, monkeypatch):
     url, served = hostile
